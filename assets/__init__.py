@@ -1,0 +1,19 @@
+"""The flywheel's Dagster assets, one module per stage. Every asset is partitioned by quarter (one cycle)."""
+
+from __future__ import annotations
+
+from flywheel_dagster.config import load_config
+from flywheel_dagster.partitions import cycle_index, previous_cycle, quarterly_partitions
+
+START_DATE = load_config().schedule.start_date
+PARTITIONS = quarterly_partitions(START_DATE)
+
+
+def cycle_of(context) -> tuple[str, int]:  # noqa: ANN001 - any Dagster execution context
+    """The partition key (the quarter's first day) and the cycle's index since the flywheel started."""
+    key = context.partition_key
+    return key, cycle_index(key, START_DATE)
+
+
+def previous_of(key: str) -> str | None:
+    return previous_cycle(key, START_DATE)

@@ -1,0 +1,87 @@
+"""Deploy: which model serves this quarter, and the reasoning traces it produced."""
+
+
+import json
+
+import dagster as dg
+
+from assets import PARTITIONS, cycle_of, previous_of
+from flywheel_dagster import cycle as core
+from flywheel_dagster import timing
+from flywheel_dagster.registry import weights_sha256
+from flywheel_dagster.resources import EngineResource, FlywheelConfigResource, LakeResource, MlflowResource
+from flywheel_dagster.tasks import load_task
+
+
+@dg.asset(
+    partitions_def=PARTITIONS,
+    group_name="deploy",
+    code_version="1",
+    # Orders cycles: a quarter's deployment is what the quarter before promoted. The model itself
+    # travels through the MLflow registry (alias cycle_<previous>), since champion_model -> deployment
+    # across partitions would be a dependency loop between two assets, which Dagster forbids.
+    deps=[dg.AssetDep("deployment", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))],
+)
+def deployment(
+    context: dg.AssetExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    """The champion that served this quarter's traffic (from the registry), with where it came from."""
+    cfg = flywheel_config.load()
+    key, index = cycle_of(context)
+    registry = mlflow.registry(cfg.name)
+    finished = context.instance.get_materialized_partitions(dg.AssetKey("champion_model"))
+    ref, via = core.resolve_deployment(registry, key, previous_of(key), set(finished))
+    sha = weights_sha256(registry.local_path(ref))
+    payload = {"cycle": key, "model_name": ref.name, "version": ref.version, "run_id": ref.run_id,
+               "source": ref.source, "via_alias": via, "weights_sha256": sha, "previous_cycle": previous_of(key)}
+    core.write_json(lake.lake(), "deployment", key, core.DEPLOYMENT_FILE, payload)
+    return dg.MaterializeResult(
+        metadata={
+            "model": f"{ref.name} v{ref.version}",
+            "via_alias": via,
+            "previous_cycle": previous_of(key) or "none (first cycle)",
+            "mlflow_run_id": ref.run_id or "",
+            "weights_sha256": sha,
+            "model_uri": dg.MetadataValue.path(ref.source),
+            "cycle_index": index,
+        }
+    )
+
+
+@dg.asset(partitions_def=PARTITIONS, group_name="deploy", code_version="1", deps=[deployment], pool="gpu")
+def reasoning_traces(
+    context: dg.AssetExecutionContext,
+    flywheel_config: FlywheelConfigResource,
+    lake: LakeResource,
+    mlflow: MlflowResource,
+    engine: EngineResource,
+) -> dg.MaterializeResult:
+    """The quarter's production traffic (simulated: mixed-difficulty problems, several samples each)."""
+    cfg = flywheel_config.load()
+    key, index = cycle_of(context)
+    the_lake = lake.lake()
+    deployed = json.loads(the_lake.read_bytes("deployment", key, core.DEPLOYMENT_FILE))
+    registry = mlflow.registry(cfg.name)
+    ref = registry.version(deployed["version"])
+    task = load_task(cfg)
+    eng = engine.load(cfg, registry.local_path(ref))
+    try:
+        with timing.compute("reasoning_traces"):
+            traces = core.capture_traffic(cfg, task, eng, key, index, ref)
+    finally:
+        eng.close()
+    written = the_lake.write_table("reasoning_traces", key, traces)
+    tokens = sum(traces.column("tokens").to_pylist())
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": written.rows,
+            "uri": dg.MetadataValue.path(written.uri),
+            "sha256": written.sha256,
+            "model": f"{ref.name} v{ref.version}",
+            "problems": cfg.traffic.problems_per_cycle,
+            "samples_per_problem": cfg.traffic.samples_per_problem,
+            "tokens_generated": tokens,
+            "truncated": traces.column("finish_reason").to_pylist().count("length"),
+        },
+        data_version=dg.DataVersion(written.sha256[:16]),
+    )

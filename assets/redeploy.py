@@ -1,0 +1,162 @@
+"""Redeploy: benchmark the candidate against the champion, gate, and promote only what passed."""
+
+
+import base64
+import json
+
+import dagster as dg
+
+from assets import PARTITIONS, START_DATE, cycle_of, previous_of
+from assets.deploy import deployment
+from assets.distill import candidate_model
+from flywheel_dagster import cycle as core
+from flywheel_dagster import timing
+from flywheel_dagster.evaluation.gate import GateDecision
+from flywheel_dagster.evaluation.plots import accuracy_trend_png
+from flywheel_dagster.evaluation.stats import SuiteComparison
+from flywheel_dagster.registry import CHAMPION, cycle_alias
+from flywheel_dagster.resources import EngineResource, FlywheelConfigResource, LakeResource, MlflowResource
+from flywheel_dagster.tasks import load_task
+
+
+def _report_history(lake, key: str) -> list[dict]:  # noqa: ANN001
+    """This cycle's report and every earlier one, oldest first (for the trend plot)."""
+    history, cur = [], key
+    while cur is not None and lake.exists("benchmark_report", cur, core.REPORT_FILE):
+        history.append(core.read_json(lake, "benchmark_report", cur, core.REPORT_FILE))
+        cur = previous_of(cur)
+    return history[::-1]
+
+
+@dg.asset(partitions_def=PARTITIONS, group_name="redeploy", code_version="1", deps=[candidate_model, deployment], pool="gpu")
+def benchmark_report(
+    context: dg.AssetExecutionContext,
+    flywheel_config: FlywheelConfigResource,
+    lake: LakeResource,
+    mlflow: MlflowResource,
+    engine: EngineResource,
+) -> dg.MaterializeResult:
+    """Candidate vs champion on the fixed held-out benchmark: pass@1 per suite, paired bootstrap 95% CIs."""
+    cfg = flywheel_config.load()
+    key, index = cycle_of(context)
+    the_lake = lake.lake()
+    registry = mlflow.registry(cfg.name)
+    task = load_task(cfg)
+    champion = registry.version(core.read_json(the_lake, "deployment", key, core.DEPLOYMENT_FILE)["version"])
+    candidate = registry.version(core.read_json(the_lake, "candidate_model", key, core.CANDIDATE_FILE)["version"])
+    load = lambda model_dir: engine.load(cfg, model_dir)  # noqa: E731
+    champ_eval = core.evaluate_version(cfg, task, the_lake, registry, champion, load)
+    cand_eval = core.evaluate_version(cfg, task, the_lake, registry, candidate, load)
+    with timing.compute("benchmark_report"):
+        comparisons, decision = core.compare_and_decide(cfg, task, champ_eval.table, cand_eval.table)
+    payload = core.report_payload(key, index, champion, candidate, comparisons, decision)
+    history = [*_report_history(the_lake, previous_of(key) or ""), payload] if previous_of(key) else [payload]
+    png = accuracy_trend_png(history)
+    files = the_lake.write_partition(
+        "benchmark_report", key, {core.REPORT_FILE: json.dumps(payload, indent=2).encode(), "accuracy.png": png}
+    )
+
+    run_id = registry.stage_run(key, index, "benchmark")
+    metrics = {}
+    for c in comparisons:
+        metrics |= {f"bench/{c.suite}/accuracy": c.candidate, f"bench/{c.suite}/champion_accuracy": c.champion,
+                    f"bench/{c.suite}/delta": c.delta, f"bench/{c.suite}/delta_ci_low": c.delta_ci[0],
+                    f"bench/{c.suite}/delta_ci_high": c.delta_ci[1]}
+    for target in (run_id, registry.cycle_run(key, index), registry.trend_run()):
+        registry.log_metrics(target, metrics, step=index)
+    registry.client.log_artifact(run_id, str(the_lake.partition_dir("benchmark_report", key) + "/accuracy.png"))
+    registry.set_tags(run_id, {"flywheel.gate": "pass" if decision.promote else "fail", "flywheel.gate_reason": decision.reason})
+    registry.end_run(run_id)
+
+    overall = next(c for c in comparisons if c.suite == "overall")
+    table = "| suite | champion | candidate | delta (95% CI) |\n|---|---|---|---|\n" + "\n".join(
+        f"| {c.suite} | {c.champion:.3f} | {c.candidate:.3f} | {c.delta:+.3f} ({c.delta_ci[0]:+.3f}..{c.delta_ci[1]:+.3f}) |"
+        for c in comparisons
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "champion": f"{champion.name} v{champion.version}",
+            "candidate": f"{candidate.name} v{candidate.version}",
+            "champion_accuracy": round(overall.champion, 4),
+            "candidate_accuracy": round(overall.candidate, 4),
+            "delta": round(overall.delta, 4),
+            "delta_ci_low": round(overall.delta_ci[0], 4),
+            "delta_ci_high": round(overall.delta_ci[1], 4),
+            "gate": "pass" if decision.promote else "fail",
+            "gate_reason": decision.reason,
+            "suites": dg.MetadataValue.md(table),
+            "accuracy_per_cycle": dg.MetadataValue.md(
+                f"![accuracy per cycle](data:image/png;base64,{base64.b64encode(png).decode()})"
+            ),
+            "report_uri": dg.MetadataValue.path(files[core.REPORT_FILE].uri),
+            "report_sha256": files[core.REPORT_FILE].sha256,
+            "champion_eval_cached": champ_eval.cached,
+            "eval_seconds": round(champ_eval.seconds + cand_eval.seconds, 1),
+            "mlflow_run_id": run_id,
+        }
+    )
+
+
+def _decision_of(lake, key: str) -> tuple[dict, GateDecision]:  # noqa: ANN001
+    report = core.read_json(lake, "benchmark_report", key, core.REPORT_FILE)
+    gate = report["gate"]
+    return report, GateDecision(gate["promote"], gate["sound"], gate["reason"])
+
+
+@dg.asset_check(asset=benchmark_report, blocking=True, partitions_def=PARTITIONS, name="promotion_gate")
+def promotion_gate(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
+    """The gate. ERROR (blocks champion_model) if the report is unsound; WARN if the candidate is not better,
+    in which case champion_model still runs and records that the champion stays."""
+    report, decision = _decision_of(lake.lake(), context.partition_key)
+    overall = next(s for s in report["suites"] if s["suite"] == "overall") if decision.sound else None
+    meta = {"reason": decision.reason}
+    if overall:
+        meta |= {"delta": round(overall["delta"], 4), "delta_ci_low": round(overall["delta_ci"][0], 4)}
+    if not decision.sound:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=decision.reason, metadata=meta)
+    return dg.AssetCheckResult(
+        passed=decision.promote,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=("candidate may be promoted: " if decision.promote else "champion stays: ") + decision.reason,
+        metadata=meta,
+    )
+
+
+@dg.asset(partitions_def=PARTITIONS, group_name="redeploy", code_version="1", deps=[benchmark_report])
+def champion_model(
+    context: dg.AssetExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    """Move the `champion` alias to the candidate if and only if it passed the gate; record the decision."""
+    cfg = flywheel_config.load()
+    key, index = cycle_of(context)
+    the_lake = lake.lake()
+    registry = mlflow.registry(cfg.name)
+    report, decision = _decision_of(the_lake, key)
+    if not decision.sound:
+        raise dg.Failure(f"benchmark report for cycle {key} is unsound, nothing promoted: {decision.reason}")
+    champion_v, candidate_v = report["champion"]["version"], report["candidate"]["version"]
+    new_champion = candidate_v if decision.promote else champion_v
+    if decision.promote:
+        registry.set_alias(CHAMPION, candidate_v)
+    registry.set_alias(cycle_alias(key), new_champion)
+    verdict = "promoted" if decision.promote else "rejected"
+    registry.set_version_tags(candidate_v, {"flywheel.decision": verdict, "flywheel.decision_reason": decision.reason,
+                                            "flywheel.decided_in_cycle": key})
+    cycle_run = registry.cycle_run(key, index)
+    registry.set_tags(cycle_run, {"flywheel.decision": verdict, "flywheel.decision_reason": decision.reason,
+                                  "flywheel.champion_version": new_champion, "flywheel.candidate_version": candidate_v})
+    registry.end_run(cycle_run)
+    payload = {"cycle": key, "decision": verdict, "reason": decision.reason, "previous_champion": champion_v,
+               "candidate": candidate_v, "champion": new_champion, "alias": cycle_alias(key), "start_date": START_DATE}
+    sha = core.write_json(the_lake, "champion_model", key, core.DECISION_FILE, payload)
+    return dg.MaterializeResult(
+        metadata={
+            "decision": verdict,
+            "reason": decision.reason,
+            "champion": f"{registry.model_name} v{new_champion}",
+            "previous_champion": f"v{champion_v}",
+            "candidate": f"v{candidate_v}",
+            "aliases_set": ", ".join(([CHAMPION] if decision.promote else []) + [cycle_alias(key)]),
+            "decision_sha256": sha,
+        }
+    )

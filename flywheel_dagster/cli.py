@@ -1,0 +1,284 @@
+"""The `flywheel` command: bootstrap, run cycles through Dagster, show where the flywheel stands.
+
+    flywheel demo                 # bootstrap + three quarterly cycles on the playground preset
+    flywheel bootstrap            # cycle 0: build and register the base model
+    flywheel cycle 2026-07-01     # run one quarter's cycle through the Dagster job
+    flywheel status               # cycles run so far, decisions, the champion
+
+State lives under $FLYWHEEL_HOME (default .flywheel/): the Dagster instance, MLflow and the lake, the
+same stores `make ui` shows. Commands run from the repository root (where workspace.yaml is), since the
+Dagster code location (assets/, jobs/) is loaded from there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flywheel_dagster.config import CONFIG_ENV, HOME_ENV, PRESET_ENV, ConfigError, FlywheelConfig, flywheel_home, load_config
+
+app = typer.Typer(help="Orchestrate the self-improving reasoning-model flywheel on Dagster.", no_args_is_help=True)
+console = Console()
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="state folder (default $FLYWHEEL_HOME or .flywheel)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="flywheel.yaml (default ./flywheel.yaml if present)")]
+PresetOpt = Annotated[str | None, typer.Option("--preset", help="playground | smollm2 | production")]
+
+
+@dataclass
+class Session:
+    cfg: FlywheelConfig
+    home: Path
+
+    def registry(self):  # noqa: ANN201
+        from flywheel_dagster.resources import local_resources
+
+        return local_resources(self.home)["mlflow"].registry(self.cfg.name)
+
+    def lake(self):  # noqa: ANN201
+        from flywheel_dagster.traces.lake import Lake
+
+        return Lake(str(self.home / "lake"))
+
+
+def ensure_instance_dir(dagster_home: Path) -> None:
+    """The embedded Dagster instance's folder, with a dagster.yaml (SQLite storage, telemetry off)."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    cfg = dagster_home / "dagster.yaml"
+    if not cfg.exists():
+        cfg.write_text("telemetry:\n  enabled: false\n")
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for the flywheel's own progress: no library progress bars, INFO logs or warnings."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    warnings.filterwarnings("ignore")
+    for name in ("mlflow", "alembic", "dagster", "transformers", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _session(home: Path | None, config: Path | None, preset: str | None) -> Session:
+    """Resolve config and home, and point the environment at them so the code location sees the same."""
+    try:
+        cfg = load_config(config, preset=preset)
+    except ConfigError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    root = flywheel_home(home)
+    ensure_instance_dir(root / "dagster")
+    quiet_libraries()
+    os.environ[HOME_ENV] = str(root)
+    os.environ["DAGSTER_HOME"] = str(root / "dagster")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(Path(config).resolve())
+    if preset is not None:
+        os.environ[PRESET_ENV] = preset
+    return Session(cfg, root)
+
+
+def _code_location():  # noqa: ANN202
+    """Import the Dagster code location (assets/, jobs/) from the repository root."""
+    root = Path.cwd()
+    while not (root / "workspace.yaml").exists():
+        if root.parent == root:
+            console.print("[red]run flywheel from the repository root (no workspace.yaml found above the current folder)[/red]")
+            raise typer.Exit(2)
+        root = root.parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from jobs import definitions
+
+    return definitions.defs
+
+
+def _bootstrap(s: Session) -> None:
+    from flywheel_dagster.bootstrap import bootstrap
+
+    with console.status("[bold]bootstrap[/bold]: building and training the cycle-0 base model"):
+        res = bootstrap(s.cfg, s.registry(), s.home / "models")
+    if res.created:
+        took = f" in {res.train_seconds:.0f}s (train loss {res.train_loss:.3f})" if res.train_seconds else ""
+        console.print(f"[green]bootstrap[/green]: registered {res.ref.name} v{res.ref.version} as base and champion{took}")
+    else:
+        console.print(f"bootstrap: base already registered ({res.ref.name} v{res.ref.version}); reusing it")
+
+
+def run_cycle(s: Session, defs, quarter: str) -> dict:  # noqa: ANN001
+    """Materialize one quarter's cycle with the flywheel_cycle job on the persistent instance."""
+    import dagster as dg
+
+    from flywheel_dagster import cycle as core
+
+    job = defs.resolve_job_def("flywheel_cycle")
+    started = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            partition_key=quarter,
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        )
+        stats = {st.step_key: (st.end_time or 0) - (st.start_time or 0) for st in instance.get_run_step_stats(result.run_id)}
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_failure]
+        why = failures[0].event_specific_data.error.message.strip() if failures and failures[0].event_specific_data and getattr(failures[0].event_specific_data, "error", None) else "see the Dagster UI"
+        raise RuntimeError(f"cycle {quarter} failed (run {result.run_id}): {why}")
+    report = core.read_json(s.lake(), "benchmark_report", quarter, core.REPORT_FILE)
+    decision = core.read_json(s.lake(), "champion_model", quarter, core.DECISION_FILE)
+    return {"report": report, "decision": decision, "run_id": result.run_id, "seconds": time.perf_counter() - started, "steps": stats}
+
+
+def _fmt(acc: float, ci: list[float] | tuple[float, float]) -> str:
+    return f"{acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _cycle_table(rows: list[dict]) -> Table:
+    t = Table(title="flywheel cycles (held-out pass@1, 95% CI)")
+    for col in ("cycle", "champion", "candidate", "delta (95% CI)", "decision", "time"):
+        t.add_column(col)
+    for r in rows:
+        o = next(x for x in r["report"]["suites"] if x["suite"] == "overall")
+        rep, dec = r["report"], r["decision"]
+        t.add_row(
+            rep["cycle"],
+            f"v{rep['champion']['version']} {_fmt(o['champion'], o['champion_ci'])}",
+            f"v{rep['candidate']['version']} {_fmt(o['candidate'], o['candidate_ci'])}",
+            f"{o['delta']:+.3f} [{o['delta_ci'][0]:+.3f}, {o['delta_ci'][1]:+.3f}]",
+            ("[green]promoted[/green]" if dec["decision"] == "promoted" else "[yellow]kept champion[/yellow]"),
+            f"{r['seconds']:.0f}s",
+        )
+    return t
+
+
+def _final_comparison(s: Session) -> None:
+    """The champion now against the bootstrap base, on the same benchmark (both evaluations are cached)."""
+    from flywheel_dagster import cycle as core
+    from flywheel_dagster.registry import BASE, CHAMPION
+    from flywheel_dagster.resources import EngineResource
+    from flywheel_dagster.tasks import load_task
+
+    registry, lake, task = s.registry(), s.lake(), load_task(s.cfg)
+    base, champ = registry.alias(BASE), registry.alias(CHAMPION)
+    load = lambda d: EngineResource().load(s.cfg, d)  # noqa: E731
+    a = core.evaluate_version(s.cfg, task, lake, registry, base, load).table
+    b = core.evaluate_version(s.cfg, task, lake, registry, champ, load).table
+    comparisons, _ = core.compare_and_decide(s.cfg, task, a, b)
+    t = Table(title=f"champion v{champ.version} vs bootstrap base v{base.version} (held-out pass@1)")
+    for col in ("suite", "base", "champion", "gain (95% CI)"):
+        t.add_column(col)
+    for c in comparisons:
+        t.add_row(c.suite, _fmt(c.champion, c.champion_ci), _fmt(c.candidate, c.candidate_ci),
+                  f"{c.delta:+.3f} [{c.delta_ci[0]:+.3f}, {c.delta_ci[1]:+.3f}]")
+    console.print(t)
+
+
+@app.command()
+def bootstrap(home: HomeOpt = None, config: ConfigOpt = None, preset: PresetOpt = None) -> None:
+    """Cycle 0: build the base model and register it as version 1 (aliases base, champion)."""
+    _bootstrap(_session(home, config, preset))
+
+
+@app.command()
+def cycle(
+    quarter: Annotated[str, typer.Argument(help="the quarter's partition key, e.g. 2026-07-01")],
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+) -> None:
+    """Run one quarter's cycle through the Dagster job (bootstraps first if needed)."""
+    s = _session(home, config, preset)
+    _bootstrap(s)
+    defs = _code_location()
+    with console.status(f"[bold]cycle {quarter}[/bold]: deploy -> harvest -> distill -> redeploy"):
+        row = run_cycle(s, defs, quarter)
+    console.print(_cycle_table([row]))
+
+
+@app.command()
+def demo(
+    cycles: Annotated[int, typer.Option(help="how many quarters to run (the most recent ones that ended)")] = 3,
+    fresh: Annotated[bool, typer.Option(help="delete the state folder first")] = False,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+) -> None:
+    """Bootstrap, then run the most recent `cycles` quarters through Dagster and print what each did."""
+    root = flywheel_home(home)
+    if fresh and root.exists():
+        console.print(f"demo: removing previous state in {root}")
+        shutil.rmtree(root)
+    s = _session(home, config, preset)
+    started = time.perf_counter()
+    _bootstrap(s)
+    defs = _code_location()
+    from assets import PARTITIONS
+
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        done = instance.get_materialized_partitions(dg.AssetKey("champion_model"))
+    quarters = [q for q in PARTITIONS.get_partition_keys() if q not in done][-cycles:]
+    if done and quarters and min(quarters) < max(done):
+        console.print(f"[red]demo: {root} already holds cycles up to {max(done)}; use --fresh to start over[/red]")
+        raise typer.Exit(2)
+    if not quarters:
+        console.print(f"demo: every quarter that has ended is already done in {root}; use --fresh to start over")
+        raise typer.Exit(0)
+    rows = []
+    for i, q in enumerate(quarters, 1):
+        with console.status(f"[bold]cycle {i}/{len(quarters)} ({q})[/bold]: deploy -> harvest -> distill -> redeploy"):
+            row = run_cycle(s, defs, q)
+        rows.append(row)
+        o = next(x for x in row["report"]["suites"] if x["suite"] == "overall")
+        console.print(
+            f"cycle {q}: champion {_fmt(o['champion'], o['champion_ci'])}, candidate {_fmt(o['candidate'], o['candidate_ci'])}, "
+            f"delta {o['delta']:+.3f} [{o['delta_ci'][0]:+.3f}, {o['delta_ci'][1]:+.3f}] -> {row['decision']['decision']} "
+            f"({row['seconds']:.0f}s; " + ", ".join(f"{k} {v:.0f}s" for k, v in row["steps"].items()) + ")"
+        )
+    console.print(_cycle_table(rows))
+    _final_comparison(s)
+    console.print(f"demo finished in {time.perf_counter() - started:.0f}s. Look around: [bold]make ui[/bold] "
+                  "(Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
+
+
+@app.command()
+def status(home: HomeOpt = None, config: ConfigOpt = None, preset: PresetOpt = None) -> None:
+    """Which cycles ran, what each decided, and which model is champion."""
+    from flywheel_dagster import cycle as core
+    from flywheel_dagster.registry import BASE, CHAMPION
+
+    s = _session(home, config, preset)
+    registry, lake = s.registry(), s.lake()
+    champ, base = registry.alias(CHAMPION), registry.alias(BASE)
+    if base is None:
+        console.print("no flywheel here yet: run `flywheel bootstrap` or `flywheel demo`")
+        return
+    console.print(f"{s.cfg.name}: champion v{champ.version if champ else '?'}, base v{base.version}")
+    root = Path(lake.partition_dir("champion_model", "x")).parent
+    for d in sorted(root.glob("cycle=*")) if root.exists() else []:
+        dec = core.read_json(lake, "champion_model", d.name.split("=", 1)[1], core.DECISION_FILE)
+        console.print(f"  {dec['cycle']}: {dec['decision']} (candidate v{dec['candidate']}; champion v{dec['champion']}): {dec['reason']}")
+
+
+if __name__ == "__main__":
+    app()

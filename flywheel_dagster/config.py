@@ -1,0 +1,242 @@
+"""One pydantic model of flywheel.yaml, its presets, and errors that name the field.
+
+A config file picks a preset and overrides any field of it:
+
+    preset: playground
+    traffic:
+      problems_per_cycle: 600
+
+Unknown fields are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PresetName = Literal["playground", "smollm2", "production"]
+CONFIG_ENV = "FLYWHEEL_CONFIG"
+HOME_ENV = "FLYWHEEL_HOME"
+PRESET_ENV = "FLYWHEEL_PRESET"
+
+
+class ConfigError(ValueError):
+    """flywheel.yaml (or a preset override) is invalid; the message names each bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(_Strict):
+    """Where problems come from and how answers are verified."""
+
+    source: Literal["playground", "gsm8k"]
+    seed: int = 0
+    data_dir: str | None = Field(
+        default=None, description="GSM8K folder with train.jsonl/test.jsonl; default: the repo's data/gsm8k"
+    )
+
+
+class ModelConfig(_Strict):
+    """The cycle-0 base model."""
+
+    kind: Literal["playground-tiny", "smollm2-gguf", "hf"]
+    hf_path: str | None = Field(default=None, description="HF model id or folder, for kind 'hf'")
+    hidden_size: int = Field(default=128, gt=0)
+    num_layers: int = Field(default=3, gt=0)
+    num_heads: int = Field(default=4, gt=0)
+    intermediate_size: int = Field(default=384, gt=0)
+    max_length: int = Field(default=128, gt=8, description="prompt + completion tokens")
+
+
+class BootstrapConfig(_Strict):
+    """Training of the cycle-0 base on human-style solutions (playground only)."""
+
+    examples: int = Field(default=9000, gt=0)
+    epochs: float = Field(default=3.0, gt=0)
+    learning_rate: float = Field(default=2e-3, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+
+
+class EngineConfig(_Strict):
+    kind: Literal["transformers", "vllm"] = "transformers"
+    device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
+    batch_size: int = Field(default=256, gt=0, description="prompts per generate() call")
+
+
+class TrafficConfig(_Strict):
+    """The quarter's simulated production traffic (playground / gsm8k sources)."""
+
+    problems_per_cycle: int = Field(default=3000, gt=0)
+    samples_per_problem: int = Field(default=4, gt=0)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int = Field(default=64, gt=0)
+
+
+class HarvestConfig(_Strict):
+    anchor_fraction: float = Field(
+        default=0.5, ge=0, lt=1, description="share of human-origin anchor examples in the training set"
+    )
+    validation_fraction: float = Field(default=0.05, ge=0, lt=0.5)
+    max_positives_per_problem: int = Field(default=4, gt=0)
+
+
+class TrainingConfig(_Strict):
+    method: Literal["sft"] = "sft"
+    learning_rate: float = Field(default=2e-4, gt=0)
+    epochs: float = Field(default=3.0, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    max_steps: int = Field(default=-1, description="-1: run the epochs")
+    seed: int = 0
+
+
+class BenchmarkConfig(_Strict):
+    """A fixed held-out benchmark: suites (difficulty levels), k samples per problem."""
+
+    problems_per_suite: int = Field(default=150, gt=0)
+    samples_per_problem: int = Field(default=4, gt=0)
+    temperature: float = Field(default=0.5, ge=0)
+    max_new_tokens: int = Field(default=64, gt=0)
+    seed: int = 20240101
+    bootstrap_resamples: int = Field(default=2000, ge=100)
+
+
+class GateConfig(_Strict):
+    min_improvement: float = Field(
+        default=0.0, description="promote only if the overall delta's 95% CI lower bound >= this"
+    )
+    max_regression: float = Field(
+        default=0.05, ge=0, description="no suite's accuracy may drop by more than this"
+    )
+
+
+class ScheduleConfig(_Strict):
+    start_date: str = Field(default="2025-01-01", pattern=r"^\d{4}-(01|04|07|10)-01$")
+
+
+class FlywheelConfig(_Strict):
+    """The whole flywheel: one file, one preset, overridable field by field."""
+
+    preset: PresetName = "playground"
+    name: str = Field(default="flywheel", pattern=r"^[A-Za-z0-9_.-]+$")
+    task: TaskConfig
+    model: ModelConfig
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    engine: EngineConfig = EngineConfig()
+    traffic: TrafficConfig = TrafficConfig()
+    harvest: HarvestConfig = HarvestConfig()
+    training: TrainingConfig = TrainingConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    gate: GateConfig = GateConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _model_fits_task(self) -> FlywheelConfig:
+        if self.model.kind == "hf" and not self.model.hf_path:
+            raise ValueError("model.hf_path is required when model.kind is 'hf'")
+        if self.model.kind == "playground-tiny" and self.task.source != "playground":
+            raise ValueError("model.kind 'playground-tiny' only knows the playground alphabet; use task.source 'playground'")
+        if self.model.hidden_size % self.model.num_heads:
+            raise ValueError("model.hidden_size must be a multiple of model.num_heads")
+        return self
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "playground": {
+        "name": "flywheel-playground",
+        "task": {"source": "playground"},
+        "model": {"kind": "playground-tiny"},
+    },
+    "smollm2": {
+        "name": "flywheel-smollm2",
+        "task": {"source": "gsm8k"},
+        "model": {"kind": "smollm2-gguf", "max_length": 512},
+        "engine": {"batch_size": 16},
+        "traffic": {"problems_per_cycle": 8, "samples_per_problem": 2, "max_new_tokens": 160, "temperature": 0.7},
+        "harvest": {"anchor_fraction": 0.5, "validation_fraction": 0.0},
+        "training": {"learning_rate": 1e-5, "epochs": 1, "batch_size": 4},
+        "benchmark": {"problems_per_suite": 8, "samples_per_problem": 1, "max_new_tokens": 160, "temperature": 0.0},
+        "gate": {"max_regression": 0.25},
+    },
+    "production": {
+        "name": "flywheel",
+        "task": {"source": "gsm8k"},
+        "model": {"kind": "hf", "hf_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "max_length": 2048},
+        "engine": {"kind": "vllm", "device": "cuda", "batch_size": 512},
+        "traffic": {"problems_per_cycle": 5000, "samples_per_problem": 8, "max_new_tokens": 1024},
+        "training": {"learning_rate": 1e-5, "epochs": 1, "batch_size": 32},
+        "benchmark": {"problems_per_suite": 1319, "samples_per_problem": 4, "max_new_tokens": 1024},
+    },
+}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid flywheel config ({source}):"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<root>"
+        got = e.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; check the spelling against flywheel.yaml's documented fields"
+        lines.append(f"  - {where}: {msg}{got_text}")
+    return "\n".join(lines)
+
+
+def build_config(overrides: dict[str, Any] | None = None, preset: str | None = None, source: str = "<overrides>") -> FlywheelConfig:
+    """Build a config from a preset plus overrides; raises ConfigError naming each bad field."""
+    overrides = dict(overrides or {})
+    name = preset or overrides.get("preset") or "playground"
+    if name not in PRESETS:
+        raise ConfigError(
+            f"invalid flywheel config ({source}):\n  - preset: expected one of {sorted(PRESETS)} (got {name!r})"
+        )
+    overrides["preset"] = name
+    try:
+        return FlywheelConfig.model_validate(_merge(PRESETS[name], overrides))
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, preset: str | None = None) -> FlywheelConfig:
+    """Load flywheel.yaml (path, else $FLYWHEEL_CONFIG, else ./flywheel.yaml if present, else the preset)."""
+    path = path or os.environ.get(CONFIG_ENV)
+    preset = preset or os.environ.get(PRESET_ENV) or None
+    if path is None and Path("flywheel.yaml").exists():
+        path = "flywheel.yaml"
+    if path is None:
+        return build_config({}, preset=preset, source=f"preset {preset or 'playground'}")
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"flywheel config file {str(p)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"flywheel config file {str(p)!r} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"flywheel config file {str(p)!r}: expected a mapping at the top level, got {type(raw).__name__}")
+    if preset is not None:
+        raw["preset"] = preset
+    return build_config(raw, source=str(p))
+
+
+def flywheel_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """The embedded default's state folder: $FLYWHEEL_HOME or ./.flywheel."""
+    return Path(home or os.environ.get(HOME_ENV, ".flywheel")).resolve()

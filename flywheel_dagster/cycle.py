@@ -1,0 +1,212 @@
+"""One flywheel cycle, stage by stage, without Dagster: the asset functions are thin wrappers of these."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from flywheel_dagster import timing
+from flywheel_dagster.config import FlywheelConfig
+from flywheel_dagster.engines.base import SamplingSettings
+from flywheel_dagster.evaluation.benchmark import benchmark_fingerprint, compare_evaluations, evaluate
+from flywheel_dagster.evaluation.gate import GateDecision, decide_promotion
+from flywheel_dagster.evaluation.stats import SuiteComparison
+from flywheel_dagster.registry import CHAMPION, ModelRef, Registry, cycle_alias, weights_sha256
+from flywheel_dagster.tasks.base import TaskSource
+from flywheel_dagster.traces.lake import Lake
+from flywheel_dagster.traces.schema import TRACE_SCHEMA, trace_id
+from flywheel_dagster.training.sft import SFTSettings, TrainResult, run_sft
+
+DEPLOYMENT_FILE = "deployment.json"
+CANDIDATE_FILE = "candidate.json"
+REPORT_FILE = "report.json"
+DECISION_FILE = "decision.json"
+EVALUATIONS_TABLE = "evaluations"
+
+
+class CycleOrderError(RuntimeError):
+    """A cycle was started before the one it builds on finished."""
+
+
+def resolve_deployment(
+    registry: Registry, cycle: str, previous: str | None, finished_cycles: set[str]
+) -> tuple[ModelRef, str]:
+    """The model that serves during `cycle`: what the previous cycle ended with, or the base for the first.
+
+    Returns the model and where it came from (an alias name).
+    """
+    if previous is not None and previous in finished_cycles:
+        ref = registry.alias(cycle_alias(previous))
+        if ref is None:
+            raise CycleOrderError(
+                f"cycle {previous} finished but the registry has no alias {cycle_alias(previous)!r}; "
+                f"rerun champion_model for {previous}"
+            )
+        return ref, cycle_alias(previous)
+    earlier = sorted(c for c in finished_cycles if c < cycle)
+    if earlier or (previous is not None and finished_cycles):
+        raise CycleOrderError(
+            f"cycle {cycle} cannot start: the previous cycle {previous} has not finished "
+            f"(its champion_model is not materialized). Finished cycles: {sorted(finished_cycles) or 'none'}. "
+            f"Materialize cycle {previous} first."
+        )
+    ref = registry.alias(CHAMPION)
+    if ref is None:
+        raise CycleOrderError(
+            f"cycle {cycle} is the flywheel's first, but the registry has no '{CHAMPION}' model: "
+            "run `flywheel bootstrap` first"
+        )
+    return ref, CHAMPION
+
+
+def capture_traffic(
+    cfg: FlywheelConfig, task: TaskSource, engine, cycle: str, index: int, ref: ModelRef  # noqa: ANN001
+) -> pa.Table:
+    """Run the quarter's simulated production traffic through the deployed model; one row per sample."""
+    problems = task.traffic(index, cfg.traffic.problems_per_cycle)
+    settings = SamplingSettings(
+        n=cfg.traffic.samples_per_problem,
+        temperature=cfg.traffic.temperature,
+        top_p=cfg.traffic.top_p,
+        max_new_tokens=cfg.traffic.max_new_tokens,
+        seed=cfg.task.seed * 1000 + index,
+    )
+    completions = engine.generate([p.prompt for p in problems], settings)
+    now = datetime.now(UTC)
+    rows = []
+    for c in completions:
+        p = problems[c.prompt_index]
+        parsed = task.parse(c.text)
+        rows.append(
+            {
+                "trace_id": trace_id(cycle, ref.version, p.problem_id, p.prompt, c.sample_index),
+                "cycle": cycle,
+                "source": "simulated",
+                "model_name": ref.name,
+                "model_version": ref.version,
+                "problem_id": p.problem_id,
+                "suite": p.suite,
+                "prompt": p.prompt,
+                "completion": c.text,
+                "reasoning": parsed.reasoning,
+                "answer": parsed.answer,
+                "reference_answer": p.reference,
+                "correct": None,
+                "verifier": None,
+                "verdict": None,
+                "tokens": c.tokens,
+                "mean_logprob": c.mean_logprob,
+                "finish_reason": c.finish_reason,
+                "sample_index": c.sample_index,
+                "created_at": now,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=TRACE_SCHEMA)
+
+
+def train_candidate(
+    cfg: FlywheelConfig, champion_dir: Path, training: pa.Table, out_dir: Path, on_log=None  # noqa: ANN001
+) -> TrainResult:
+    """SFT from the champion's weights on the training split (validation split for the eval loss)."""
+    rows = training.select(["prompt", "completion", "split"]).to_pylist()
+    train = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows if r["split"] == "train"]
+    val = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows if r["split"] == "validation"]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    result = run_sft(
+        champion_dir,
+        train,
+        out_dir,
+        SFTSettings(
+            learning_rate=cfg.training.learning_rate,
+            epochs=cfg.training.epochs,
+            batch_size=cfg.training.batch_size,
+            max_length=cfg.model.max_length,
+            max_steps=cfg.training.max_steps,
+            seed=cfg.training.seed,
+            device=cfg.engine.device,
+        ),
+        eval_rows=val or None,
+        on_log=on_log,
+    )
+    shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
+    return result
+
+
+def benchmark_settings(cfg: FlywheelConfig) -> SamplingSettings:
+    return SamplingSettings(
+        n=cfg.benchmark.samples_per_problem,
+        temperature=cfg.benchmark.temperature,
+        max_new_tokens=cfg.benchmark.max_new_tokens,
+        seed=cfg.benchmark.seed,
+    )
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    table: pa.Table
+    cached: bool
+    seconds: float
+
+
+def evaluate_version(
+    cfg: FlywheelConfig, task: TaskSource, lake: Lake, registry: Registry, ref: ModelRef, load_engine  # noqa: ANN001
+) -> ModelEvaluation:
+    """A model version's results on the fixed benchmark, computed once and kept in the lake.
+
+    The champion of cycle N was the candidate of cycle N-1, on the same benchmark with the same seed, so
+    its results are read back rather than generated again.
+    """
+    problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
+    settings = benchmark_settings(cfg)
+    key = f"{ref.name}-v{ref.version}-{benchmark_fingerprint(problems, settings, task.verifier_name)}"
+    if lake.exists(EVALUATIONS_TABLE, key):
+        return ModelEvaluation(lake.read_table(EVALUATIONS_TABLE, key), True, 0.0)
+    started = time.perf_counter()
+    engine = load_engine(registry.local_path(ref))
+    try:
+        with timing.compute("benchmark_report"):
+            table = evaluate(engine, task, problems, settings)
+    finally:
+        engine.close()
+    lake.write_table(EVALUATIONS_TABLE, key, table)
+    return ModelEvaluation(table, False, time.perf_counter() - started)
+
+
+def compare_and_decide(
+    cfg: FlywheelConfig, task: TaskSource, champion: pa.Table, candidate: pa.Table
+) -> tuple[list[SuiteComparison], GateDecision]:
+    comparisons = compare_evaluations(
+        champion, candidate, cfg.benchmark.bootstrap_resamples, seed=cfg.benchmark.seed
+    )
+    return comparisons, decide_promotion(comparisons, cfg.gate, task.suites())
+
+
+def report_payload(
+    cycle: str, index: int, champion: ModelRef, candidate: ModelRef, comparisons: list[SuiteComparison], decision: GateDecision
+) -> dict:
+    return {
+        "cycle": cycle,
+        "cycle_index": index,
+        "champion": {"name": champion.name, "version": champion.version},
+        "candidate": {"name": candidate.name, "version": candidate.version},
+        "suites": [c.as_dict() for c in comparisons],
+        "gate": {"promote": decision.promote, "sound": decision.sound, "reason": decision.reason},
+    }
+
+
+def write_json(lake: Lake, table: str, cycle: str, name: str, payload: dict) -> str:
+    return lake.write_partition(table, cycle, {name: json.dumps(payload, indent=2).encode()})[name].sha256
+
+
+def read_json(lake: Lake, table: str, cycle: str, name: str) -> dict:
+    return json.loads(lake.read_bytes(table, cycle, name))
+
+
+def model_weights_sha(registry: Registry, ref: ModelRef) -> str:
+    return weights_sha256(registry.local_path(ref))

@@ -1,0 +1,172 @@
+"""MLflow: one experiment per flywheel, a parent run per cycle with nested runs per stage, and the model
+registry whose alias `champion` is the system of record for which model serves.
+
+Aliases: `champion` (serving now), `base` (the bootstrap model), `cycle_<key>` (the champion at the end of
+cycle <key>; the next cycle deploys exactly that, even when it is rerun after later cycles moved `champion`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+CHAMPION = "champion"
+BASE = "base"
+TREND_RUN = "flywheel-trend"
+
+
+def cycle_alias(cycle: str) -> str:
+    return "cycle_" + cycle.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """Hash of every weights file in a model folder (safetensors/bin), in name order."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in {".safetensors", ".bin"})
+    if not files:
+        raise FileNotFoundError(f"no weights files (*.safetensors, *.bin) in model folder {model_dir}")
+    for p in files:
+        h.update(p.name.encode())
+        with p.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+class Registry:
+    """Runs, registered model versions and aliases for one flywheel."""
+
+    def __init__(self, tracking_uri: str, model_name: str, artifact_location: str | None = None, cache_dir: str | None = None) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        exp = self.client.get_experiment_by_name(model_name)
+        self.experiment_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(model_name, artifact_location=artifact_location)
+        )
+
+    # ---- runs -------------------------------------------------------------------------------------
+    def _find_run(self, filter_string: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1, order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
+
+    def cycle_run(self, cycle: str, cycle_index: int) -> str:
+        """The parent run of a cycle, created on first use; reruns reuse it."""
+        found = self._find_run(f"tags.`flywheel.cycle` = '{cycle}' and tags.`flywheel.kind` = 'cycle'")
+        if found:
+            return found
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"cycle-{cycle}",
+            tags={"flywheel.cycle": cycle, "flywheel.kind": "cycle", "flywheel.cycle_index": str(cycle_index)},
+        )
+        return run.info.run_id
+
+    def stage_run(self, cycle: str, cycle_index: int, stage: str, tags: dict[str, str] | None = None) -> str:
+        """A new nested run for one stage of a cycle (each materialization gets its own)."""
+        parent = self.cycle_run(cycle, cycle_index)
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{stage}-{cycle}",
+            tags={"mlflow.parentRunId": parent, "flywheel.cycle": cycle, "flywheel.kind": "stage", "flywheel.stage": stage, **(tags or {})},
+        )
+        return run.info.run_id
+
+    def trend_run(self) -> str:
+        """One long-lived run holding every cycle's headline metrics at step = cycle index (the trend chart)."""
+        found = self._find_run(f"tags.`flywheel.kind` = '{TREND_RUN}'")
+        if found:
+            return found
+        return self.client.create_run(self.experiment_id, run_name=TREND_RUN, tags={"flywheel.kind": TREND_RUN}).info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_params(self, run_id: str, params: dict[str, object]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    # ---- models -----------------------------------------------------------------------------------
+    def register_model_dir(self, run_id: str, model_dir: str | Path, tags: dict[str, str] | None = None) -> ModelRef:
+        """Log a Hugging Face model folder as the run's `model` artifact and register it as a new version."""
+        from mlflow.exceptions import MlflowException
+
+        self.client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+        try:
+            self.client.create_registered_model(self.model_name)
+        except MlflowException as err:
+            if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
+                raise
+        source = self.client.get_run(run_id).info.artifact_uri.rstrip("/") + "/model"
+        mv = self.client.create_model_version(self.model_name, source=source, run_id=run_id, tags=tags or {})
+        return ModelRef(self.model_name, str(mv.version), run_id, source)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.model_name, alias, version)
+
+    def alias(self, alias: str) -> ModelRef | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(self.model_name, alias)
+        except MlflowException:
+            return None
+        return ModelRef(self.model_name, str(mv.version), mv.run_id, mv.source)
+
+    def version(self, version: str) -> ModelRef:
+        mv = self.client.get_model_version(self.model_name, version)
+        return ModelRef(self.model_name, str(mv.version), mv.run_id, mv.source)
+
+    def set_version_tags(self, version: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(self.model_name, version, k, v)
+
+    def local_path(self, ref: ModelRef) -> Path:
+        """A local folder with the version's files: the artifact itself on local stores, else a cached download."""
+        parsed = urlparse(ref.source)
+        if parsed.scheme in ("", "file"):
+            path = Path(unquote(parsed.path)) if parsed.scheme else Path(ref.source)
+            if (path / "config.json").exists():
+                return path
+        if self.cache_dir is None:
+            raise RuntimeError(f"model version {ref.version} lives at {ref.source}; a cache_dir is needed to download it")
+        target = self.cache_dir / f"{self.model_name}-v{ref.version}"
+        if not (target / "config.json").exists():
+            import mlflow.artifacts
+
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(tmp), tracking_uri=self.tracking_uri)
+            inner = tmp / "model" if (tmp / "model" / "config.json").exists() else tmp
+            inner.rename(target)
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target

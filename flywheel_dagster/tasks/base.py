@@ -1,0 +1,67 @@
+"""Problems, verdicts and the task-source interface shared by every source of problems."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question with its reference answer; `solution` is a human-style worked solution."""
+
+    problem_id: str
+    suite: str
+    prompt: str
+    reference: str
+    solution: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A verifier's judgement of one completion."""
+
+    correct: bool
+    answer: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class ParsedCompletion:
+    reasoning: str
+    answer: str | None
+
+
+class TaskSource(Protocol):
+    """Where problems come from and how a completion is judged."""
+
+    name: str
+    verifier_name: str
+
+    def suites(self) -> list[str]:
+        """Benchmark suites (difficulty levels) this source evaluates on."""
+        ...
+
+    def traffic(self, cycle_index: int, n: int) -> list[Problem]:
+        """The quarter's simulated production questions (mixed difficulty), deterministic per cycle."""
+        ...
+
+    def benchmark(self, problems_per_suite: int, seed: int) -> list[Problem]:
+        """A fixed held-out benchmark, disjoint from traffic and anchors."""
+        ...
+
+    def anchors(self, n: int, seed: int) -> list[Problem]:
+        """Human-origin worked examples used to bootstrap and to anchor each cycle's training."""
+        ...
+
+    def parse(self, completion: str) -> ParsedCompletion:
+        """Split a completion into reasoning and final answer."""
+        ...
+
+    def verify(self, completion: str, reference: str) -> Verdict:
+        """Judge a completion against the reference answer."""
+        ...
+
+    def render(self, problem: Problem, reasoning: str, answer: str) -> str:
+        """The completion text for a reasoning and an answer (the training target format)."""
+        ...

@@ -1,0 +1,108 @@
+"""GSM8K-style word problems from JSON Lines, final answers checked with HF math-verify (gold first)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from flywheel_dagster.tasks.base import ParsedCompletion, Problem, Verdict
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "gsm8k"
+
+_HASHES = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_THE_ANSWER = re.compile(r"answer is[:\s]*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?[\d,]*\.?\d+")
+_CALC = re.compile(r"<<[^>]*>>")
+
+
+def load_gsm8k(path: Path) -> list[dict[str, str]]:
+    """Read a GSM8K JSONL file; a bad line raises with its file and line number."""
+    if not path.exists():
+        raise FileNotFoundError(f"GSM8K file {str(path)!r} does not exist (expected train.jsonl/test.jsonl in the data dir)")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rows.append({"question": str(row["question"]), "answer": str(row["answer"])})
+            except (json.JSONDecodeError, KeyError) as err:
+                raise ValueError(f"{path}:{i}: expected a JSON object with 'question' and 'answer' ({err})") from None
+    return rows
+
+
+@lru_cache(maxsize=4096)
+def _parse_math(text: str):  # noqa: ANN202 - math_verify's own parse result type
+    from math_verify import parse
+
+    return parse(text)
+
+
+class GSM8KTask:
+    """GSM8K: one suite (`gsm8k`), reference = the number after '####'."""
+
+    name = "gsm8k"
+    verifier_name = "math-verify"
+
+    def __init__(self, data_dir: str | Path | None = None, seed: int = 0) -> None:
+        self.data_dir = Path(data_dir) if data_dir else DEFAULT_DATA_DIR
+        self.seed = seed
+        self._train = [self._problem(r, "train") for r in load_gsm8k(self.data_dir / "train.jsonl")]
+        self._test = [self._problem(r, "test") for r in load_gsm8k(self.data_dir / "test.jsonl")]
+
+    @staticmethod
+    def _problem(row: dict[str, str], split: str) -> Problem:
+        m = _HASHES.search(row["answer"])
+        if not m:
+            raise ValueError(f"GSM8K answer has no '#### <number>' line: {row['answer'][-80:]!r}")
+        reference = m.group(1).replace(",", "")
+        reasoning = _CALC.sub("", row["answer"][: m.start()]).strip()
+        digest = hashlib.sha1(row["question"].encode()).hexdigest()[:12]
+        return Problem(
+            problem_id=f"gsm8k-{split}/{digest}",
+            suite="gsm8k",
+            prompt=f"Question: {row['question']}\nAnswer: Let's think step by step.\n",
+            reference=reference,
+            solution=f"{reasoning}\n#### {reference}",
+        )
+
+    def suites(self) -> list[str]:
+        return ["gsm8k"]
+
+    def benchmark(self, problems_per_suite: int, seed: int) -> list[Problem]:
+        return random.Random(f"benchmark-{seed}").sample(self._test, min(problems_per_suite, len(self._test)))
+
+    def traffic(self, cycle_index: int, n: int) -> list[Problem]:
+        # Production questions are simulated with GSM8K train questions; the test split stays held out.
+        return random.Random(f"traffic-{self.seed}-{cycle_index}").sample(self._train, min(n, len(self._train)))
+
+    def anchors(self, n: int, seed: int) -> list[Problem]:
+        return random.Random(f"anchors-{self.seed}-{seed}").sample(self._train, min(n, len(self._train)))
+
+    def parse(self, completion: str) -> ParsedCompletion:
+        for pattern in (_HASHES, _BOXED, _THE_ANSWER):
+            m = pattern.search(completion)
+            if m:
+                return ParsedCompletion(completion[: m.start()].strip(), m.group(1).replace(",", "").strip())
+        numbers = _NUMBER.findall(completion)
+        if numbers:
+            return ParsedCompletion(completion.strip(), numbers[-1].replace(",", ""))
+        return ParsedCompletion(completion.strip(), None)
+
+    def verify(self, completion: str, reference: str) -> Verdict:
+        from math_verify import verify
+
+        parsed = self.parse(completion)
+        if parsed.answer is None:
+            return Verdict(False, None, "no_final_answer")
+        ok = verify(_parse_math(reference), _parse_math(parsed.answer))
+        return Verdict(bool(ok), parsed.answer, "correct" if ok else "wrong_answer")
+
+    def render(self, problem: Problem, reasoning: str, answer: str) -> str:
+        return f"{reasoning}\n#### {answer}"

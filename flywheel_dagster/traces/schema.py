@@ -1,0 +1,57 @@
+"""The reasoning-trace record: one sampled answer with its reasoning, as a pyarrow schema."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+TRACE_SCHEMA = pa.schema(
+    [
+        pa.field("trace_id", pa.string(), nullable=False),
+        pa.field("cycle", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # "simulated" traffic or "production" logs
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("problem_id", pa.string()),
+        pa.field("suite", pa.string()),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("reasoning", pa.string(), nullable=False),
+        pa.field("answer", pa.string()),
+        pa.field("reference_answer", pa.string()),
+        pa.field("correct", pa.bool_()),
+        pa.field("verifier", pa.string()),
+        pa.field("verdict", pa.string()),
+        pa.field("tokens", pa.int32(), nullable=False),
+        pa.field("mean_logprob", pa.float32()),
+        pa.field("finish_reason", pa.string()),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+# The harvested table adds what the harvest decided about each trace.
+HARVESTED_SCHEMA = TRACE_SCHEMA.append(pa.field("label", pa.string(), nullable=False)).append(
+    pa.field("drop_reason", pa.string())
+)
+
+# The training dataset: prompt/completion pairs with their origin.
+TRAINING_SCHEMA = pa.schema(
+    [
+        pa.field("example_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("origin", pa.string(), nullable=False),  # "synthetic" (verified trace) or "human" (anchor)
+        pa.field("split", pa.string(), nullable=False),  # "train" or "validation"
+        pa.field("trace_id", pa.string()),
+        pa.field("problem_id", pa.string()),
+        pa.field("suite", pa.string()),
+    ]
+)
+
+
+def trace_id(cycle: str, model_version: str, problem_id: str, prompt: str, sample_index: int) -> str:
+    """Deterministic id: a rerun of the same cycle produces the same ids, so nothing is counted twice."""
+    key = f"{cycle}\x1f{model_version}\x1f{problem_id}\x1f{prompt}\x1f{sample_index}"
+    return hashlib.sha256(key.encode()).hexdigest()[:24]

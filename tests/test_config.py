@@ -1,0 +1,67 @@
+import pytest
+
+from flywheel_dagster.config import PRESETS, ConfigError, build_config, load_config
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_validates(preset):
+    cfg = build_config(preset=preset)
+    assert cfg.preset == preset
+    assert cfg.name
+
+
+def test_overrides_merge_field_by_field():
+    cfg = build_config({"traffic": {"problems_per_cycle": 7}})
+    assert cfg.traffic.problems_per_cycle == 7
+    assert cfg.traffic.samples_per_problem == 4  # untouched sibling keeps its default
+
+
+def test_unknown_field_is_named(tmp_path):
+    p = tmp_path / "flywheel.yaml"
+    p.write_text("preset: playground\ntraffic:\n  problems_per_cycl: 10\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert "traffic.problems_per_cycl" in str(err.value)
+    assert "unknown field" in str(err.value)
+    assert str(p) in str(err.value)
+
+
+def test_wrong_value_names_field_and_expectation():
+    with pytest.raises(ConfigError) as err:
+        build_config({"harvest": {"anchor_fraction": 1.5}})
+    msg = str(err.value)
+    assert "harvest.anchor_fraction" in msg and "less than 1" in msg and "1.5" in msg
+
+
+def test_wrong_type_and_bad_preset():
+    with pytest.raises(ConfigError, match="training.learning_rate"):
+        build_config({"training": {"learning_rate": "fast"}})
+    with pytest.raises(ConfigError, match=r"preset: expected one of \['playground', 'production', 'smollm2'\]"):
+        build_config(preset="giant")
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="hf_path is required"):
+        build_config({"model": {"kind": "hf"}})
+    with pytest.raises(ConfigError, match="playground-tiny"):
+        build_config({"task": {"source": "gsm8k"}, "model": {"kind": "playground-tiny"}})
+
+
+def test_yaml_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(listy)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_repo_example_config_is_valid():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "flywheel.yaml")
+    assert cfg.preset == "playground"

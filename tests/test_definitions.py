@@ -1,0 +1,30 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_code_location_validates(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "FLYWHEEL_HOME": str(tmp_path / "fw")}
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "All code locations passed validation" in out.stderr + out.stdout
+
+
+def test_definitions_hold_the_cycle():
+    from jobs.definitions import defs
+
+    job = defs.resolve_job_def("flywheel_cycle")
+    keys = {k.path[-1] for k in job.asset_layer.executable_asset_keys}
+    assert keys == {"deployment", "reasoning_traces", "harvested_traces", "training_dataset",
+                    "candidate_model", "benchmark_report", "champion_model"}
+    spec = defs.resolve_assets_def("candidate_model").specs_by_key
+    assert all(s.pool == "gpu" for s in spec.values())
+    check = next(iter(defs.resolve_asset_graph().asset_check_keys))
+    assert check.name == "promotion_gate"
