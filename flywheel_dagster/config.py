@@ -41,6 +41,9 @@ class TaskConfig(_Strict):
     data_dir: str | None = Field(
         default=None, description="GSM8K folder with train.jsonl/test.jsonl; default: the repo's data/gsm8k"
     )
+    prompt_format: Literal["plain", "chatml"] = Field(
+        default="plain", description="chatml wraps GSM8K questions in ChatML turns (instruct models like SmolLM2)"
+    )
 
 
 class ModelConfig(_Strict):
@@ -86,6 +89,9 @@ class HarvestConfig(_Strict):
     )
     validation_fraction: float = Field(default=0.05, ge=0, lt=0.5)
     max_positives_per_problem: int = Field(default=4, gt=0)
+    min_training_examples: int = Field(
+        default=0, ge=0, description="human anchors fill the training set up to this size when positives are scarce"
+    )
 
 
 class TrainingConfig(_Strict):
@@ -156,11 +162,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "smollm2": {
         "name": "flywheel-smollm2",
-        "task": {"source": "gsm8k"},
+        "task": {"source": "gsm8k", "prompt_format": "chatml"},
         "model": {"kind": "smollm2-gguf", "max_length": 512},
         "engine": {"batch_size": 16},
         "traffic": {"problems_per_cycle": 8, "samples_per_problem": 2, "max_new_tokens": 160, "temperature": 0.7},
-        "harvest": {"anchor_fraction": 0.5, "validation_fraction": 0.0},
+        "harvest": {"anchor_fraction": 0.5, "validation_fraction": 0.0, "min_training_examples": 8},
         "training": {"learning_rate": 1e-5, "epochs": 1, "batch_size": 4},
         "benchmark": {"problems_per_suite": 8, "samples_per_problem": 1, "max_new_tokens": 160, "temperature": 0.0},
         "gate": {"max_regression": 0.25},

@@ -17,7 +17,7 @@ from flywheel_dagster.engines.base import SamplingSettings
 from flywheel_dagster.evaluation.benchmark import benchmark_fingerprint, compare_evaluations, evaluate
 from flywheel_dagster.evaluation.gate import GateDecision, decide_promotion
 from flywheel_dagster.evaluation.stats import SuiteComparison
-from flywheel_dagster.registry import CHAMPION, ModelRef, Registry, cycle_alias, weights_sha256
+from flywheel_dagster.registry import BASE, ModelRef, Registry, cycle_alias, weights_sha256
 from flywheel_dagster.tasks.base import TaskSource
 from flywheel_dagster.traces.lake import Lake
 from flywheel_dagster.traces.schema import TRACE_SCHEMA, trace_id
@@ -49,20 +49,25 @@ def resolve_deployment(
                 f"rerun champion_model for {previous}"
             )
         return ref, cycle_alias(previous)
-    earlier = sorted(c for c in finished_cycles if c < cycle)
-    if earlier or (previous is not None and finished_cycles):
+    if any(c < cycle for c in finished_cycles):
         raise CycleOrderError(
             f"cycle {cycle} cannot start: the previous cycle {previous} has not finished "
-            f"(its champion_model is not materialized). Finished cycles: {sorted(finished_cycles) or 'none'}. "
+            f"(its champion_model is not materialized). Finished cycles: {sorted(finished_cycles)}. "
             f"Materialize cycle {previous} first."
         )
-    ref = registry.alias(CHAMPION)
+    if cycle not in finished_cycles and any(c > cycle for c in finished_cycles):
+        raise CycleOrderError(
+            f"cycle {cycle} cannot start: later cycles already finished ({sorted(finished_cycles)}); "
+            "a flywheel's cycles run in quarter order"
+        )
+    # The flywheel's first cycle (or a rerun of it): the bootstrap base serves.
+    ref = registry.alias(BASE)
     if ref is None:
         raise CycleOrderError(
-            f"cycle {cycle} is the flywheel's first, but the registry has no '{CHAMPION}' model: "
+            f"cycle {cycle} is the flywheel's first, but the registry has no '{BASE}' model: "
             "run `flywheel bootstrap` first"
         )
-    return ref, CHAMPION
+    return ref, BASE
 
 
 def capture_traffic(

@@ -11,15 +11,15 @@ from flywheel_dagster.bootstrap import bootstrap
 from flywheel_dagster.config import load_config
 from flywheel_dagster.resources import local_resources
 
-# Small enough for a cycle in well under a minute on two cores, big enough to learn the easy levels a little.
+# A cycle in well under a minute on two cores. The base is the demo's (trained once per session, about
+# 90 s): it solves a good share of the easy problems, so a cycle has positives and a broken candidate
+# shows a measurable drop.
 TINY = {
     "preset": "playground",
     "name": "flywheel-test",
-    "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 192},
-    "bootstrap": {"examples": 6000, "epochs": 2, "learning_rate": 0.003},
-    "traffic": {"problems_per_cycle": 60, "samples_per_problem": 4, "temperature": 1.0},
-    "benchmark": {"problems_per_suite": 12, "samples_per_problem": 2, "bootstrap_resamples": 500},
-    "training": {"epochs": 1, "learning_rate": 0.0005},
+    "traffic": {"problems_per_cycle": 80, "samples_per_problem": 4, "temperature": 1.0},
+    "benchmark": {"problems_per_suite": 16, "samples_per_problem": 2, "bootstrap_resamples": 500},
+    "training": {"epochs": 1, "learning_rate": 0.0002},
 }
 
 
@@ -40,8 +40,18 @@ class TinyFlywheel:
 
 
 @pytest.fixture(scope="session")
-def tiny_flywheel_factory(tmp_path_factory):  # noqa: ANN001, ANN201
+def trained_flywheel(tmp_path_factory) -> TinyFlywheel:  # noqa: ANN001
+    """A flywheel bootstrapped the real way: build the tiny Llama, SFT it on human solutions, register v1."""
+    return TinyFlywheel(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flywheel_factory(tmp_path_factory, trained_flywheel):  # noqa: ANN001, ANN201
+    """More flywheels in their own folders, starting from the session's trained base (registered as kind hf)."""
+    base_dir = trained_flywheel.registry.local_path(trained_flywheel.base.ref)
+
     def make(name: str, overrides: dict | None = None) -> TinyFlywheel:
-        return TinyFlywheel(tmp_path_factory.mktemp(name), overrides)
+        model = {"kind": "hf", "hf_path": str(base_dir), "max_length": 128}
+        return TinyFlywheel(tmp_path_factory.mktemp(name), {"model": model, **(overrides or {})})
 
     return make

@@ -41,7 +41,7 @@ def test_full_cycle_materializes_every_stage(one_cycle):
                          "candidate_model", "benchmark_report", "champion_model"}
     meta = lambda name: mats[name].step_materialization_data.materialization.metadata  # noqa: E731
     traces = fw.lake.read_table("reasoning_traces", Q1)
-    assert traces.num_rows == 60 * 4 == meta("reasoning_traces")["dagster/row_count"].value
+    assert traces.num_rows == 80 * 4 == meta("reasoning_traces")["dagster/row_count"].value
     assert set(traces.column("cycle").to_pylist()) == {Q1}
     assert traces.column("model_version").unique().to_pylist() == [fw.base.ref.version]
     # every trace read is accounted for by exactly one label
@@ -120,3 +120,12 @@ def test_schedule_tick_requests_the_quarter_that_just_ended():
     requests = list(quarterly_schedule.evaluate_tick(ctx).run_requests)
     assert [r.partition_key for r in requests] == [Q3]
     assert quarterly_schedule.cron_schedule == "0 0 1 */3 *"
+
+
+def test_first_cycle_deploys_base_and_later_cycles_deploy_what_the_previous_promoted(one_cycle):
+    fw, instance, _ = one_cycle
+    finished = {Q1}
+    assert core.resolve_deployment(fw.registry, Q2, Q1, finished)[1] == cycle_alias(Q1)
+    assert core.resolve_deployment(fw.registry, Q1, "2025-10-01", finished)[1] == BASE  # rerun of the first
+    with pytest.raises(core.CycleOrderError, match="later cycles already finished"):
+        core.resolve_deployment(fw.registry, "2025-10-01", "2025-07-01", finished)

@@ -24,7 +24,9 @@ def test_definitions_hold_the_cycle():
     keys = {k.path[-1] for k in job.asset_layer.executable_asset_keys}
     assert keys == {"deployment", "reasoning_traces", "harvested_traces", "training_dataset",
                     "candidate_model", "benchmark_report", "champion_model"}
-    spec = defs.resolve_assets_def("candidate_model").specs_by_key
-    assert all(s.pool == "gpu" for s in spec.values())
+    # training and inference wait for a slot in the `gpu` pool; harvest (CPU work) does not
+    assert defs.resolve_assets_def("candidate_model").op.pool == "gpu"
+    assert defs.resolve_assets_def("reasoning_traces").op.pool == "gpu"
+    assert defs.resolve_assets_def("harvested_traces").op.pool is None
     check = next(iter(defs.resolve_asset_graph().asset_check_keys))
     assert check.name == "promotion_gate"

@@ -40,6 +40,12 @@ def test_gate_promotes_only_a_clear_improvement_without_regression():
     assert not d.promote and "'b' drops" in d.reason
 
 
+def test_a_tie_is_not_promoted():
+    tie = [_cmp("a", 0.0, 0.0, 0.0), _cmp("overall", 0.0, 0.0, 0.0)]  # e.g. two models that both score 0
+    d = decide_promotion(tie, GateConfig(min_improvement=0.0), ["a"])
+    assert not d.promote and d.sound and "not better" in d.reason
+
+
 def test_gate_flags_unsound_reports():
     gate = GateConfig()
     d = decide_promotion([_cmp("a", 0.1, 0.05, 0.15), _cmp("overall", 0.1, 0.05, 0.15)], gate, ["a", "b"])

@@ -76,20 +76,26 @@ def _split_of(problem_key: str, validation_fraction: float) -> str:
 
 
 def build_training_dataset(
-    harvested: pa.Table, anchors: list[Problem], anchor_fraction: float, validation_fraction: float
+    harvested: pa.Table,
+    anchors: list[Problem],
+    anchor_fraction: float,
+    validation_fraction: float,
+    min_examples: int = 0,
 ) -> tuple[pa.Table, dict[str, int]]:
-    """Positives as prompt/completion pairs, plus human anchors so they make up anchor_fraction of the rows.
+    """Positives as prompt/completion pairs, plus human anchors so they make up anchor_fraction of the rows
+    (or fill the set up to min_examples when positives are scarce).
 
     The train/validation split is by problem, so no problem's examples sit on both sides.
     """
     positives = [r for r in harvested.to_pylist() if r["label"] == "positive"]
-    if not positives:
+    if not positives and min_examples == 0:
         labels = dict(sorted(Counter(harvested.column("label").to_pylist()).items()))
         raise ValueError(
             f"no verified positive traces to distill from ({harvested.num_rows} harvested traces: {labels}); "
             "the deployed model solved none of this quarter's problems"
         )
     n_anchor = 0 if anchor_fraction == 0 else math.ceil(len(positives) * anchor_fraction / (1 - anchor_fraction))
+    n_anchor = max(n_anchor, min_examples - len(positives))
     if n_anchor > len(anchors):
         raise ValueError(
             f"harvest needs {n_anchor} anchor examples for anchor_fraction={anchor_fraction}, got {len(anchors)}"

@@ -27,6 +27,8 @@ def decide_promotion(comparisons: list[SuiteComparison], gate: GateConfig, expec
             return GateDecision(False, False, f"benchmark report has non-finite figures for suite {c.suite!r}")
     overall = by_suite["overall"]
     low = overall.delta_ci[0]
+    if overall.delta <= 0:
+        return GateDecision(False, True, f"overall delta {overall.delta:+.3f}: the candidate is not better than the champion")
     if low < gate.min_improvement:
         return GateDecision(
             False,

@@ -18,4 +18,4 @@ def load_task(cfg: FlywheelConfig) -> TaskSource:
         )
     from flywheel_dagster.tasks.gsm8k import GSM8KTask
 
-    return GSM8KTask(cfg.task.data_dir, seed=cfg.task.seed)
+    return GSM8KTask(cfg.task.data_dir, seed=cfg.task.seed, prompt_format=cfg.task.prompt_format)

@@ -18,6 +18,11 @@ _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _THE_ANSWER = re.compile(r"answer is[:\s]*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?[\d,]*\.?\d+")
 _CALC = re.compile(r"<<[^>]*>>")
+_INSTRUCTION = "Solve the problem step by step, then give the final answer on its own line as '#### <number>'."
+PROMPT_FORMATS = {
+    "plain": "Question: {question}\nAnswer: Let's think step by step.\n",
+    "chatml": "<|im_start|>user\n{question}\n" + _INSTRUCTION + "<|im_end|>\n<|im_start|>assistant\n",
+}
 
 
 def load_gsm8k(path: Path) -> list[dict[str, str]]:
@@ -50,14 +55,16 @@ class GSM8KTask:
     name = "gsm8k"
     verifier_name = "math-verify"
 
-    def __init__(self, data_dir: str | Path | None = None, seed: int = 0) -> None:
+    def __init__(self, data_dir: str | Path | None = None, seed: int = 0, prompt_format: str = "plain") -> None:
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"GSM8K prompt_format {prompt_format!r}: expected one of {sorted(PROMPT_FORMATS)}")
         self.data_dir = Path(data_dir) if data_dir else DEFAULT_DATA_DIR
         self.seed = seed
+        self.prompt_format = prompt_format
         self._train = [self._problem(r, "train") for r in load_gsm8k(self.data_dir / "train.jsonl")]
         self._test = [self._problem(r, "test") for r in load_gsm8k(self.data_dir / "test.jsonl")]
 
-    @staticmethod
-    def _problem(row: dict[str, str], split: str) -> Problem:
+    def _problem(self, row: dict[str, str], split: str) -> Problem:
         m = _HASHES.search(row["answer"])
         if not m:
             raise ValueError(f"GSM8K answer has no '#### <number>' line: {row['answer'][-80:]!r}")
@@ -67,7 +74,7 @@ class GSM8KTask:
         return Problem(
             problem_id=f"gsm8k-{split}/{digest}",
             suite="gsm8k",
-            prompt=f"Question: {row['question']}\nAnswer: Let's think step by step.\n",
+            prompt=PROMPT_FORMATS[self.prompt_format].format(question=row["question"]),
             reference=reference,
             solution=f"{reasoning}\n#### {reference}",
         )

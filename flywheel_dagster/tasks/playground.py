@@ -129,9 +129,11 @@ class PlaygroundTask:
         return list(SUITES)
 
     def benchmark(self, problems_per_suite: int, seed: int) -> list[Problem]:
-        rng = random.Random(f"benchmark-{seed}")
         out: list[Problem] = []
         for suite in SUITES:
+            # One stream per suite: a smaller benchmark is a prefix of a larger one, so the held-out set
+            # excluded from traffic and anchors covers every size up to the configured one.
+            rng = random.Random(f"benchmark-{seed}-{suite}")
             seen: set[str] = set()
             while len(seen) < problems_per_suite:
                 p = random_problem(suite, rng)
