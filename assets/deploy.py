@@ -1,6 +1,5 @@
 """Deploy: which model serves this quarter, and the reasoning traces it produced."""
 
-
 import json
 
 import dagster as dg
@@ -23,7 +22,10 @@ from flywheel_dagster.tasks import load_task
     deps=[dg.AssetDep("deployment", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))],
 )
 def deployment(
-    context: dg.AssetExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    flywheel_config: FlywheelConfigResource,
+    lake: LakeResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """The champion that served this quarter's traffic (from the registry), with where it came from."""
     cfg = flywheel_config.load()
@@ -32,8 +34,16 @@ def deployment(
     finished = context.instance.get_materialized_partitions(dg.AssetKey("champion_model"))
     ref, via = core.resolve_deployment(registry, key, previous_of(key), set(finished))
     sha = weights_sha256(registry.local_path(ref))
-    payload = {"cycle": key, "model_name": ref.name, "version": ref.version, "run_id": ref.run_id,
-               "source": ref.source, "via_alias": via, "weights_sha256": sha, "previous_cycle": previous_of(key)}
+    payload = {
+        "cycle": key,
+        "model_name": ref.name,
+        "version": ref.version,
+        "run_id": ref.run_id,
+        "source": ref.source,
+        "via_alias": via,
+        "weights_sha256": sha,
+        "previous_cycle": previous_of(key),
+    }
     core.write_json(lake.lake(), "deployment", key, core.DEPLOYMENT_FILE, payload)
     return dg.MaterializeResult(
         metadata={

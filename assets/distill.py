@@ -1,6 +1,5 @@
 """Distill: train the candidate from the champion's weights on the cycle's training dataset."""
 
-
 import json
 import tempfile
 from pathlib import Path
@@ -25,7 +24,10 @@ from flywheel_dagster.resources import FlywheelConfigResource, LakeResource, Mlf
     tags={"flywheel/compute": "gpu"},
 )
 def candidate_model(
-    context: dg.AssetExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    flywheel_config: FlywheelConfigResource,
+    lake: LakeResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Rejection-sampling fine-tuning (TRL SFTTrainer) on verified positives; registered as a new version."""
     cfg = flywheel_config.load()
@@ -38,28 +40,50 @@ def candidate_model(
     run_id = registry.stage_run(key, index, "distill", tags={"flywheel.method": cfg.training.method})
     registry.log_params(
         run_id,
-        {**{f"training.{k}": v for k, v in cfg.training.model_dump().items()}, "parent_version": champion.version,
-         "training_dataset_uri": the_lake.uri("training_dataset", key), "training_rows": training.num_rows},
+        {
+            **{f"training.{k}": v for k, v in cfg.training.model_dump().items()},
+            "parent_version": champion.version,
+            "training_dataset_uri": the_lake.uri("training_dataset", key),
+            "training_rows": training.num_rows,
+        },
     )
     with tempfile.TemporaryDirectory(prefix="flywheel-candidate-") as tmp:
         with timing.compute("candidate_model"):
             result = core.train_candidate(
-                cfg, registry.local_path(champion), training, Path(tmp) / "model",
-                on_log=lambda step, point: registry.log_metrics(
-                    run_id, {f"train/{k}": v for k, v in point.items() if k != "step"}, step
-                ),
+                cfg,
+                registry.local_path(champion),
+                training,
+                Path(tmp) / "model",
+                on_log=registry.curve_logger(run_id),
             )
         sha = weights_sha256(result.model_dir)
         ref = registry.register_model_dir(
-            run_id, result.model_dir,
+            run_id,
+            result.model_dir,
             tags={"flywheel.cycle": key, "flywheel.parent_version": champion.version, "weights_sha256": sha},
         )
-    registry.log_metrics(run_id, {"train_loss": result.train_loss, "tokens_trained": result.tokens_trained,
-                                  "train_seconds": result.seconds, **({"eval_loss": result.eval_loss} if result.eval_loss is not None else {})})
+    registry.log_metrics(
+        run_id,
+        {
+            "train_loss": result.train_loss,
+            "tokens_trained": result.tokens_trained,
+            "train_seconds": result.seconds,
+            **({"eval_loss": result.eval_loss} if result.eval_loss is not None else {}),
+        },
+    )
     registry.end_run(run_id)
-    payload = {"cycle": key, "version": ref.version, "run_id": run_id, "parent_version": champion.version,
-               "weights_sha256": sha, "method": cfg.training.method, "steps": result.steps,
-               "train_loss": result.train_loss, "eval_loss": result.eval_loss, "tokens_trained": result.tokens_trained}
+    payload = {
+        "cycle": key,
+        "version": ref.version,
+        "run_id": run_id,
+        "parent_version": champion.version,
+        "weights_sha256": sha,
+        "method": cfg.training.method,
+        "steps": result.steps,
+        "train_loss": result.train_loss,
+        "eval_loss": result.eval_loss,
+        "tokens_trained": result.tokens_trained,
+    }
     core.write_json(the_lake, "candidate_model", key, core.CANDIDATE_FILE, payload)
     return dg.MaterializeResult(
         metadata={

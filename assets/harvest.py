@@ -1,6 +1,5 @@
 """Harvest: verify, deduplicate, label, and turn the quarter's traces into a training dataset."""
 
-
 import math
 
 import dagster as dg
@@ -48,13 +47,18 @@ def training_dataset(
     key, index = cycle_of(context)
     the_lake = lake.lake()
     af = cfg.harvest.anchor_fraction
-    most_positives = cfg.traffic.problems_per_cycle * min(cfg.traffic.samples_per_problem, cfg.harvest.max_positives_per_problem)
+    most_positives = cfg.traffic.problems_per_cycle * min(
+        cfg.traffic.samples_per_problem, cfg.harvest.max_positives_per_problem
+    )
     needed = max(math.ceil(most_positives * af / (1 - af)), cfg.harvest.min_training_examples) + 1
     anchors = load_task(cfg).anchors(needed, seed=1000 + index)
     harvested = the_lake.read_table("harvested_traces", key)
     with timing.compute("training_dataset"):
         table, composition = build_training_dataset(
-            harvested, anchors, cfg.harvest.anchor_fraction, cfg.harvest.validation_fraction,
+            harvested,
+            anchors,
+            cfg.harvest.anchor_fraction,
+            cfg.harvest.validation_fraction,
             cfg.harvest.min_training_examples,
         )
     written = the_lake.write_table("training_dataset", key, table)

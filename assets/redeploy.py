@@ -1,6 +1,5 @@
 """Redeploy: benchmark the candidate against the champion, gate, and promote only what passed."""
 
-
 import base64
 import json
 
@@ -13,7 +12,6 @@ from flywheel_dagster import cycle as core
 from flywheel_dagster import timing
 from flywheel_dagster.evaluation.gate import GateDecision
 from flywheel_dagster.evaluation.plots import accuracy_trend_png
-from flywheel_dagster.evaluation.stats import SuiteComparison
 from flywheel_dagster.registry import CHAMPION, cycle_alias
 from flywheel_dagster.resources import EngineResource, FlywheelConfigResource, LakeResource, MlflowResource
 from flywheel_dagster.tasks import load_task
@@ -28,7 +26,9 @@ def _report_history(lake, key: str) -> list[dict]:  # noqa: ANN001
     return history[::-1]
 
 
-@dg.asset(partitions_def=PARTITIONS, group_name="redeploy", code_version="1", deps=[candidate_model, deployment], pool="gpu")
+@dg.asset(
+    partitions_def=PARTITIONS, group_name="redeploy", code_version="1", deps=[candidate_model, deployment], pool="gpu"
+)
 def benchmark_report(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,
@@ -59,13 +59,19 @@ def benchmark_report(
     run_id = registry.stage_run(key, index, "benchmark")
     metrics = {}
     for c in comparisons:
-        metrics |= {f"bench/{c.suite}/accuracy": c.candidate, f"bench/{c.suite}/champion_accuracy": c.champion,
-                    f"bench/{c.suite}/delta": c.delta, f"bench/{c.suite}/delta_ci_low": c.delta_ci[0],
-                    f"bench/{c.suite}/delta_ci_high": c.delta_ci[1]}
+        metrics |= {
+            f"bench/{c.suite}/accuracy": c.candidate,
+            f"bench/{c.suite}/champion_accuracy": c.champion,
+            f"bench/{c.suite}/delta": c.delta,
+            f"bench/{c.suite}/delta_ci_low": c.delta_ci[0],
+            f"bench/{c.suite}/delta_ci_high": c.delta_ci[1],
+        }
     for target in (run_id, registry.cycle_run(key, index), registry.trend_run()):
         registry.log_metrics(target, metrics, step=index)
     registry.client.log_artifact(run_id, str(the_lake.partition_dir("benchmark_report", key) + "/accuracy.png"))
-    registry.set_tags(run_id, {"flywheel.gate": "pass" if decision.promote else "fail", "flywheel.gate_reason": decision.reason})
+    registry.set_tags(
+        run_id, {"flywheel.gate": "pass" if decision.promote else "fail", "flywheel.gate_reason": decision.reason}
+    )
     registry.end_run(run_id)
 
     overall = next(c for c in comparisons if c.suite == "overall")
@@ -113,7 +119,9 @@ def promotion_gate(context: dg.AssetCheckExecutionContext, lake: LakeResource) -
     if overall:
         meta |= {"delta": round(overall["delta"], 4), "delta_ci_low": round(overall["delta_ci"][0], 4)}
     if not decision.sound:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, description=decision.reason, metadata=meta)
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.ERROR, description=decision.reason, metadata=meta
+        )
     return dg.AssetCheckResult(
         passed=decision.promote,
         severity=dg.AssetCheckSeverity.WARN,
@@ -124,7 +132,10 @@ def promotion_gate(context: dg.AssetCheckExecutionContext, lake: LakeResource) -
 
 @dg.asset(partitions_def=PARTITIONS, group_name="redeploy", code_version="1", deps=[benchmark_report])
 def champion_model(
-    context: dg.AssetExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    flywheel_config: FlywheelConfigResource,
+    lake: LakeResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Move the `champion` alias to the candidate if and only if it passed the gate; record the decision."""
     cfg = flywheel_config.load()
@@ -140,14 +151,31 @@ def champion_model(
         registry.set_alias(CHAMPION, candidate_v)
     registry.set_alias(cycle_alias(key), new_champion)
     verdict = "promoted" if decision.promote else "rejected"
-    registry.set_version_tags(candidate_v, {"flywheel.decision": verdict, "flywheel.decision_reason": decision.reason,
-                                            "flywheel.decided_in_cycle": key})
+    registry.set_version_tags(
+        candidate_v,
+        {"flywheel.decision": verdict, "flywheel.decision_reason": decision.reason, "flywheel.decided_in_cycle": key},
+    )
     cycle_run = registry.cycle_run(key, index)
-    registry.set_tags(cycle_run, {"flywheel.decision": verdict, "flywheel.decision_reason": decision.reason,
-                                  "flywheel.champion_version": new_champion, "flywheel.candidate_version": candidate_v})
+    registry.set_tags(
+        cycle_run,
+        {
+            "flywheel.decision": verdict,
+            "flywheel.decision_reason": decision.reason,
+            "flywheel.champion_version": new_champion,
+            "flywheel.candidate_version": candidate_v,
+        },
+    )
     registry.end_run(cycle_run)
-    payload = {"cycle": key, "decision": verdict, "reason": decision.reason, "previous_champion": champion_v,
-               "candidate": candidate_v, "champion": new_champion, "alias": cycle_alias(key), "start_date": START_DATE}
+    payload = {
+        "cycle": key,
+        "decision": verdict,
+        "reason": decision.reason,
+        "previous_champion": champion_v,
+        "candidate": candidate_v,
+        "champion": new_champion,
+        "alias": cycle_alias(key),
+        "start_date": START_DATE,
+    }
     sha = core.write_json(the_lake, "champion_model", key, core.DECISION_FILE, payload)
     return dg.MaterializeResult(
         metadata={

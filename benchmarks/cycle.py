@@ -56,7 +56,8 @@ def main() -> None:
         started = time.perf_counter()
         with dg.DagsterInstance.get() as instance:
             result = job.execute_in_process(
-                partition_key=quarter, instance=instance,
+                partition_key=quarter,
+                instance=instance,
                 run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
             )
             steps = {s.step_key: s.end_time - s.start_time for s in instance.get_run_step_stats(result.run_id)}

@@ -49,9 +49,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             init = build_playground_model(cfg, ALPHABET, Path(tmp) / "init")
             res = run_sft(
-                init, rows, Path(tmp) / "trained",
-                SFTSettings(learning_rate=2e-3, epochs=1, batch_size=64, max_length=cfg.max_length,
-                            max_steps=args.steps, device=device),
+                init,
+                rows,
+                Path(tmp) / "trained",
+                SFTSettings(
+                    learning_rate=2e-3,
+                    epochs=1,
+                    batch_size=64,
+                    max_length=cfg.max_length,
+                    max_steps=args.steps,
+                    device=device,
+                ),
             )
             engine = TransformersEngine(res.model_dir, device=device, batch_size=1024)
             params = sum(p.numel() for p in engine.model.parameters())
@@ -61,8 +69,10 @@ def main() -> None:
             out = engine.generate(prompts, settings)
             seconds = time.perf_counter() - started
             tokens = sum(c.tokens for c in out)
-            print(f"{name:<12}{params / 1e6:>9.2f}M{res.steps / res.seconds:>15.2f}"
-                  f"{res.tokens_trained / res.seconds:>13.0f}{len(out):>10}{tokens / seconds:>12.0f}")
+            print(
+                f"{name:<12}{params / 1e6:>9.2f}M{res.steps / res.seconds:>15.2f}"
+                f"{res.tokens_trained / res.seconds:>13.0f}{len(out):>10}{tokens / seconds:>12.0f}"
+            )
 
 
 if __name__ == "__main__":

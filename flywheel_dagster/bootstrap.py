@@ -41,7 +41,11 @@ def bootstrap(cfg: FlywheelConfig, registry: Registry, models_dir: Path) -> Boot
             anchors = load_task(cfg).anchors(cfg.bootstrap.examples, seed=BOOTSTRAP_ANCHOR_SEED)
             registry.log_params(
                 run_id,
-                {**cfg.model.model_dump(), **{f"bootstrap.{k}": v for k, v in cfg.bootstrap.model_dump().items()}, "suites": ",".join(EASY_SUITES)},
+                {
+                    **cfg.model.model_dump(),
+                    **{f"bootstrap.{k}": v for k, v in cfg.bootstrap.model_dump().items()},
+                    "suites": ",".join(EASY_SUITES),
+                },
             )
             result = run_sft(
                 init,
@@ -55,7 +59,7 @@ def bootstrap(cfg: FlywheelConfig, registry: Registry, models_dir: Path) -> Boot
                     seed=cfg.training.seed,
                     device=cfg.engine.device,
                 ),
-                on_log=lambda step, point: registry.log_metrics(run_id, {f"train/{k}": v for k, v in point.items() if k != "step"}, step),
+                on_log=registry.curve_logger(run_id),
             )
             model_dir, seconds, loss = result.model_dir, result.seconds, result.train_loss
             shutil.rmtree(model_dir / "_trainer", ignore_errors=True)
@@ -68,7 +72,9 @@ def bootstrap(cfg: FlywheelConfig, registry: Registry, models_dir: Path) -> Boot
                     f"model.hf_path {cfg.model.hf_path!r}: expected a local Hugging Face model folder (with config.json)"
                 )
         sha = weights_sha256(model_dir)
-        ref = registry.register_model_dir(run_id, model_dir, tags={"flywheel.cycle": "bootstrap", "weights_sha256": sha})
+        ref = registry.register_model_dir(
+            run_id, model_dir, tags={"flywheel.cycle": "bootstrap", "weights_sha256": sha}
+        )
     registry.set_alias(BASE, ref.version)
     registry.set_alias(CHAMPION, ref.version)
     registry.end_run(run_id)

@@ -24,13 +24,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flywheel_dagster.config import CONFIG_ENV, HOME_ENV, PRESET_ENV, ConfigError, FlywheelConfig, flywheel_home, load_config
+from flywheel_dagster.config import (
+    CONFIG_ENV,
+    HOME_ENV,
+    PRESET_ENV,
+    ConfigError,
+    FlywheelConfig,
+    flywheel_home,
+    load_config,
+)
 
 app = typer.Typer(help="Orchestrate the self-improving reasoning-model flywheel on Dagster.", no_args_is_help=True)
 console = Console()
 
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="state folder (default $FLYWHEEL_HOME or .flywheel)")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="flywheel.yaml (default ./flywheel.yaml if present)")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="flywheel.yaml (default ./flywheel.yaml if present)")
+]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="playground | smollm2 | production")]
 
 
@@ -101,7 +111,9 @@ def _code_location():  # noqa: ANN202
     root = Path.cwd()
     while not (root / "workspace.yaml").exists():
         if root.parent == root:
-            console.print("[red]run flywheel from the repository root (no workspace.yaml found above the current folder)[/red]")
+            console.print(
+                "[red]run flywheel from the repository root (no workspace.yaml found above the current folder)[/red]"
+            )
             raise typer.Exit(2)
         root = root.parent
     if str(root) not in sys.path:
@@ -118,7 +130,9 @@ def _bootstrap(s: Session) -> None:
         res = bootstrap(s.cfg, s.registry(), s.home / "models")
     if res.created:
         took = f" in {res.train_seconds:.0f}s (train loss {res.train_loss:.3f})" if res.train_seconds else ""
-        console.print(f"[green]bootstrap[/green]: registered {res.ref.name} v{res.ref.version} as base and champion{took}")
+        console.print(
+            f"[green]bootstrap[/green]: registered {res.ref.name} v{res.ref.version} as base and champion{took}"
+        )
     else:
         console.print(f"bootstrap: base already registered ({res.ref.name} v{res.ref.version}); reusing it")
 
@@ -138,14 +152,26 @@ def run_cycle(s: Session, defs, quarter: str) -> dict:  # noqa: ANN001
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
         )
-        stats = {st.step_key: (st.end_time or 0) - (st.start_time or 0) for st in instance.get_run_step_stats(result.run_id)}
+        stats = {
+            st.step_key: (st.end_time or 0) - (st.start_time or 0) for st in instance.get_run_step_stats(result.run_id)
+        }
     if not result.success:
         failures = [e for e in result.all_events if e.is_failure]
-        why = failures[0].event_specific_data.error.message.strip() if failures and failures[0].event_specific_data and getattr(failures[0].event_specific_data, "error", None) else "see the Dagster UI"
+        why = (
+            failures[0].event_specific_data.error.message.strip()
+            if failures and failures[0].event_specific_data and getattr(failures[0].event_specific_data, "error", None)
+            else "see the Dagster UI"
+        )
         raise RuntimeError(f"cycle {quarter} failed (run {result.run_id}): {why}")
     report = core.read_json(s.lake(), "benchmark_report", quarter, core.REPORT_FILE)
     decision = core.read_json(s.lake(), "champion_model", quarter, core.DECISION_FILE)
-    return {"report": report, "decision": decision, "run_id": result.run_id, "seconds": time.perf_counter() - started, "steps": stats}
+    return {
+        "report": report,
+        "decision": decision,
+        "run_id": result.run_id,
+        "seconds": time.perf_counter() - started,
+        "steps": stats,
+    }
 
 
 def _fmt(acc: float, ci: list[float] | tuple[float, float]) -> str:
@@ -187,8 +213,12 @@ def _final_comparison(s: Session) -> None:
     for col in ("suite", "base", "champion", "gain (95% CI)"):
         t.add_column(col)
     for c in comparisons:
-        t.add_row(c.suite, _fmt(c.champion, c.champion_ci), _fmt(c.candidate, c.candidate_ci),
-                  f"{c.delta:+.3f} [{c.delta_ci[0]:+.3f}, {c.delta_ci[1]:+.3f}]")
+        t.add_row(
+            c.suite,
+            _fmt(c.champion, c.champion_ci),
+            _fmt(c.candidate, c.candidate_ci),
+            f"{c.delta:+.3f} [{c.delta_ci[0]:+.3f}, {c.delta_ci[1]:+.3f}]",
+        )
     console.print(t)
 
 
@@ -231,9 +261,9 @@ def demo(
     started = time.perf_counter()
     _bootstrap(s)
     defs = _code_location()
-    from assets import PARTITIONS
-
     import dagster as dg
+
+    from assets import PARTITIONS
 
     with dg.DagsterInstance.get() as instance:
         done = instance.get_materialized_partitions(dg.AssetKey("champion_model"))
@@ -257,8 +287,10 @@ def demo(
         )
     console.print(_cycle_table(rows))
     _final_comparison(s)
-    console.print(f"demo finished in {time.perf_counter() - started:.0f}s. Look around: [bold]make ui[/bold] "
-                  "(Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
+    console.print(
+        f"demo finished in {time.perf_counter() - started:.0f}s. Look around: [bold]make ui[/bold] "
+        "(Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)"
+    )
 
 
 @app.command()
@@ -277,7 +309,9 @@ def status(home: HomeOpt = None, config: ConfigOpt = None, preset: PresetOpt = N
     root = Path(lake.partition_dir("champion_model", "x")).parent
     for d in sorted(root.glob("cycle=*")) if root.exists() else []:
         dec = core.read_json(lake, "champion_model", d.name.split("=", 1)[1], core.DECISION_FILE)
-        console.print(f"  {dec['cycle']}: {dec['decision']} (candidate v{dec['candidate']}; champion v{dec['champion']}): {dec['reason']}")
+        console.print(
+            f"  {dec['cycle']}: {dec['decision']} (candidate v{dec['candidate']}; champion v{dec['champion']}): {dec['reason']}"
+        )
 
 
 if __name__ == "__main__":

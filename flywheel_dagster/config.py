@@ -118,9 +118,7 @@ class GateConfig(_Strict):
     min_improvement: float = Field(
         default=0.0, description="promote only if the overall delta's 95% CI lower bound >= this"
     )
-    max_regression: float = Field(
-        default=0.05, ge=0, description="no suite's accuracy may drop by more than this"
-    )
+    max_regression: float = Field(default=0.05, ge=0, description="no suite's accuracy may drop by more than this")
 
 
 class ScheduleConfig(_Strict):
@@ -148,7 +146,9 @@ class FlywheelConfig(_Strict):
         if self.model.kind == "hf" and not self.model.hf_path:
             raise ValueError("model.hf_path is required when model.kind is 'hf'")
         if self.model.kind == "playground-tiny" and self.task.source != "playground":
-            raise ValueError("model.kind 'playground-tiny' only knows the playground alphabet; use task.source 'playground'")
+            raise ValueError(
+                "model.kind 'playground-tiny' only knows the playground alphabet; use task.source 'playground'"
+            )
         if self.model.hidden_size % self.model.num_heads:
             raise ValueError("model.hidden_size must be a multiple of model.num_heads")
         return self
@@ -206,7 +206,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def build_config(overrides: dict[str, Any] | None = None, preset: str | None = None, source: str = "<overrides>") -> FlywheelConfig:
+def build_config(
+    overrides: dict[str, Any] | None = None, preset: str | None = None, source: str = "<overrides>"
+) -> FlywheelConfig:
     """Build a config from a preset plus overrides; raises ConfigError naming each bad field."""
     overrides = dict(overrides or {})
     name = preset or overrides.get("preset") or "playground"
@@ -222,10 +224,14 @@ def build_config(overrides: dict[str, Any] | None = None, preset: str | None = N
 
 
 def load_config(path: str | os.PathLike[str] | None = None, preset: str | None = None) -> FlywheelConfig:
-    """Load flywheel.yaml (path, else $FLYWHEEL_CONFIG, else ./flywheel.yaml if present, else the preset)."""
+    """Load a flywheel config: `path`, else $FLYWHEEL_CONFIG, else ./flywheel.yaml, on top of its preset.
+
+    A preset asked for by name (argument or $FLYWHEEL_PRESET) without a file means that preset as it is:
+    the implicit ./flywheel.yaml (say, the playground example) is not layered onto another preset.
+    """
     path = path or os.environ.get(CONFIG_ENV)
     preset = preset or os.environ.get(PRESET_ENV) or None
-    if path is None and Path("flywheel.yaml").exists():
+    if path is None and preset is None and Path("flywheel.yaml").exists():
         path = "flywheel.yaml"
     if path is None:
         return build_config({}, preset=preset, source=f"preset {preset or 'playground'}")
@@ -237,7 +243,9 @@ def load_config(path: str | os.PathLike[str] | None = None, preset: str | None =
     except yaml.YAMLError as err:
         raise ConfigError(f"flywheel config file {str(p)!r} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"flywheel config file {str(p)!r}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"flywheel config file {str(p)!r}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     if preset is not None:
         raw["preset"] = preset
     return build_config(raw, source=str(p))

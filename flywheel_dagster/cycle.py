@@ -71,7 +71,12 @@ def resolve_deployment(
 
 
 def capture_traffic(
-    cfg: FlywheelConfig, task: TaskSource, engine, cycle: str, index: int, ref: ModelRef  # noqa: ANN001
+    cfg: FlywheelConfig,
+    task: TaskSource,
+    engine,
+    cycle: str,
+    index: int,
+    ref: ModelRef,  # noqa: ANN001
 ) -> pa.Table:
     """Run the quarter's simulated production traffic through the deployed model; one row per sample."""
     problems = task.traffic(index, cfg.traffic.problems_per_cycle)
@@ -116,7 +121,11 @@ def capture_traffic(
 
 
 def train_candidate(
-    cfg: FlywheelConfig, champion_dir: Path, training: pa.Table, out_dir: Path, on_log=None  # noqa: ANN001
+    cfg: FlywheelConfig,
+    champion_dir: Path,
+    training: pa.Table,
+    out_dir: Path,
+    on_log=None,  # noqa: ANN001
 ) -> TrainResult:
     """SFT from the champion's weights on the training split (validation split for the eval loss)."""
     rows = training.select(["prompt", "completion", "split"]).to_pylist()
@@ -160,7 +169,12 @@ class ModelEvaluation:
 
 
 def evaluate_version(
-    cfg: FlywheelConfig, task: TaskSource, lake: Lake, registry: Registry, ref: ModelRef, load_engine  # noqa: ANN001
+    cfg: FlywheelConfig,
+    task: TaskSource,
+    lake: Lake,
+    registry: Registry,
+    ref: ModelRef,
+    load_engine,  # noqa: ANN001
 ) -> ModelEvaluation:
     """A model version's results on the fixed benchmark, computed once and kept in the lake.
 
@@ -186,14 +200,17 @@ def evaluate_version(
 def compare_and_decide(
     cfg: FlywheelConfig, task: TaskSource, champion: pa.Table, candidate: pa.Table
 ) -> tuple[list[SuiteComparison], GateDecision]:
-    comparisons = compare_evaluations(
-        champion, candidate, cfg.benchmark.bootstrap_resamples, seed=cfg.benchmark.seed
-    )
+    comparisons = compare_evaluations(champion, candidate, cfg.benchmark.bootstrap_resamples, seed=cfg.benchmark.seed)
     return comparisons, decide_promotion(comparisons, cfg.gate, task.suites())
 
 
 def report_payload(
-    cycle: str, index: int, champion: ModelRef, candidate: ModelRef, comparisons: list[SuiteComparison], decision: GateDecision
+    cycle: str,
+    index: int,
+    champion: ModelRef,
+    candidate: ModelRef,
+    comparisons: list[SuiteComparison],
+    decision: GateDecision,
 ) -> dict:
     return {
         "cycle": cycle,

@@ -48,7 +48,9 @@ def weights_sha256(model_dir: str | Path) -> str:
 class Registry:
     """Runs, registered model versions and aliases for one flywheel."""
 
-    def __init__(self, tracking_uri: str, model_name: str, artifact_location: str | None = None, cache_dir: str | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str, model_name: str, artifact_location: str | None = None, cache_dir: str | None = None
+    ) -> None:
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
@@ -57,14 +59,14 @@ class Registry:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         exp = self.client.get_experiment_by_name(model_name)
         self.experiment_id = (
-            exp.experiment_id
-            if exp
-            else self.client.create_experiment(model_name, artifact_location=artifact_location)
+            exp.experiment_id if exp else self.client.create_experiment(model_name, artifact_location=artifact_location)
         )
 
     # ---- runs -------------------------------------------------------------------------------------
     def _find_run(self, filter_string: str) -> str | None:
-        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1, order_by=["attributes.start_time DESC"])
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=filter_string, max_results=1, order_by=["attributes.start_time DESC"]
+        )
         return runs[0].info.run_id if runs else None
 
     def cycle_run(self, cycle: str, cycle_index: int) -> str:
@@ -85,7 +87,13 @@ class Registry:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"{stage}-{cycle}",
-            tags={"mlflow.parentRunId": parent, "flywheel.cycle": cycle, "flywheel.kind": "stage", "flywheel.stage": stage, **(tags or {})},
+            tags={
+                "mlflow.parentRunId": parent,
+                "flywheel.cycle": cycle,
+                "flywheel.kind": "stage",
+                "flywheel.stage": stage,
+                **(tags or {}),
+            },
         )
         return run.info.run_id
 
@@ -94,14 +102,25 @@ class Registry:
         found = self._find_run(f"tags.`flywheel.kind` = '{TREND_RUN}'")
         if found:
             return found
-        return self.client.create_run(self.experiment_id, run_name=TREND_RUN, tags={"flywheel.kind": TREND_RUN}).info.run_id
+        return self.client.create_run(
+            self.experiment_id, run_name=TREND_RUN, tags={"flywheel.kind": TREND_RUN}
+        ).info.run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def curve_logger(self, run_id: str):  # noqa: ANN201 - Callable[[int, dict[str, float]], None]
+        """An on_log callback for training: each logged point becomes `train/<name>` metrics at its step."""
+
+        def log(step: int, point: dict[str, float]) -> None:
+            self.log_metrics(run_id, {f"train/{k}": v for k, v in point.items() if k != "step"}, step)
+
+        return log
 
     def log_params(self, run_id: str, params: dict[str, object]) -> None:
         from mlflow.entities import Param
@@ -158,14 +177,18 @@ class Registry:
             if (path / "config.json").exists():
                 return path
         if self.cache_dir is None:
-            raise RuntimeError(f"model version {ref.version} lives at {ref.source}; a cache_dir is needed to download it")
+            raise RuntimeError(
+                f"model version {ref.version} lives at {ref.source}; a cache_dir is needed to download it"
+            )
         target = self.cache_dir / f"{self.model_name}-v{ref.version}"
         if not (target / "config.json").exists():
             import mlflow.artifacts
 
             tmp = target.with_name(target.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
-            mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(tmp), tracking_uri=self.tracking_uri)
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=ref.source, dst_path=str(tmp), tracking_uri=self.tracking_uri
+            )
             inner = tmp / "model" if (tmp / "model" / "config.json").exists() else tmp
             inner.rename(target)
             shutil.rmtree(tmp, ignore_errors=True)

@@ -23,6 +23,17 @@ TINY = {
 }
 
 
+CYCLE_ASSETS = {
+    "deployment",
+    "reasoning_traces",
+    "harvested_traces",
+    "training_dataset",
+    "candidate_model",
+    "benchmark_report",
+    "champion_model",
+}
+
+
 class TinyFlywheel:
     """A bootstrapped flywheel in its own folder: config file, lake, MLflow, model cache."""
 

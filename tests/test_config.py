@@ -60,6 +60,16 @@ def test_yaml_errors_are_clear(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_a_named_preset_ignores_the_implicit_flywheel_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "flywheel.yaml").write_text("preset: playground\ntraffic:\n  problems_per_cycle: 3000\n")
+    assert load_config().traffic.problems_per_cycle == 3000
+    smol = load_config(preset="smollm2")
+    assert smol.preset == "smollm2" and smol.traffic.problems_per_cycle == 8
+    explicit = load_config(tmp_path / "flywheel.yaml", preset="smollm2")  # a file named on purpose still applies
+    assert explicit.preset == "smollm2" and explicit.traffic.problems_per_cycle == 3000
+
+
 def test_repo_example_config_is_valid():
     from pathlib import Path
 

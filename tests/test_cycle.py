@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
+from conftest import CYCLE_ASSETS
 
 from assets import deploy, distill, harvest, redeploy
 from flywheel_dagster import cycle as core
@@ -37,8 +38,7 @@ def test_full_cycle_materializes_every_stage(one_cycle):
     fw, instance, result = one_cycle
     assert result.success
     mats = {e.asset_key.path[-1]: e for e in result.get_asset_materialization_events()}
-    assert set(mats) == {"deployment", "reasoning_traces", "harvested_traces", "training_dataset",
-                         "candidate_model", "benchmark_report", "champion_model"}
+    assert set(mats) == CYCLE_ASSETS
     meta = lambda name: mats[name].step_materialization_data.materialization.metadata  # noqa: E731
     traces = fw.lake.read_table("reasoning_traces", Q1)
     assert traces.num_rows == 80 * 4 == meta("reasoning_traces")["dagster/row_count"].value
@@ -46,7 +46,10 @@ def test_full_cycle_materializes_every_stage(one_cycle):
     assert traces.column("model_version").unique().to_pylist() == [fw.base.ref.version]
     # every trace read is accounted for by exactly one label
     h = meta("harvested_traces")
-    assert sum(h[f"count/{k}"].value for k in ("positive", "negative", "unverifiable", "duplicate", "over_cap")) == h["count/read"].value
+    assert (
+        sum(h[f"count/{k}"].value for k in ("positive", "negative", "unverifiable", "duplicate", "over_cap"))
+        == h["count/read"].value
+    )
     training = fw.lake.read_table("training_dataset", Q1)
     assert set(training.column("origin").to_pylist()) == {"synthetic", "human"}
     assert training.num_rows == meta("training_dataset")["dagster/row_count"].value
@@ -56,10 +59,17 @@ def test_full_cycle_materializes_every_stage(one_cycle):
     assert fw.registry.client.get_run(candidate["run_id"]).data.params["parent_version"] == fw.base.ref.version
     # the report carries every suite and the gate's decision; the champion alias follows it
     report = core.read_json(fw.lake, "benchmark_report", Q1, core.REPORT_FILE)
-    assert {s["suite"] for s in report["suites"]} == set(["add_short", "sub_short", "mul_2x1", "add_long", "sub_long", "mul_3x1", "overall"])
+    assert {s["suite"] for s in report["suites"]} == set(
+        ["add_short", "sub_short", "mul_2x1", "add_long", "sub_long", "mul_3x1", "overall"]
+    )
     decision = core.read_json(fw.lake, "champion_model", Q1, core.DECISION_FILE)
     expected = candidate["version"] if report["gate"]["promote"] else fw.base.ref.version
-    assert decision["champion"] == expected == fw.registry.alias(CHAMPION).version == fw.registry.alias(cycle_alias(Q1)).version
+    assert (
+        decision["champion"]
+        == expected
+        == fw.registry.alias(CHAMPION).version
+        == fw.registry.alias(cycle_alias(Q1)).version
+    )
     # the gate ran as a blocking check, and its verdict matches the report
     checks = result.get_asset_check_evaluations()
     assert [c.check_name for c in checks] == ["promotion_gate"]
@@ -90,7 +100,11 @@ def test_cycle_cannot_start_before_the_previous_one_finished(one_cycle):
     result = materialize(fw, instance, Q3, selection=["deployment"])
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    message = failure.event_specific_data.error.cause.message if failure.event_specific_data.error.cause else failure.event_specific_data.error.message
+    message = (
+        failure.event_specific_data.error.cause.message
+        if failure.event_specific_data.error.cause
+        else failure.event_specific_data.error.message
+    )
     assert f"cycle {Q3} cannot start: the previous cycle {Q2} has not finished" in message
 
 

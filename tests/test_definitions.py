@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import CYCLE_ASSETS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -11,7 +13,11 @@ def test_code_location_validates(tmp_path):
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     out = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "All code locations passed validation" in out.stderr + out.stdout
@@ -22,8 +28,7 @@ def test_definitions_hold_the_cycle():
 
     job = defs.resolve_job_def("flywheel_cycle")
     keys = {k.path[-1] for k in job.asset_layer.executable_asset_keys}
-    assert keys == {"deployment", "reasoning_traces", "harvested_traces", "training_dataset",
-                    "candidate_model", "benchmark_report", "champion_model"}
+    assert keys == CYCLE_ASSETS
     # training and inference wait for a slot in the `gpu` pool; harvest (CPU work) does not
     assert defs.resolve_assets_def("candidate_model").op.pool == "gpu"
     assert defs.resolve_assets_def("reasoning_traces").op.pool == "gpu"

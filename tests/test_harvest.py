@@ -12,14 +12,30 @@ def _traces(task, completions):
     """Trace rows for (problem, completion) pairs, as reasoning_traces writes them."""
     rows = []
     for i, (p, text) in enumerate(completions):
-        rows.append({
-            "trace_id": trace_id("c", "1", p.problem_id, p.prompt, i), "cycle": "c", "source": "simulated",
-            "model_name": "m", "model_version": "1", "problem_id": p.problem_id, "suite": p.suite,
-            "prompt": p.prompt, "completion": text, "reasoning": text, "answer": None,
-            "reference_answer": p.reference, "correct": None, "verifier": None, "verdict": None,
-            "tokens": len(text), "mean_logprob": -0.1, "finish_reason": "stop", "sample_index": i,
-            "created_at": datetime.now(UTC),
-        })
+        rows.append(
+            {
+                "trace_id": trace_id("c", "1", p.problem_id, p.prompt, i),
+                "cycle": "c",
+                "source": "simulated",
+                "model_name": "m",
+                "model_version": "1",
+                "problem_id": p.problem_id,
+                "suite": p.suite,
+                "prompt": p.prompt,
+                "completion": text,
+                "reasoning": text,
+                "answer": None,
+                "reference_answer": p.reference,
+                "correct": None,
+                "verifier": None,
+                "verdict": None,
+                "tokens": len(text),
+                "mean_logprob": -0.1,
+                "finish_reason": "stop",
+                "sample_index": i,
+                "created_at": datetime.now(UTC),
+            }
+        )
     return pa.Table.from_pylist(rows, schema=TRACE_SCHEMA)
 
 
@@ -32,13 +48,23 @@ def test_labels_and_counts_account_for_every_trace(task):
     a, b = task.traffic(0, 2)
     wrong = a.solution.replace(f"A:{a.reference}", f"A:{int(a.reference) + 1}")
     traces = _traces(task, [(a, a.solution), (a, a.solution), (a, wrong), (b, b.solution), (b, "garbage")])
-    traces = traces.set_column(traces.schema.get_field_index("reference_answer"), "reference_answer",
-                               pa.array([a.reference] * 3 + [b.reference, None]))
+    traces = traces.set_column(
+        traces.schema.get_field_index("reference_answer"),
+        "reference_answer",
+        pa.array([a.reference] * 3 + [b.reference, None]),
+    )
     result = harvest(traces, task, max_positives_per_problem=1)
     labels = result.harvested.column("label").to_pylist()
     assert labels == ["positive", "duplicate", "negative", "positive", "unverifiable"]
     c = result.counts
-    assert (c["read"], c["positive"], c["negative"], c["duplicate"], c["unverifiable"], c["over_cap"]) == (5, 2, 1, 1, 1, 0)
+    assert (c["read"], c["positive"], c["negative"], c["duplicate"], c["unverifiable"], c["over_cap"]) == (
+        5,
+        2,
+        1,
+        1,
+        1,
+        0,
+    )
     assert result.harvested.column("drop_reason").to_pylist()[1] == "exact_duplicate"
     assert result.harvested.column("correct").to_pylist()[:4] == [True, True, False, True]
 
@@ -67,5 +93,7 @@ def test_training_dataset_mixes_anchors_at_the_configured_share(task):
 def test_no_positives_is_a_clear_error(task):
     (a,) = task.traffic(0, 1)
     harvested = harvest(_traces(task, [(a, "nonsense")]), task, 2).harvested
-    with pytest.raises(ValueError, match=r"no verified positive traces to distill from \(1 harvested traces: \{'negative': 1\}\)"):
+    with pytest.raises(
+        ValueError, match=r"no verified positive traces to distill from \(1 harvested traces: \{'negative': 1\}\)"
+    ):
         build_training_dataset(harvested, task.anchors(10, 1), 0.5, 0.0)

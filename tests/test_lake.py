@@ -23,7 +23,6 @@ def test_failed_write_keeps_the_old_partition(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     lake.write_table("t", "c", _table(4))
 
-
     with pytest.raises(TypeError):
         lake.write_partition("t", "c", {"part-00000.parquet": _table(2), "bad": object()})  # fails mid-write
     assert lake.read_table("t", "c").num_rows == 4  # readers still see the complete old partition
@@ -31,7 +30,9 @@ def test_failed_write_keeps_the_old_partition(tmp_path):
 
 def test_missing_partition_is_a_clear_error(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
-    with pytest.raises(FileNotFoundError, match="lake table 'harvested_traces' has no partition for cycle '2026-04-01'"):
+    with pytest.raises(
+        FileNotFoundError, match="lake table 'harvested_traces' has no partition for cycle '2026-04-01'"
+    ):
         lake.read_table("harvested_traces", "2026-04-01")
 
 

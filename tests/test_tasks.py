@@ -4,7 +4,15 @@ import pytest
 
 from flywheel_dagster.base_models import build_char_tokenizer
 from flywheel_dagster.tasks.gsm8k import GSM8KTask, load_gsm8k
-from flywheel_dagster.tasks.playground import ALPHABET, SUITES, PlaygroundTask, random_problem, solve_add, solve_mul, solve_sub
+from flywheel_dagster.tasks.playground import (
+    ALPHABET,
+    SUITES,
+    PlaygroundTask,
+    random_problem,
+    solve_add,
+    solve_mul,
+    solve_sub,
+)
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,9 @@ class TransformersEngine:
             # A completion ends at its first EOS (kept, it is a generated token); pads after it are not counted.
             is_eos = new == eos
             ended = is_eos.any(dim=1)
-            first_eos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full_like(ended, new.shape[1], dtype=torch.long))
+            first_eos = torch.where(
+                ended, is_eos.float().argmax(dim=1), torch.full_like(ended, new.shape[1], dtype=torch.long)
+            )
             lengths = torch.where(ended, first_eos + 1, first_eos)
             mask = torch.arange(new.shape[1], device=new.device)[None, :] < lengths[:, None]
             sums = (token_lp * mask).sum(dim=1)

@@ -27,13 +27,19 @@ EVAL_SCHEMA = pa.schema(
 def benchmark_fingerprint(problems: list[Problem], settings: SamplingSettings, verifier: str) -> str:
     """Identifies a benchmark run: same problems, sampling and verifier give the same fingerprint."""
     payload = json.dumps(
-        {"problems": [(p.problem_id, p.prompt, p.reference) for p in problems], "settings": settings.__dict__, "verifier": verifier},
+        {
+            "problems": [(p.problem_id, p.prompt, p.reference) for p in problems],
+            "settings": settings.__dict__,
+            "verifier": verifier,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def evaluate(engine: InferenceEngine, task: TaskSource, problems: list[Problem], settings: SamplingSettings) -> pa.Table:
+def evaluate(
+    engine: InferenceEngine, task: TaskSource, problems: list[Problem], settings: SamplingSettings
+) -> pa.Table:
     """One row per problem: how many of k samples the verifier accepted (pass@1 = correct / k)."""
     completions = engine.generate([p.prompt for p in problems], settings)
     correct = np.zeros(len(problems), dtype=np.int32)

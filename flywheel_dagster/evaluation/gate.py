@@ -28,7 +28,9 @@ def decide_promotion(comparisons: list[SuiteComparison], gate: GateConfig, expec
     overall = by_suite["overall"]
     low = overall.delta_ci[0]
     if overall.delta <= 0:
-        return GateDecision(False, True, f"overall delta {overall.delta:+.3f}: the candidate is not better than the champion")
+        return GateDecision(
+            False, True, f"overall delta {overall.delta:+.3f}: the candidate is not better than the champion"
+        )
     if low < gate.min_improvement:
         return GateDecision(
             False,
@@ -39,8 +41,12 @@ def decide_promotion(comparisons: list[SuiteComparison], gate: GateConfig, expec
     if regressions:
         worst = min(regressions, key=lambda c: c.delta)
         return GateDecision(
-            False, True, f"suite {worst.suite!r} drops {worst.delta:+.3f}, beyond max_regression {gate.max_regression:.3f}"
+            False,
+            True,
+            f"suite {worst.suite!r} drops {worst.delta:+.3f}, beyond max_regression {gate.max_regression:.3f}",
         )
     return GateDecision(
-        True, True, f"overall delta {overall.delta:+.3f} (95% CI {low:+.3f}..{overall.delta_ci[1]:+.3f}), no suite regressed"
+        True,
+        True,
+        f"overall delta {overall.delta:+.3f} (95% CI {low:+.3f}..{overall.delta_ci[1]:+.3f}), no suite regressed",
     )

@@ -28,7 +28,9 @@ PROMPT_FORMATS = {
 def load_gsm8k(path: Path) -> list[dict[str, str]]:
     """Read a GSM8K JSONL file; a bad line raises with its file and line number."""
     if not path.exists():
-        raise FileNotFoundError(f"GSM8K file {str(path)!r} does not exist (expected train.jsonl/test.jsonl in the data dir)")
+        raise FileNotFoundError(
+            f"GSM8K file {str(path)!r} does not exist (expected train.jsonl/test.jsonl in the data dir)"
+        )
     rows = []
     with path.open(encoding="utf-8") as f:
         for i, line in enumerate(f, 1):

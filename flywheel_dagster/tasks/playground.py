@@ -36,7 +36,7 @@ def _digits(n: int, width: int) -> list[int]:
 def solve_add(a: int, b: int) -> tuple[list[str], int]:
     width = max(len(str(a)), len(str(b)))
     steps, partial, carry = [], "", 0
-    for da, db in zip(_digits(a, width), _digits(b, width)):
+    for da, db in zip(_digits(a, width), _digits(b, width), strict=True):
         s = da + db + carry
         partial = str(s % 10) + partial
         steps.append(f"{da}+{db}{'+1' if carry else ''}={s}:{partial}")
@@ -52,7 +52,7 @@ def solve_sub(a: int, b: int) -> tuple[list[str], int]:
         raise ValueError(f"playground subtraction expects a >= b, got {a}-{b}")
     width = len(str(a))
     steps, partial, borrow = [], "", 0
-    for da, db in zip(_digits(a, width), _digits(b, width)):
+    for da, db in zip(_digits(a, width), _digits(b, width), strict=True):
         x = da - borrow
         borrow = 0
         if x < db:
