@@ -17,8 +17,8 @@ from flywheel_dagster.resources import EngineResource, FlywheelConfigResource, L
 from flywheel_dagster.tasks import load_task
 
 
-def _report_history(lake, key: str) -> list[dict]:  # noqa: ANN001
-    """This cycle's report and every earlier one, oldest first (for the trend plot)."""
+def _report_history(lake, key: str | None) -> list[dict]:  # noqa: ANN001
+    """The report of cycle `key` and every earlier one, oldest first (for the trend plot)."""
     history, cur = [], key
     while cur is not None and lake.exists("benchmark_report", cur, core.REPORT_FILE):
         history.append(core.read_json(lake, "benchmark_report", cur, core.REPORT_FILE))
@@ -50,7 +50,7 @@ def benchmark_report(
     with timing.compute("benchmark_report"):
         comparisons, decision = core.compare_and_decide(cfg, task, champ_eval.table, cand_eval.table)
     payload = core.report_payload(key, index, champion, candidate, comparisons, decision)
-    history = [*_report_history(the_lake, previous_of(key) or ""), payload] if previous_of(key) else [payload]
+    history = [*_report_history(the_lake, previous_of(key)), payload]
     png = accuracy_trend_png(history)
     files = the_lake.write_partition(
         "benchmark_report", key, {core.REPORT_FILE: json.dumps(payload, indent=2).encode(), "accuracy.png": png}

@@ -31,8 +31,10 @@ def main() -> None:
     os.environ["FLYWHEEL_HOME"] = str(home)
     os.environ["DAGSTER_HOME"] = str(home / "dagster")
     os.environ["FLYWHEEL_CONFIG"] = args.config
-    (home / "dagster").mkdir(parents=True)
-    (home / "dagster" / "dagster.yaml").touch()
+    from flywheel_dagster.cli import ensure_instance_dir, quiet_libraries
+
+    ensure_instance_dir(home / "dagster")
+    quiet_libraries()
 
     import dagster as dg
 

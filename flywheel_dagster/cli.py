@@ -137,6 +137,15 @@ def _bootstrap(s: Session) -> None:
         console.print(f"bootstrap: base already registered ({res.ref.name} v{res.ref.version}); reusing it")
 
 
+def _failure_reason(result) -> str:  # noqa: ANN001 - ExecuteInProcessResult
+    """The first failed step and the error its code raised."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            err = event.step_failure_data.error
+            return f"{event.step_key}: {(err.cause or err).message.strip()}"
+    return "see the run in the Dagster UI"
+
+
 def run_cycle(s: Session, defs, quarter: str) -> dict:  # noqa: ANN001
     """Materialize one quarter's cycle with the flywheel_cycle job on the persistent instance."""
     import dagster as dg
@@ -156,12 +165,7 @@ def run_cycle(s: Session, defs, quarter: str) -> dict:  # noqa: ANN001
             st.step_key: (st.end_time or 0) - (st.start_time or 0) for st in instance.get_run_step_stats(result.run_id)
         }
     if not result.success:
-        failures = [e for e in result.all_events if e.is_failure]
-        why = (
-            failures[0].event_specific_data.error.message.strip()
-            if failures and failures[0].event_specific_data and getattr(failures[0].event_specific_data, "error", None)
-            else "see the Dagster UI"
-        )
+        why = _failure_reason(result)
         raise RuntimeError(f"cycle {quarter} failed (run {result.run_id}): {why}")
     report = core.read_json(s.lake(), "benchmark_report", quarter, core.REPORT_FILE)
     decision = core.read_json(s.lake(), "champion_model", quarter, core.DECISION_FILE)

@@ -1,0 +1,48 @@
+"""The `flywheel` command's own behaviour (its long end-to-end runs are in test_end_to_end.py)."""
+
+import pytest
+from typer.testing import CliRunner
+
+from flywheel_dagster.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def restore_environment(monkeypatch):
+    """The CLI exports its home and config to the environment (the code location reads them); undo that."""
+    for name in ("FLYWHEEL_HOME", "FLYWHEEL_CONFIG", "FLYWHEEL_PRESET", "DAGSTER_HOME"):
+        monkeypatch.setenv(name, "")  # recorded as it was (absent or not), restored after the test
+        monkeypatch.delenv(name)
+
+
+def test_bad_config_exits_2_and_names_the_field(tmp_path):
+    bad = tmp_path / "flywheel.yaml"
+    bad.write_text("preset: playground\ngate:\n  max_regresion: 0.1\n")
+    result = runner.invoke(app, ["status", "--config", str(bad), "--home", str(tmp_path / "home")])
+    assert result.exit_code == 2
+    assert "gate.max_regresion" in result.output and "unknown field" in result.output
+
+
+def test_status_on_an_empty_home_says_what_to_do(tmp_path):
+    result = runner.invoke(app, ["status", "--home", str(tmp_path / "home")])
+    assert result.exit_code == 0
+    assert "flywheel bootstrap" in result.output
+
+
+def test_status_lists_cycles_and_decisions(trained_flywheel, tmp_path, monkeypatch):
+    import dagster as dg
+
+    from tests.test_cycle import ASSETS, CHECKS
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [*ASSETS, *CHECKS], partition_key="2026-01-01", resources=trained_flywheel.resources, instance=instance
+        )
+    assert result.success
+    out = runner.invoke(
+        app, ["status", "--home", str(trained_flywheel.root / "home"), "--config", str(trained_flywheel.config_path)]
+    )
+    assert out.exit_code == 0, out.output
+    assert "2026-01-01:" in out.output and ("promoted" in out.output or "rejected" in out.output)
+    assert "base v1" in out.output
