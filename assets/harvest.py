@@ -1,13 +1,11 @@
 """Harvest: verify, deduplicate, label, and turn the quarter's traces into a training dataset."""
 
-import math
-
 import dagster as dg
 
 from assets import PARTITIONS, cycle_of
 from assets.deploy import reasoning_traces
 from flywheel_dagster import timing
-from flywheel_dagster.curation.harvest import build_training_dataset, harvest
+from flywheel_dagster.curation.harvest import anchors_needed, build_training_dataset, harvest
 from flywheel_dagster.resources import FlywheelConfigResource, LakeResource
 from flywheel_dagster.tasks import load_task
 
@@ -46,12 +44,13 @@ def training_dataset(
     cfg = flywheel_config.load()
     key, index = cycle_of(context)
     the_lake = lake.lake()
-    af = cfg.harvest.anchor_fraction
+    # The anchor pool covers the most any outcome can need: the share at the most positives this quarter can
+    # yield, or the floor when it yields none (plus one spare).
     most_positives = cfg.traffic.problems_per_cycle * min(
         cfg.traffic.samples_per_problem, cfg.harvest.max_positives_per_problem
     )
-    needed = max(math.ceil(most_positives * af / (1 - af)), cfg.harvest.min_training_examples) + 1
-    anchors = load_task(cfg).anchors(needed, seed=1000 + index)
+    pool = max(anchors_needed(most_positives, cfg.harvest.anchor_fraction), cfg.harvest.min_training_examples) + 1
+    anchors = load_task(cfg).anchors(pool, seed=1000 + index)
     harvested = the_lake.read_table("harvested_traces", key)
     with timing.compute("training_dataset"):
         table, composition = build_training_dataset(

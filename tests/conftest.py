@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 
+from assets import deploy, distill, harvest, redeploy
 from flywheel_dagster.bootstrap import bootstrap
 from flywheel_dagster.config import load_config
 from flywheel_dagster.resources import local_resources
@@ -22,6 +24,10 @@ TINY = {
     "training": {"epochs": 1, "learning_rate": 0.0002},
 }
 
+
+# The code location's cycle, for dg.materialize.
+ASSETS = dg.load_assets_from_modules([deploy, harvest, distill, redeploy])
+CHECKS = dg.load_asset_checks_from_modules([redeploy])
 
 CYCLE_ASSETS = {
     "deployment",

@@ -32,8 +32,7 @@ def test_status_on_an_empty_home_says_what_to_do(tmp_path):
 
 def test_status_lists_cycles_and_decisions(trained_flywheel, tmp_path, monkeypatch):
     import dagster as dg
-
-    from tests.test_cycle import ASSETS, CHECKS
+    from conftest import ASSETS, CHECKS
 
     with dg.instance_for_test() as instance:
         result = dg.materialize(

@@ -4,15 +4,12 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
-from conftest import CYCLE_ASSETS
+from conftest import ASSETS, CHECKS, CYCLE_ASSETS
 
-from assets import deploy, distill, harvest, redeploy
 from flywheel_dagster import cycle as core
 from flywheel_dagster.registry import BASE, CHAMPION, cycle_alias
 
 Q1, Q2, Q3 = "2026-01-01", "2026-04-01", "2026-07-01"
-ASSETS = dg.load_assets_from_modules([deploy, harvest, distill, redeploy])
-CHECKS = dg.load_asset_checks_from_modules([redeploy])
 
 
 def materialize(fw, instance, key, selection=None):

@@ -97,3 +97,12 @@ def test_no_positives_is_a_clear_error(task):
         ValueError, match=r"no verified positive traces to distill from \(1 harvested traces: \{'negative': 1\}\)"
     ):
         build_training_dataset(harvested, task.anchors(10, 1), 0.5, 0.0)
+
+
+def test_anchors_needed_share_and_floor():
+    from flywheel_dagster.curation.harvest import anchors_needed
+
+    assert anchors_needed(30, 0.25) == 10  # 10 / (30 + 10) = 0.25
+    assert anchors_needed(30, 0.0) == 0
+    assert anchors_needed(0, 0.5, min_examples=8) == 8  # no positives: the floor fills the set
+    assert anchors_needed(100, 0.5, min_examples=8) == 100

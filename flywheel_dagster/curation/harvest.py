@@ -75,6 +75,13 @@ def _split_of(problem_key: str, validation_fraction: float) -> str:
     return "validation" if bucket < validation_fraction else "train"
 
 
+def anchors_needed(positives: int, anchor_fraction: float, min_examples: int = 0) -> int:
+    """Human anchors to add to `positives` synthetic rows: anchor_fraction of the total, or enough to reach
+    min_examples when positives are scarce."""
+    share = 0 if anchor_fraction == 0 else math.ceil(positives * anchor_fraction / (1 - anchor_fraction))
+    return max(share, min_examples - positives)
+
+
 def build_training_dataset(
     harvested: pa.Table,
     anchors: list[Problem],
@@ -94,8 +101,7 @@ def build_training_dataset(
             f"no verified positive traces to distill from ({harvested.num_rows} harvested traces: {labels}); "
             "the deployed model solved none of this quarter's problems"
         )
-    n_anchor = 0 if anchor_fraction == 0 else math.ceil(len(positives) * anchor_fraction / (1 - anchor_fraction))
-    n_anchor = max(n_anchor, min_examples - len(positives))
+    n_anchor = anchors_needed(len(positives), anchor_fraction, min_examples)
     if n_anchor > len(anchors):
         raise ValueError(
             f"harvest needs {n_anchor} anchor examples for anchor_fraction={anchor_fraction}, got {len(anchors)}"
