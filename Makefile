@@ -37,6 +37,7 @@ validate: install
 
 benchmark: install
 	$(BIN)/python benchmarks/cycle.py
+	$(BIN)/python benchmarks/harvest.py
 
 lint: install
 	$(BIN)/ruff check flywheel_dagster assets jobs tests benchmarks

@@ -1,15 +1,18 @@
 """Deploy: which model serves this quarter, and the reasoning traces it produced."""
 
 import json
+from datetime import UTC
 
 import dagster as dg
 
 from assets import PARTITIONS, cycle_of, previous_of
 from flywheel_dagster import cycle as core
 from flywheel_dagster import timing
+from flywheel_dagster.curation import ingest
 from flywheel_dagster.registry import weights_sha256
 from flywheel_dagster.resources import EngineResource, FlywheelConfigResource, LakeResource, MlflowResource
 from flywheel_dagster.tasks import load_task
+from flywheel_dagster.traces.lake import DATA_FILE
 
 
 @dg.asset(
@@ -58,7 +61,7 @@ def deployment(
     )
 
 
-@dg.asset(partitions_def=PARTITIONS, group_name="deploy", code_version="1", deps=[deployment], pool="gpu")
+@dg.asset(partitions_def=PARTITIONS, group_name="deploy", code_version="2", deps=[deployment], pool="gpu")
 def reasoning_traces(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,
@@ -66,9 +69,12 @@ def reasoning_traces(
     mlflow: MlflowResource,
     engine: EngineResource,
 ) -> dg.MaterializeResult:
-    """The quarter's production traffic (simulated: mixed-difficulty problems, several samples each)."""
+    """The quarter's traffic: production logs ingested for the partition's time window (traffic.source
+    'logs', bad lines quarantined with a reason), or simulated traffic through the deployed model."""
     cfg = flywheel_config.load()
     key, index = cycle_of(context)
+    if cfg.traffic.source == "logs":
+        return _ingest_logs(context, cfg, lake.lake(), key)
     the_lake = lake.lake()
     deployed = json.loads(the_lake.read_bytes("deployment", key, core.DEPLOYMENT_FILE))
     registry = mlflow.registry(cfg.name)
@@ -87,11 +93,46 @@ def reasoning_traces(
             "dagster/row_count": written.rows,
             "uri": dg.MetadataValue.path(written.uri),
             "sha256": written.sha256,
+            "source": "simulated",
             "model": f"{ref.name} v{ref.version}",
             "problems": cfg.traffic.problems_per_cycle,
             "samples_per_problem": cfg.traffic.samples_per_problem,
             "tokens_generated": tokens,
             "truncated": traces.column("finish_reason").to_pylist().count("length"),
+        },
+        data_version=dg.DataVersion(written.sha256[:16]),
+    )
+
+
+def _ingest_logs(context: dg.AssetExecutionContext, cfg, the_lake, key: str) -> dg.MaterializeResult:  # noqa: ANN001
+    window_ = context.partition_time_window
+    window = ingest.Window(window_.start.astimezone(UTC), window_.end.astimezone(UTC))
+    files = ingest.find_log_files(cfg.ingest.paths, window)
+    settings = ingest.Settings(key, window, cfg.ingest.max_record_bytes, cfg.ingest.reasoning_markup)
+    ingestor = ingest.Ingestor(load_task(cfg), settings)
+    with timing.compute("reasoning_traces"):
+        with (
+            the_lake.open_partition("reasoning_traces", key) as traces_part,
+            the_lake.open_partition(ingest.QUARANTINE_TABLE, key) as quarantine_part,
+        ):
+            traces_out = traces_part.parquet(DATA_FILE, ingest.INGEST_SCHEMA)
+            quarantine_out = quarantine_part.parquet(DATA_FILE, ingest.QUARANTINE_SCHEMA)
+            for trace_rows, quarantine_rows in ingestor.batches(files):
+                traces_out.write_table(ingest.to_table(trace_rows))
+                quarantine_out.write_table(ingest.quarantine_table(quarantine_rows))
+    stats = ingestor.stats
+    if stats.lines_read != stats.lines_ingested + stats.lines_quarantined:  # the invariant the tests check
+        raise RuntimeError(f"ingest lost lines: {stats.as_metadata()}")
+    written = traces_part.files[DATA_FILE]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": written.rows,
+            "uri": dg.MetadataValue.path(written.uri),
+            "sha256": written.sha256,
+            "source": "logs",
+            "log_files": dg.MetadataValue.json(files[:50]),
+            "quarantine_uri": dg.MetadataValue.path(quarantine_part.files[DATA_FILE].uri),
+            **{f"ingest/{k}": v for k, v in stats.as_metadata().items()},
         },
         data_version=dg.DataVersion(written.sha256[:16]),
     )

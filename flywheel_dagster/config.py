@@ -74,13 +74,69 @@ class EngineConfig(_Strict):
 
 
 class TrafficConfig(_Strict):
-    """The quarter's simulated production traffic (playground / gsm8k sources)."""
+    """The quarter's traffic: simulated (playground / gsm8k problems through the deployed model) or the
+    production logs of the quarter (see `ingest`)."""
 
+    source: Literal["simulated", "logs"] = "simulated"
     problems_per_cycle: int = Field(default=3000, gt=0)
     samples_per_problem: int = Field(default=4, gt=0)
     temperature: float = Field(default=1.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_new_tokens: int = Field(default=64, gt=0)
+
+
+class IngestConfig(_Strict):
+    """Production logs read by reasoning_traces when traffic.source is 'logs'."""
+
+    paths: list[str] = Field(
+        default_factory=list,
+        description="log files, folders (searched for *.jsonl, *.jsonl.gz, *.parquet) or globs; relative to the "
+        "working directory",
+    )
+    max_record_bytes: int = Field(default=1_000_000, gt=0, description="longer lines are quarantined")
+    reasoning_markup: Literal["plain", "think"] = Field(
+        default="plain",
+        description="how split-off reasoning joins the answer in the trace: 'plain' (reasoning, newline, answer) "
+        "or 'think' (<think>reasoning</think>answer)",
+    )
+
+
+class DedupConfig(_Strict):
+    near_duplicates: bool = True
+    jaccard_threshold: float = Field(default=0.9, ge=0.5, le=0.98, description="MinHash LSH near-duplicate threshold")
+    num_perm: int = Field(default=64, ge=16, le=512)
+    shingle_tokens: int = Field(default=3, gt=0)
+
+
+class FilterConfig(_Strict):
+    drop_truncated: bool = True
+    min_completion_chars: int = Field(default=2, ge=0)
+    max_completion_chars: int = Field(default=20_000, gt=0)
+    repetition_ngram: int = Field(default=4, gt=0)
+    max_repeated_ngram_fraction: float = Field(
+        default=0.6,
+        gt=0,
+        le=1,
+        description="share of repeated token n-grams in the reasoning above which it is dropped",
+    )
+
+
+class ThresholdConfig(_Strict):
+    """A monitor's warn and block levels; null turns a level off."""
+
+    warn: float | None = None
+    block: float | None = None
+
+
+class MonitorConfig(_Strict):
+    """Collapse and drift monitors on harvested_traces. `*_min` fire below, the others above."""
+
+    distinct_3_min: ThresholdConfig = ThresholdConfig(warn=0.05, block=0.01)
+    near_duplicate_rate_max: ThresholdConfig = ThresholdConfig(warn=0.6, block=0.95)
+    answer_diversity_min: ThresholdConfig = ThresholdConfig(warn=0.02, block=None)
+    length_ks_max: ThresholdConfig = ThresholdConfig(warn=0.3, block=0.6)
+    verified_accuracy_min: ThresholdConfig = ThresholdConfig(warn=0.05, block=0.0)
+    sample_size: int = Field(default=2000, gt=10, description="reasonings sampled for distinct-n and the KS test")
 
 
 class HarvestConfig(_Strict):
@@ -92,6 +148,24 @@ class HarvestConfig(_Strict):
     min_training_examples: int = Field(
         default=0, ge=0, description="human anchors fill the training set up to this size when positives are scarce"
     )
+    redact_names: bool = Field(default=True, description="redact person names (cue- and full-name based)")
+    decontamination_ngram: int = Field(default=8, gt=0, description="shared token n-gram with a benchmark prompt")
+    dedup: DedupConfig = DedupConfig()
+    filters: FilterConfig = FilterConfig()
+    reformat: dict[str, float] = Field(
+        default_factory=lambda: {"as_is": 1.0},
+        description="weights of reformatting strategies: as_is, concise, qa, steps, rephrase (model-based)",
+    )
+    monitors: MonitorConfig = MonitorConfig()
+
+    @model_validator(mode="after")
+    def _weights(self) -> HarvestConfig:
+        unknown = set(self.reformat) - {"as_is", "concise", "qa", "steps", "rephrase"}
+        if unknown:
+            raise ValueError(f"harvest.reformat: unknown strategies {sorted(unknown)}")
+        if any(w < 0 for w in self.reformat.values()) or sum(self.reformat.values()) <= 0:
+            raise ValueError("harvest.reformat: weights must be >= 0 with a positive sum")
+        return self
 
 
 class TrainingConfig(_Strict):
@@ -135,6 +209,7 @@ class FlywheelConfig(_Strict):
     bootstrap: BootstrapConfig = BootstrapConfig()
     engine: EngineConfig = EngineConfig()
     traffic: TrafficConfig = TrafficConfig()
+    ingest: IngestConfig = IngestConfig()
     harvest: HarvestConfig = HarvestConfig()
     training: TrainingConfig = TrainingConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
@@ -149,6 +224,8 @@ class FlywheelConfig(_Strict):
             raise ValueError(
                 "model.kind 'playground-tiny' only knows the playground alphabet; use task.source 'playground'"
             )
+        if self.traffic.source == "logs" and not self.ingest.paths:
+            raise ValueError("ingest.paths must name the log files or folders when traffic.source is 'logs'")
         if self.model.hidden_size % self.model.num_heads:
             raise ValueError("model.hidden_size must be a multiple of model.num_heads")
         return self

@@ -16,7 +16,7 @@ from jobs.cycle import flywheel_cycle_job, quarterly_schedule
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([deploy, harvest, distill, redeploy]),
-    asset_checks=dg.load_asset_checks_from_modules([redeploy]),
+    asset_checks=dg.load_asset_checks_from_modules([harvest, redeploy]),
     jobs=[flywheel_cycle_job],
     schedules=[quarterly_schedule],
     resources=resources_for(os.environ.get("FLYWHEEL_PROFILE", "local")),

@@ -27,7 +27,7 @@ TINY = {
 
 # The code location's cycle, for dg.materialize.
 ASSETS = dg.load_assets_from_modules([deploy, harvest, distill, redeploy])
-CHECKS = dg.load_asset_checks_from_modules([redeploy])
+CHECKS = dg.load_asset_checks_from_modules([harvest, redeploy])
 
 CYCLE_ASSETS = {
     "deployment",

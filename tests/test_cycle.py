@@ -44,9 +44,20 @@ def test_full_cycle_materializes_every_stage(one_cycle):
     # every trace read is accounted for by exactly one label
     h = meta("harvested_traces")
     assert (
-        sum(h[f"count/{k}"].value for k in ("positive", "negative", "unverifiable", "duplicate", "over_cap"))
-        == h["count/read"].value
+        sum(h[f"count/{k}"].value for k in ("positive", "negative", "unverifiable", "dropped")) == h["count/read"].value
     )
+    assert h["count/dropped"].value == sum(v.value for k, v in h.items() if k.startswith("count/drop/"))
+    # the loop-health monitors and the training-set gates ran and passed on healthy traffic
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    for name in (
+        "distinct_3",
+        "near_duplicate_rate",
+        "answer_diversity",
+        "verified_accuracy",
+        "no_pii",
+        "no_benchmark_overlap",
+    ):
+        assert checks[name].passed, (name, checks[name].description)
     training = fw.lake.read_table("training_dataset", Q1)
     assert set(training.column("origin").to_pylist()) == {"synthetic", "human"}
     assert training.num_rows == meta("training_dataset")["dagster/row_count"].value

@@ -3,9 +3,16 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from flywheel_dagster.curation.harvest import build_training_dataset, harvest
+from flywheel_dagster.config import build_config
+from flywheel_dagster.curation.harvest import DROP_REASONS, build_training_dataset, harvest
+from flywheel_dagster.curation.monitors import judge
+from flywheel_dagster.curation.reformat import template
 from flywheel_dagster.tasks.playground import PlaygroundTask
 from flywheel_dagster.traces.schema import TRACE_SCHEMA, trace_id
+
+
+def _cfg(**harvest_overrides):
+    return build_config({"harvest": harvest_overrides}).harvest
 
 
 def _traces(task, completions):
@@ -44,59 +51,187 @@ def task():
     return PlaygroundTask()
 
 
+def _with(table, name, values):
+    return table.set_column(table.schema.get_field_index(name), name, pa.array(values, table.schema.field(name).type))
+
+
 def test_labels_and_counts_account_for_every_trace(task):
     a, b = task.traffic(0, 2)
     wrong = a.solution.replace(f"A:{a.reference}", f"A:{int(a.reference) + 1}")
-    traces = _traces(task, [(a, a.solution), (a, a.solution), (a, wrong), (b, b.solution), (b, "garbage")])
-    traces = traces.set_column(
-        traces.schema.get_field_index("reference_answer"),
-        "reference_answer",
-        pa.array([a.reference] * 3 + [b.reference, None]),
-    )
-    result = harvest(traces, task, max_positives_per_problem=1)
-    labels = result.harvested.column("label").to_pylist()
-    assert labels == ["positive", "duplicate", "negative", "positive", "unverifiable"]
-    c = result.counts
-    assert (c["read"], c["positive"], c["negative"], c["duplicate"], c["unverifiable"], c["over_cap"]) == (
-        5,
-        2,
-        1,
-        1,
-        1,
-        0,
-    )
+    traces = _traces(task, [(a, a.solution), (a, a.solution), (a, wrong), (b, b.solution), (b, b.solution + "1")])
+    traces = _with(traces, "reference_answer", [a.reference] * 3 + [b.reference, None])
+    result = harvest(traces, task, _cfg(max_positives_per_problem=1))
+    assert result.harvested.column("label").to_pylist() == [
+        "positive",
+        "dropped",
+        "negative",
+        "positive",
+        "unverifiable",
+    ]
     assert result.harvested.column("drop_reason").to_pylist()[1] == "exact_duplicate"
+    c = result.counts
+    assert (c["read"], c["positive"], c["negative"], c["unverifiable"], c["dropped"]) == (5, 2, 1, 1, 1)
+    assert c["read"] == c["positive"] + c["negative"] + c["unverifiable"] + sum(c[f"drop/{r}"] for r in DROP_REASONS)
     assert result.harvested.column("correct").to_pylist()[:4] == [True, True, False, True]
 
 
-def test_positive_cap_per_problem(task):
-    (a,) = task.traffic(0, 1)
-    variants = [(a, a.solution), (a, a.solution + " "), (a, " " + a.solution + "\n")]
-    result = harvest(_traces(task, variants), task, max_positives_per_problem=5)
-    # whitespace variants are the same text to exact dedup
-    assert result.harvested.column("label").to_pylist() == ["positive", "duplicate", "duplicate"]
+def test_every_drop_reason_is_counted(task):
+    """One trace per reason code, each dropped for exactly that reason."""
+    ps = task.traffic(0, 12)
+    bench = task.benchmark(2, 99)[0]
+    long_ok = ps[5].solution
+    cases = [
+        ("decontaminated", bench, bench.solution, "stop"),
+        ("format_violation", ps[0], "x" + ps[0].solution, "stop"),
+        ("truncated", ps[1], ps[1].solution, "length"),
+        ("too_short", ps[2], "1", "stop"),
+        ("too_long", ps[3], ";".join(f"{i}+0={i}:{i}" for i in range(80)) + "\nA:79", "stop"),
+        ("repetition", ps[4], "1+1=2:2;" * 10 + "\nA:2", "stop"),
+        ("missing_final_answer", ps[6], ps[6].solution.split("\n")[0], "stop"),
+        ("exact_duplicate", ps[5], long_ok, "stop"),
+        ("near_duplicate", ps[5], long_ok.replace("\nA:", ";:0\nA:"), "stop"),
+        # a different correct solution (extra partial-only steps), neither duplicate nor near duplicate
+        ("positives_per_problem_cap", ps[5], ";".join(f":{i}" for i in range(10, 50)) + ";" + long_ok, "stop"),
+    ]
+    rows = [(ps[5], long_ok)] + [(p, text) for _, p, text, _ in cases]
+    traces = _traces(task, rows)
+    traces = _with(traces, "finish_reason", ["stop"] + [f for *_, f in cases])
+    cfg = _cfg(
+        max_positives_per_problem=1,
+        filters={"min_completion_chars": 2, "max_completion_chars": 400},
+        dedup={"jaccard_threshold": 0.5, "num_perm": 128},
+    )
+    result = harvest(traces, task, cfg, benchmark_prompts=[bench.prompt])
+    reasons = result.harvested.column("drop_reason").to_pylist()
+    assert reasons[0] is None
+    assert reasons[1:] == [reason for reason, *_ in cases]
+    assert sorted(cases[i][0] for i in range(len(cases))) == sorted(DROP_REASONS)
+    assert all(result.counts[f"drop/{r}"] == 1 for r in DROP_REASONS)
 
 
-def test_training_dataset_mixes_anchors_at_the_configured_share(task):
+def test_decontamination_drops_a_benchmark_question_in_any_wrapping():
+    from flywheel_dagster.curation.decontam import BenchmarkIndex
+    from flywheel_dagster.tasks.gsm8k import GSM8KTask
+
+    gsm = GSM8KTask(prompt_format="chatml")
+    bench = gsm.benchmark(50, 1)
+    index = BenchmarkIndex([p.prompt for p in bench], 8, gsm.prompt_for("{}"))
+    question = bench[7].prompt.split("\n")[1]
+    assert index.contaminated(bench[7].prompt)
+    assert index.contaminated(gsm.prompt_for("Hi! Quick one: " + question[: len(question) // 2]))  # a long shared span
+    # the shared instruction line alone is not contamination
+    assert not index.contaminated(gsm.prompt_for("How many apples are left if Tom eats two of five?"))
+
+
+def test_near_duplicates_are_found_across_batches():
+    from flywheel_dagster.curation.dedup import NearDuplicateIndex
+
+    base = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."
+    index = NearDuplicateIndex(0.7, num_perm=128)
+    first = index.check_and_add(index.signatures([base, "Weng earns $12 an hour for babysitting today."]))
+    second = index.check_and_add(index.signatures([base.replace("48", "49"), "A completely different question?"]))
+    assert first == [False, False] and second == [True, False]
+
+
+def test_pii_is_redacted_in_harvested_text_and_maths_kept(task):
+    from flywheel_dagster.tasks.gsm8k import GSM8KTask
+
+    gsm = GSM8KTask()
+    p = gsm.traffic(0, 1)[0]
+    text = "I'm Laura Chen, mail laura.chen@example.com. 4532015112830366 + 1 = 4532015112830367.\n#### 7"
+    traces = _traces(gsm, [(p, text)])
+    traces = _with(traces, "prompt", [p.prompt + " Call me at (415) 555-0132."])
+    traces = _with(traces, "reasoning", [text.split("\n")[0]])
+    out = harvest(traces, gsm, _cfg()).harvested.to_pylist()[0]
+    assert "<PHONE>" in out["prompt"] and "555" not in out["prompt"]
+    assert out["completion"].startswith("I'm <PERSON>, mail <EMAIL>. 4532015112830366 + 1 = 4532015112830367")
+    assert out["pii_types"] == "EMAIL,PERSON,PHONE"
+
+
+def test_training_dataset_mixes_anchors_and_pairs_negatives(task):
     problems = task.traffic(0, 30)
-    harvested = harvest(_traces(task, [(p, p.solution) for p in problems]), task, 2).harvested
-    table, comp = build_training_dataset(harvested, task.anchors(100, 1), anchor_fraction=0.25, validation_fraction=0.2)
-    assert comp["synthetic"] == 30 and comp["human"] == 10
-    assert table.num_rows == 40
-    assert set(table.column("split").to_pylist()) == {"train", "validation"}
+    wrong = [(p, p.solution.replace(f"A:{p.reference}", f"A:{int(p.reference) + 1}")) for p in problems[:5]]
+    harvested = harvest(_traces(task, [(p, p.solution) for p in problems] + wrong), task, _cfg()).harvested
+    cfg = _cfg(anchor_fraction=0.25, validation_fraction=0.2)
+    result = build_training_dataset(harvested, task.anchors(100, 1), cfg, task)
+    comp = result.composition
+    assert comp["synthetic"] == 30 and comp["human"] == 10 and comp["synthetic_fraction"] == 0.75
+    assert result.table.num_rows == 40
+    assert set(result.table.column("split").to_pylist()) == {"train", "validation"}
     by_problem = {}
-    for r in table.to_pylist():
+    for r in result.table.to_pylist():
         by_problem.setdefault(r["problem_id"], set()).add(r["split"])
     assert all(len(s) == 1 for s in by_problem.values())  # no problem on both sides of the split
+    pairs = result.pairs.to_pylist()
+    assert comp["pairs"] == len(pairs) == 5
+    for pair, (p, bad) in zip(pairs, wrong, strict=True):
+        assert (pair["prompt"], pair["chosen"], pair["rejected"]) == (p.prompt, p.solution, bad)
+
+
+def test_reformat_strategies_mix_by_weight_and_stay_verifiable():
+    from flywheel_dagster.tasks.gsm8k import GSM8KTask
+
+    gsm = GSM8KTask()
+    problems = gsm.traffic(0, 200)
+    harvested = harvest(_traces(gsm, [(p, p.solution) for p in problems]), gsm, _cfg()).harvested
+    cfg = _cfg(anchor_fraction=0.0, reformat={"as_is": 1, "concise": 1, "qa": 1, "steps": 1})
+    result = build_training_dataset(harvested, [], cfg, gsm)
+    counts = {k: v for k, v in result.composition.items() if k.startswith("strategy/")}
+    assert set(counts) == {"strategy/as_is", "strategy/concise", "strategy/qa", "strategy/steps"}
+    assert all(30 <= v <= 70 for v in counts.values()), counts
+    ref = {p.problem_id: p.reference for p in problems}
+    for r in result.table.to_pylist():
+        assert gsm.verify(r["completion"], ref[r["problem_id"]]).correct, (r["strategy"], r["completion"])
+    steps = template("steps", gsm, problems[0].prompt, problems[0].solution)
+    assert steps.startswith("1. ") and "\n2. " in steps
+
+
+def test_playground_refuses_prose_strategies(task):
+    harvested = harvest(_traces(task, [(p, p.solution) for p in task.traffic(0, 3)]), task, _cfg()).harvested
+    with pytest.raises(ValueError, match=r"task 'playground' cannot use strategies \['steps'\]"):
+        build_training_dataset(harvested, [], _cfg(reformat={"as_is": 1, "steps": 1}), task)
+
+
+def test_monitors_fire_on_a_collapsed_trace_set(task):
+    """A healthy quarter passes; a collapsed one (one reasoning and one answer for everything) is blocked."""
+    problems = task.traffic(0, 300)
+    healthy = _traces(task, [(p, p.solution) for p in problems for _ in range(2)])
+    healthy = _with(healthy, "trace_id", [f"{i:024x}" for i in range(healthy.num_rows)])
+    cfg = _cfg()
+    h = harvest(healthy, task, cfg)
+    from flywheel_dagster.curation.harvest import Harvester
+
+    good = Harvester(task, cfg, [])
+    good.process(healthy)
+    good_fig = good.monitors.result(None)
+    collapsed_text = problems[0].solution
+    collapsed = _traces(task, [(p, collapsed_text) for p in problems for _ in range(2)])
+    collapsed = _with(collapsed, "trace_id", [f"{i:024x}" for i in range(collapsed.num_rows)])
+    bad = Harvester(task, cfg, [])
+    bad.process(collapsed)
+    bad_fig = bad.monitors.result(good_fig["reasoning_lengths"])
+    levels = {
+        name: judge(name, bad_fig[name], cfg.monitors).level
+        for name in ("distinct_3", "answer_diversity", "length_ks", "verified_accuracy")
+    }
+    assert levels == {
+        "distinct_3": "block",
+        "answer_diversity": "warn",
+        "length_ks": "block",
+        "verified_accuracy": "warn",
+    }, bad_fig
+    assert judge("distinct_3", good_fig["distinct_3"], cfg.monitors).level == "ok"
+    assert judge("verified_accuracy", good_fig["verified_accuracy"], cfg.monitors).level == "ok"
+    assert h.counts["read"] == 600
 
 
 def test_no_positives_is_a_clear_error(task):
     (a,) = task.traffic(0, 1)
-    harvested = harvest(_traces(task, [(a, "nonsense")]), task, 2).harvested
+    harvested = harvest(_traces(task, [(a, "1+1=3:3\nA:3")]), task, _cfg()).harvested
     with pytest.raises(
         ValueError, match=r"no verified positive traces to distill from \(1 harvested traces: \{'negative': 1\}\)"
     ):
-        build_training_dataset(harvested, task.anchors(10, 1), 0.5, 0.0)
+        build_training_dataset(harvested, task.anchors(10, 1), _cfg(), task)
 
 
 def test_anchors_needed_share_and_floor():

@@ -44,3 +44,23 @@ def test_bytes_and_hashes(tmp_path):
     assert files["report.json"].sha256 == hashlib.sha256(b'{"a": 1}').hexdigest()
     assert lake.read_bytes("benchmark_report", "c", "report.json") == b'{"a": 1}'
     assert files["report.json"].uri.startswith("file://")
+
+
+def test_streaming_partition_write_is_all_or_nothing(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    old = pa.table({"x": [1, 2]})
+    lake.write_table("t", "c", old)
+    with pytest.raises(RuntimeError, match="crash mid-quarter"):
+        with lake.open_partition("t", "c") as part:
+            w = part.parquet("part-00000.parquet", old.schema)
+            w.write_table(pa.table({"x": [7]}))
+            raise RuntimeError("crash mid-quarter")
+    assert lake.read_table("t", "c").column("x").to_pylist() == [1, 2]  # nothing already written is lost
+    with lake.open_partition("t", "c") as part:
+        w = part.parquet("part-00000.parquet", old.schema)
+        for i in range(3):
+            w.write_table(pa.table({"x": [i]}))
+        part.write_bytes("side.json", b"{}")
+    assert part.files["part-00000.parquet"].rows == 3
+    assert [b.num_rows for b in lake.iter_batches("t", "c", batch_rows=2)] == [2, 1]
+    assert lake.read_bytes("t", "c", "side.json") == b"{}"

@@ -1,73 +1,263 @@
-"""Minimal harvest: verifier labels, exact dedup, positives for training, negatives kept, anchors mixed in.
+"""The harvest: verify, decontaminate, redact PII, filter, deduplicate and label a quarter's traces,
+streaming Arrow record batches; then the training dataset (reformatted positives, human anchors, and
+positive/negative pairs).
 
 Every trace read ends in exactly one label, and every trace kept out of training has a counted reason:
-read = positive + negative + unverifiable + duplicate + over_cap.
+read = positive + negative + unverifiable + sum(drop/<reason>). Reasons are checked in DROP_REASONS
+order; the first that applies is recorded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import re
+import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from flywheel_dagster.config import HarvestConfig
+from flywheel_dagster.curation import pii
+from flywheel_dagster.curation.decontam import BenchmarkIndex
+from flywheel_dagster.curation.dedup import NearDuplicateIndex, exact_key, normalize, tokens
+from flywheel_dagster.curation.monitors import MonitorAccumulator
+from flywheel_dagster.curation.reformat import check_strategies, pick, rephrase, template
 from flywheel_dagster.tasks.base import Problem, TaskSource
-from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, TRAINING_SCHEMA
+from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, PAIRS_SCHEMA, TRAINING_SCHEMA
 
-_SPACE = re.compile(r"\s+")
+__all__ = ["normalize"]
+
+LABELS = ("positive", "negative", "unverifiable", "dropped")
+DROP_REASONS = (
+    "decontaminated",  # prompt shares an n-gram with a benchmark problem
+    "format_violation",  # does not fit the task's training format
+    "truncated",  # generation stopped at the token limit
+    "too_short",
+    "too_long",
+    "repetition",  # heavy n-gram repetition in the reasoning
+    "missing_final_answer",
+    "exact_duplicate",
+    "near_duplicate",
+    "positives_per_problem_cap",
+)
 
 
-def normalize(text: str) -> str:
-    """Text as compared by exact dedup: case-folded, whitespace collapsed."""
-    return _SPACE.sub(" ", text.casefold()).strip()
+def repeated_fraction(text: str, n: int) -> float:
+    """Share of token n-grams in `text` that repeat an earlier one."""
+    t = tokens(text)
+    total = len(t) - n + 1
+    if total <= 1:
+        return 0.0
+    return 1 - len({tuple(t[i : i + n]) for i in range(total)}) / total
 
 
-def verify_traces(traces: pa.Table, task: TaskSource) -> pa.Table:
-    """Fill correct/verifier/verdict/answer for every trace; traces without a reference stay unverifiable."""
-    rows = traces.to_pylist()
-    for row in rows:
-        if row["reference_answer"] is None:
-            row.update(correct=None, verifier=task.verifier_name, verdict="no_reference")
-            continue
-        v = task.verify(row["completion"], row["reference_answer"])
-        row.update(correct=v.correct, verifier=task.verifier_name, verdict=v.reason, answer=v.answer)
-    return pa.Table.from_pylist(rows, schema=traces.schema)
+@dataclass
+class HarvestStats:
+    counts: Counter = field(default_factory=Counter)
+    pii: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)  # per step, for benchmarks/harvest.py
+
+    def as_counts(self) -> dict[str, int]:
+        out = {"read": self.counts["read"]}
+        out.update({label: self.counts[label] for label in LABELS[:3]})
+        out["dropped"] = sum(self.counts[f"drop/{r}"] for r in DROP_REASONS)
+        out.update({f"drop/{r}": self.counts[f"drop/{r}"] for r in DROP_REASONS})
+        return out
+
+
+class Harvester:
+    """Labels traces batch by batch; state (dedup keys, LSH index, caps, monitors) spans the whole quarter."""
+
+    def __init__(self, task: TaskSource, cfg: HarvestConfig, benchmark_prompts: Iterable[str]) -> None:
+        self.task = task
+        self.cfg = cfg
+        self.decontam = BenchmarkIndex(benchmark_prompts, cfg.decontamination_ngram, task.prompt_for("{}"))
+        self.near = (
+            {
+                label: NearDuplicateIndex(cfg.dedup.jaccard_threshold, cfg.dedup.num_perm, cfg.dedup.shingle_tokens)
+                for label in ("positive", "negative")
+            }
+            if cfg.dedup.near_duplicates
+            else None
+        )
+        self.seen: set[bytes] = set()
+        self.per_problem: Counter = Counter()
+        self.stats = HarvestStats()
+        self.monitors = MonitorAccumulator(cfg.monitors.sample_size)
+
+    def _timed(self, step: str, start: float) -> float:
+        now = time.perf_counter()
+        self.stats.seconds[step] += now - start
+        return now
+
+    def process(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        """Harvested rows (HARVESTED_SCHEMA) for one batch of traces (TRACE_SCHEMA)."""
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        n = table.num_rows
+        counts = self.stats.counts
+        counts["read"] += n
+        t = time.perf_counter()
+
+        # Verify against the reference answer (raw text: redaction must not change the verdict).
+        completions = table.column("completion").to_pylist()
+        references = table.column("reference_answer").to_pylist()
+        correct, verdicts, answers = [None] * n, ["no_reference"] * n, table.column("answer").to_pylist()
+        verify = self.task.verify
+        for i in range(n):
+            ref = references[i]
+            if ref is not None:
+                v = verify(completions[i], ref)
+                correct[i], verdicts[i], answers[i] = v.correct, v.reason, v.answer
+            elif answers[i] is None:
+                answers[i] = self.task.parse(completions[i]).answer
+        t = self._timed("verify", t)
+
+        # Decontaminate on the raw prompt.
+        raw_prompts = table.column("prompt").to_pylist()
+        contaminated = [self.decontam.contaminated(p) for p in raw_prompts]
+        t = self._timed("decontaminate", t)
+
+        # Redact PII in every text column (the answer is the verifier's), recording which types each row lost.
+        pii_rows: list[list[str]] = [[] for _ in range(n)]
+        redacted = {}
+        for col, column in (
+            ("prompt", table.column("prompt")),
+            ("completion", table.column("completion")),
+            ("reasoning", table.column("reasoning")),
+            ("answer", pa.array(answers, pa.string())),
+        ):
+            mask = pii.candidate_mask(column)
+            values = column.to_pylist() if col != "prompt" else raw_prompts
+            if any(mask):
+                values = list(values)
+                for i, hit in enumerate(mask):
+                    if hit and values[i] is not None:
+                        values[i], kinds = pii.redact(values[i], self.cfg.redact_names)
+                        pii_rows[i].extend(kinds)
+                        self.stats.pii.update(kinds)
+            redacted[col] = values
+        prompts, completions_r, reasonings = redacted["prompt"], redacted["completion"], redacted["reasoning"]
+        t = self._timed("pii", t)
+
+        # Quality filters, in DROP_REASONS order.
+        f = self.cfg.filters
+        finish = table.column("finish_reason").to_pylist()
+        drop: list[str | None] = [None] * n
+        fmt = self.task.format_violation
+        for i in range(n):
+            c = completions_r[i]
+            if contaminated[i]:
+                drop[i] = "decontaminated"
+            elif fmt(prompts[i], c):
+                drop[i] = "format_violation"
+            elif f.drop_truncated and finish[i] == "length":
+                drop[i] = "truncated"
+            elif len(c) < f.min_completion_chars:
+                drop[i] = "too_short"
+            elif len(c) > f.max_completion_chars:
+                drop[i] = "too_long"
+            elif (
+                len(reasonings[i]) > 40
+                and repeated_fraction(reasonings[i], f.repetition_ngram) > f.max_repeated_ngram_fraction
+            ):
+                drop[i] = "repetition"
+            elif answers[i] is None:
+                drop[i] = "missing_final_answer"
+        t = self._timed("filters", t)
+
+        # Exact duplicates (normalized prompt + completion), across the whole quarter.
+        seen = self.seen
+        reached = 0
+        for i in range(n):
+            if drop[i] is None:
+                reached += 1
+                key = hashlib.blake2b(exact_key(prompts[i], completions_r[i]), digest_size=12).digest()
+                if key in seen:
+                    drop[i] = "exact_duplicate"
+                else:
+                    seen.add(key)
+        self.monitors.dedup_seen += reached
+        t = self._timed("exact_dedup", t)
+
+        labels: list[str] = []
+        for i in range(n):
+            if drop[i] is not None:
+                labels.append("dropped")
+            elif correct[i] is None:
+                labels.append("unverifiable")
+            else:
+                labels.append("positive" if correct[i] else "negative")
+
+        # Near duplicates (MinHash LSH on prompt + reasoning), within positives and within negatives, so a
+        # negative that differs from a positive in one step stays available as its pair.
+        if self.near is not None:
+            for label, index in self.near.items():
+                rows = [i for i in range(n) if labels[i] == label]
+                if rows:
+                    sigs = index.signatures([prompts[i] + "\n" + reasonings[i] for i in rows])
+                    for i, dup in zip(rows, index.check_and_add(sigs), strict=True):
+                        if dup:
+                            labels[i], drop[i] = "dropped", "near_duplicate"
+            t = self._timed("near_dedup", t)
+
+        problem_ids = table.column("problem_id").to_pylist()
+        trace_ids = table.column("trace_id").to_pylist()
+        cap = self.cfg.max_positives_per_problem
+        monitors = self.monitors
+        for i in range(n):
+            if labels[i] == "positive":
+                key = problem_ids[i] or prompts[i]
+                if self.per_problem[key] >= cap:
+                    labels[i], drop[i] = "dropped", "positives_per_problem_cap"
+                else:
+                    self.per_problem[key] += 1
+            if drop[i] in ("exact_duplicate", "near_duplicate"):
+                monitors.duplicates += 1
+            counts[labels[i] if drop[i] is None else f"drop/{drop[i]}"] += 1
+            if drop[i] is None or drop[i] in ("exact_duplicate", "near_duplicate", "positives_per_problem_cap"):
+                monitors.add(trace_ids[i], prompts[i], reasonings[i], answers[i], correct[i])
+
+        out = table.select(HARVESTED_SCHEMA.names[: len(table.schema.names)])
+        for name, values, type_ in (
+            ("prompt", prompts, pa.string()),
+            ("completion", completions_r, pa.string()),
+            ("reasoning", reasonings, pa.string()),
+            ("answer", redacted["answer"], pa.string()),
+            ("correct", correct, pa.bool_()),
+            ("verifier", [self.task.verifier_name] * n, pa.string()),
+            ("verdict", verdicts, pa.string()),
+        ):
+            out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, type_))
+        out = out.append_column("label", pa.array(labels, pa.string()))
+        out = out.append_column("drop_reason", pa.array(drop, pa.string()))
+        out = out.append_column(
+            "pii_types", pa.array([",".join(sorted(set(k))) or None for k in pii_rows], pa.string())
+        )
+        self._timed("assemble", t)
+        return out.cast(HARVESTED_SCHEMA)
+
+
+def harvest_stream(harvester: Harvester, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
+    for batch in batches:
+        yield harvester.process(batch)
 
 
 @dataclass
 class HarvestResult:
     harvested: pa.Table
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int]
+    pii: dict[str, int]
 
 
-def harvest(traces: pa.Table, task: TaskSource, max_positives_per_problem: int) -> HarvestResult:
-    """Label verified traces positive/negative, drop exact duplicates and positives past the per-problem cap."""
-    verified = verify_traces(traces, task)
-    rows = verified.to_pylist()
-    seen: set[tuple[str, str]] = set()
-    per_problem: Counter[str] = Counter()
-    counts: Counter[str] = Counter(read=len(rows))
-    for row in rows:
-        key = (normalize(row["prompt"]), normalize(row["completion"]))
-        if key in seen:
-            row.update(label="duplicate", drop_reason="exact_duplicate")
-        elif row["correct"] is None:
-            row.update(label="unverifiable", drop_reason="no_reference_answer")
-        elif not row["correct"]:
-            row.update(label="negative", drop_reason=None)
-        elif per_problem[row["prompt"]] >= max_positives_per_problem:
-            row.update(label="over_cap", drop_reason="positives_per_problem_cap")
-        else:
-            per_problem[row["prompt"]] += 1
-            row.update(label="positive", drop_reason=None)
-        seen.add(key)
-        counts[row["label"]] += 1
-    for label in ("positive", "negative", "unverifiable", "duplicate", "over_cap"):
-        counts.setdefault(label, 0)
-    return HarvestResult(pa.Table.from_pylist(rows, schema=HARVESTED_SCHEMA), dict(counts))
+def harvest(
+    traces: pa.Table, task: TaskSource, cfg: HarvestConfig, benchmark_prompts: Iterable[str] = ()
+) -> HarvestResult:
+    """The whole harvest on an in-memory table (tests, small quarters); assets stream with Harvester."""
+    h = Harvester(task, cfg, benchmark_prompts)
+    out = h.process(traces)
+    return HarvestResult(out, h.stats.as_counts(), dict(h.stats.pii))
 
 
 def _split_of(problem_key: str, validation_fraction: float) -> str:
@@ -82,59 +272,118 @@ def anchors_needed(positives: int, anchor_fraction: float, min_examples: int = 0
     return max(share, min_examples - positives)
 
 
+@dataclass
+class TrainingSet:
+    table: pa.Table
+    pairs: pa.Table
+    composition: dict[str, int | float]
+
+
 def build_training_dataset(
-    harvested: pa.Table,
+    harvested: pa.Table | Iterable[pa.RecordBatch],
     anchors: list[Problem],
-    anchor_fraction: float,
-    validation_fraction: float,
-    min_examples: int = 0,
-) -> tuple[pa.Table, dict[str, int]]:
-    """Positives as prompt/completion pairs, plus human anchors so they make up anchor_fraction of the rows
-    (or fill the set up to min_examples when positives are scarce).
+    cfg: HarvestConfig,
+    task: TaskSource,
+    engine=None,  # noqa: ANN001 - an InferenceEngine, needed only for the 'rephrase' strategy
+    rephrase_tokens: int = 64,
+    seed: int = 0,
+) -> TrainingSet:
+    """Positives (each reformatted by one strategy) plus human anchors at anchor_fraction, and pairs of a
+    positive and a negative of the same prompt.
 
     The train/validation split is by problem, so no problem's examples sit on both sides.
     """
-    positives = [r for r in harvested.to_pylist() if r["label"] == "positive"]
-    if not positives and min_examples == 0:
-        labels = dict(sorted(Counter(harvested.column("label").to_pylist()).items()))
+    check_strategies(task, cfg.reformat)
+    batches = harvested.to_batches() if isinstance(harvested, pa.Table) else harvested
+    columns = ["trace_id", "problem_id", "suite", "prompt", "completion", "reference_answer", "label"]
+    positives: list[dict] = []
+    negatives: dict[str, list[dict]] = defaultdict(list)
+    labels: Counter = Counter()
+    for batch in batches:
+        for r in pa.Table.from_batches([batch]).select(columns).to_pylist():
+            labels[r["label"]] += 1
+            if r["label"] == "positive":
+                positives.append(r)
+            elif r["label"] == "negative":
+                negatives[r["prompt"]].append(r)
+    if not positives and cfg.min_training_examples == 0:
         raise ValueError(
-            f"no verified positive traces to distill from ({harvested.num_rows} harvested traces: {labels}); "
-            "the deployed model solved none of this quarter's problems"
+            f"no verified positive traces to distill from ({sum(labels.values())} harvested traces: "
+            f"{dict(sorted(labels.items()))}); the deployed model solved none of this quarter's problems"
         )
-    n_anchor = anchors_needed(len(positives), anchor_fraction, min_examples)
+    n_anchor = anchors_needed(len(positives), cfg.anchor_fraction, cfg.min_training_examples)
     if n_anchor > len(anchors):
         raise ValueError(
-            f"harvest needs {n_anchor} anchor examples for anchor_fraction={anchor_fraction}, got {len(anchors)}"
+            f"harvest needs {n_anchor} anchor examples for anchor_fraction={cfg.anchor_fraction}, got {len(anchors)}"
         )
-    rows = [
-        {
-            "example_id": f"trace/{r['trace_id']}",
-            "prompt": r["prompt"],
-            "completion": r["completion"],
-            "origin": "synthetic",
-            "split": _split_of(r["problem_id"] or r["prompt"], validation_fraction),
-            "trace_id": r["trace_id"],
-            "problem_id": r["problem_id"],
-            "suite": r["suite"],
-        }
-        for r in positives
-    ]
+    strategies = [pick(r["trace_id"], cfg.reformat) for r in positives]
+    reformat_counts: Counter = Counter()
+    to_rephrase = [r for r, s in zip(positives, strategies, strict=True) if s == "rephrase"]
+    if to_rephrase and engine is None:
+        raise ValueError("harvest.reformat gives weight to 'rephrase', which needs an inference engine")
+    rephrased = iter(rephrase(task, engine, to_rephrase, rephrase_tokens, seed, reformat_counts))
+    rows = []
+    for r, strategy in zip(positives, strategies, strict=True):
+        completion = (
+            next(rephrased) if strategy == "rephrase" else template(strategy, task, r["prompt"], r["completion"])
+        )
+        reformat_counts[strategy] += 1
+        rows.append(
+            {
+                "example_id": f"trace/{r['trace_id']}",
+                "prompt": r["prompt"],
+                "completion": completion,
+                "origin": "synthetic",
+                "split": _split_of(r["problem_id"] or r["prompt"], cfg.validation_fraction),
+                "trace_id": r["trace_id"],
+                "problem_id": r["problem_id"],
+                "suite": r["suite"],
+                "strategy": strategy,
+            }
+        )
     rows += [
         {
             "example_id": f"human/{p.problem_id}",
             "prompt": p.prompt,
             "completion": p.solution,
             "origin": "human",
-            "split": _split_of(p.problem_id, validation_fraction),
+            "split": _split_of(p.problem_id, cfg.validation_fraction),
             "trace_id": None,
             "problem_id": p.problem_id,
             "suite": p.suite,
+            "strategy": None,
         }
         for p in anchors[:n_anchor]
     ]
-    composition: dict[str, int] = defaultdict(int)
+    pairs = []
+    used: Counter = Counter()
+    for r in positives:
+        pool = negatives.get(r["prompt"])
+        if pool and used[r["prompt"]] < len(pool):
+            neg = pool[used[r["prompt"]]]
+            used[r["prompt"]] += 1
+            pairs.append(
+                {
+                    "prompt": r["prompt"],
+                    "chosen": r["completion"],
+                    "rejected": neg["completion"],
+                    "problem_id": r["problem_id"],
+                    "chosen_trace_id": r["trace_id"],
+                    "rejected_trace_id": neg["trace_id"],
+                    "split": _split_of(r["problem_id"] or r["prompt"], cfg.validation_fraction),
+                }
+            )
+    composition: dict[str, int | float] = defaultdict(int)
     for r in rows:
         composition[f"{r['origin']}_{r['split']}"] += 1
     composition["synthetic"] = len(positives)
     composition["human"] = n_anchor
-    return pa.Table.from_pylist(rows, schema=TRAINING_SCHEMA), dict(composition)
+    composition["synthetic_fraction"] = round(len(positives) / max(len(rows), 1), 4)
+    composition["pairs"] = len(pairs)
+    for k, v in sorted(reformat_counts.items()):
+        composition[f"strategy/{k}"] = v
+    return TrainingSet(
+        pa.Table.from_pylist(rows, schema=TRAINING_SCHEMA),
+        pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA),
+        dict(composition),
+    )

@@ -65,3 +65,18 @@ class TaskSource(Protocol):
     def render(self, problem: Problem, reasoning: str, answer: str) -> str:
         """The completion text for a reasoning and an answer (the training target format)."""
         ...
+
+    def lookup(self, question: str) -> Problem | None:
+        """The known problem a user's question is (with its reference answer), or None."""
+        ...
+
+    def prompt_for(self, question: str) -> str:
+        """The model prompt for a user's question, in this task's prompt format."""
+        ...
+
+    def format_violation(self, prompt: str, completion: str) -> str | None:
+        """Why a prompt/completion pair does not fit the task's training format, or None when it does."""
+        ...
+
+    reformat_strategies: tuple[str, ...]
+    """Harvest reformatting strategies that keep this task's completions verifiable."""

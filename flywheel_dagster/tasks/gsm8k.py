@@ -63,8 +63,16 @@ class GSM8KTask:
         self.data_dir = Path(data_dir) if data_dir else DEFAULT_DATA_DIR
         self.seed = seed
         self.prompt_format = prompt_format
-        self._train = [self._problem(r, "train") for r in load_gsm8k(self.data_dir / "train.jsonl")]
-        self._test = [self._problem(r, "test") for r in load_gsm8k(self.data_dir / "test.jsonl")]
+        self._by_question: dict[str, Problem] = {}
+        self._train = self._load("train")
+        self._test = self._load("test")
+
+    def _load(self, split: str) -> list[Problem]:
+        problems = []
+        for row in load_gsm8k(self.data_dir / f"{split}.jsonl"):
+            problems.append(self._problem(row, split))
+            self._by_question[_question_key(row["question"])] = problems[-1]
+        return problems
 
     def _problem(self, row: dict[str, str], split: str) -> Problem:
         m = _HASHES.search(row["answer"])
@@ -115,3 +123,23 @@ class GSM8KTask:
 
     def render(self, problem: Problem, reasoning: str, answer: str) -> str:
         return f"{reasoning}\n#### {answer}"
+
+    reformat_strategies = ("as_is", "concise", "qa", "steps", "rephrase")
+
+    def lookup(self, question: str) -> Problem | None:
+        return self._by_question.get(_question_key(question))
+
+    def prompt_for(self, question: str) -> str:
+        return PROMPT_FORMATS[self.prompt_format].format(question=question.replace(_INSTRUCTION, "").strip())
+
+    def format_violation(self, prompt: str, completion: str) -> str | None:
+        if "<|im_start|>" in completion or "<|im_end|>" in completion.rstrip().removesuffix("<|im_end|>"):
+            return "completion contains chat-template tokens"
+        if not prompt.strip():
+            return "empty prompt"
+        return None
+
+
+def _question_key(question: str) -> str:
+    """A user's question as looked up: without our instruction line, whitespace collapsed."""
+    return " ".join(question.replace(_INSTRUCTION, "").split())

@@ -25,6 +25,9 @@ HARD_SUITES = ["add_long", "sub_long", "mul_3x1"]
 SUITES = EASY_SUITES + HARD_SUITES
 ALPHABET = list("0123456789+-*=:;QA\n")
 
+_QUESTION = re.compile(r"^\s*(?:Q:)?\s*(\d{1,6})\s*([+\-*])\s*(\d{1,6})\s*$")
+_PROMPT = re.compile(r"^Q:\d+[+\-*]\d+\n$")
+_ALLOWED = frozenset(ALPHABET)
 _ANSWER = re.compile(r"\nA:(-?\d+)\s*$")
 _STEP = re.compile(r"^(?:(\d+)([+\-*])(\d+)(?:\+(\d+))?=(\d+))?:(\d+)$")
 
@@ -106,6 +109,17 @@ def make_problem(suite: str, a: int, b: int) -> Problem:
     )
 
 
+def classify(op: str, a: int, b: int) -> str | None:
+    """The suite a question belongs to, or None when it is outside every suite's shape."""
+    if op == "+":
+        return "add_short" if b <= 99 else "add_long" if a >= 100 else None
+    if op == "-":
+        return None if b > a else "sub_short" if b <= 99 else "sub_long"
+    if 2 <= b <= 9:
+        return "mul_2x1" if 10 <= a <= 99 else "mul_3x1" if 100 <= a <= 999 else None
+    return None
+
+
 def random_problem(suite: str, rng: random.Random) -> Problem:
     if suite not in _RANGES:
         raise ValueError(f"unknown playground suite {suite!r}; expected one of {SUITES}")
@@ -181,3 +195,25 @@ class PlaygroundTask:
 
     def render(self, problem: Problem, reasoning: str, answer: str) -> str:
         return f"{reasoning}\nA:{answer}"
+
+    # The model's alphabet has no room for rewording: only the trace as generated, or a re-solve by the model.
+    reformat_strategies = ("as_is", "rephrase")
+
+    def lookup(self, question: str) -> Problem | None:
+        m = _QUESTION.match(question)
+        if not m:
+            return None
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        suite = classify(op, a, b)
+        return make_problem(suite, a, b) if suite else None
+
+    def prompt_for(self, question: str) -> str:
+        q = question.strip()
+        return (q if q.startswith("Q:") else f"Q:{q}") + "\n"
+
+    def format_violation(self, prompt: str, completion: str) -> str | None:
+        if not _PROMPT.match(prompt):
+            return "prompt is not 'Q:<a><op><b>'"
+        if not _ALLOWED.issuperset(completion):
+            return "completion has characters outside the playground alphabet"
+        return None

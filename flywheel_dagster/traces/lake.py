@@ -47,32 +47,40 @@ class Lake:
 
     def write_partition(self, table: str, cycle: str, files: dict[str, bytes | pa.Table]) -> dict[str, LakeFile]:
         """Replace the whole partition with these files (Parquet tables or raw bytes), atomically."""
-        final = self.partition_dir(table, cycle)
-        tmp = f"{self.root}/{table}/.tmp-cycle={cycle}-{uuid.uuid4().hex[:8]}"
-        self.fs.create_dir(tmp, recursive=True)
-        written: dict[str, LakeFile] = {}
-        for name, content in files.items():
-            path = f"{tmp}/{name}"
-            if isinstance(content, pa.Table):
-                pq.write_table(content, path, filesystem=self.fs, compression="zstd")
-                rows = content.num_rows
-            else:
-                with self.fs.open_output_stream(path) as out:
-                    out.write(content)
-                rows = 0
-            digest, size = self._sha256(path)
-            written[name] = LakeFile(uri=f"{self._scheme}{final}/{name}", sha256=digest, rows=rows, bytes=size)
-        old = None
-        if self.fs.get_file_info(final).type == pafs.FileType.Directory:
-            old = f"{self.root}/{table}/.old-cycle={cycle}-{uuid.uuid4().hex[:8]}"
-            self.fs.move(final, old)
-        self.fs.move(tmp, final)
-        if old is not None:
-            self.fs.delete_dir(old)
-        return written
+        with self.open_partition(table, cycle) as part:
+            for name, content in files.items():
+                if isinstance(content, pa.Table):
+                    part.parquet(name, content.schema).write_table(content)
+                else:
+                    part.write_bytes(name, content)
+        return part.files
+
+    def open_partition(self, table: str, cycle: str) -> PartitionWriter:
+        """A streaming writer for a whole partition: files appear together when it closes without error.
+
+            with lake.open_partition("harvested_traces", key) as part:
+                w = part.parquet("part-00000.parquet", schema)
+                for batch in batches:
+                    w.write_table(batch)
+                part.write_bytes("monitors.json", payload)
+            part.files  # name -> LakeFile
+
+        If the block raises, the temporary folder is removed and the old partition stays as it was.
+        """
+        return PartitionWriter(self, table, cycle)
 
     def write_table(self, table: str, cycle: str, data: pa.Table) -> LakeFile:
         return self.write_partition(table, cycle, {DATA_FILE: data})[DATA_FILE]
+
+    def iter_batches(
+        self, table: str, cycle: str, name: str = DATA_FILE, columns: list[str] | None = None, batch_rows: int = 8192
+    ):  # noqa: ANN201 - Iterator[pa.RecordBatch]
+        """Stream a partition's rows without loading the whole file."""
+        path = f"{self.partition_dir(table, cycle)}/{name}"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            raise FileNotFoundError(f"lake table {table!r} has no partition for cycle {cycle!r} ({path})")
+        with self.fs.open_input_file(path) as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
 
     def read_table(self, table: str, cycle: str, name: str = DATA_FILE) -> pa.Table:
         path = f"{self.partition_dir(table, cycle)}/{name}"
@@ -92,3 +100,59 @@ class Lake:
                 h.update(chunk)
                 size += len(chunk)
         return h.hexdigest(), size
+
+
+class PartitionWriter:
+    """See Lake.open_partition."""
+
+    def __init__(self, lake: Lake, table: str, cycle: str) -> None:
+        self.lake, self.table, self.cycle = lake, table, cycle
+        self.tmp = f"{lake.root}/{table}/.tmp-cycle={cycle}-{uuid.uuid4().hex[:8]}"
+        self.files: dict[str, LakeFile] = {}
+        self._writers: dict[str, tuple[pq.ParquetWriter, object]] = {}
+        self._rows: dict[str, int] = {}
+
+    def __enter__(self) -> PartitionWriter:
+        self.lake.fs.create_dir(self.tmp, recursive=True)
+        return self
+
+    def parquet(self, name: str, schema: pa.Schema) -> _CountingWriter:
+        stream = self.lake.fs.open_output_stream(f"{self.tmp}/{name}")
+        writer = pq.ParquetWriter(stream, schema, compression="zstd")
+        self._writers[name] = (writer, stream)
+        self._rows[name] = 0
+        return _CountingWriter(writer, self._rows, name)
+
+    def write_bytes(self, name: str, content: bytes) -> None:
+        with self.lake.fs.open_output_stream(f"{self.tmp}/{name}") as out:
+            out.write(content)
+        self._rows[name] = 0
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        for writer, stream in self._writers.values():
+            writer.close()
+            stream.close()
+        if exc_type is not None:
+            self.lake.fs.delete_dir(self.tmp)
+            return
+        final = self.lake.partition_dir(self.table, self.cycle)
+        for name, rows in self._rows.items():
+            digest, size = self.lake._sha256(f"{self.tmp}/{name}")
+            self.files[name] = LakeFile(uri=f"{self.lake._scheme}{final}/{name}", sha256=digest, rows=rows, bytes=size)
+        old = None
+        if self.lake.fs.get_file_info(final).type == pafs.FileType.Directory:
+            old = f"{self.lake.root}/{self.table}/.old-cycle={self.cycle}-{uuid.uuid4().hex[:8]}"
+            self.lake.fs.move(final, old)
+        self.lake.fs.move(self.tmp, final)
+        if old is not None:
+            self.lake.fs.delete_dir(old)
+
+
+class _CountingWriter:
+    def __init__(self, writer: pq.ParquetWriter, rows: dict[str, int], name: str) -> None:
+        self._writer, self._rows, self._name = writer, rows, name
+
+    def write_table(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table)
+            self._rows[self._name] += table.num_rows

@@ -28,12 +28,21 @@ TRACE_SCHEMA = pa.schema(
         pa.field("finish_reason", pa.string()),
         pa.field("sample_index", pa.int32(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        # Production logs only: who asked, through which workload, in which request. Kept for erasure
+        # requests and audits; never part of any training text.
+        pa.field("workload_id", pa.string()),
+        pa.field("user_id", pa.string()),
+        pa.field("request_id", pa.string()),
     ]
 )
 
 # The harvested table adds what the harvest decided about each trace.
-HARVESTED_SCHEMA = TRACE_SCHEMA.append(pa.field("label", pa.string(), nullable=False)).append(
-    pa.field("drop_reason", pa.string())
+# label: positive | negative | unverifiable | dropped; drop_reason says why a trace is not used.
+# Prompt, completion, reasoning and answer are PII-redacted here; pii_types lists what was replaced.
+HARVESTED_SCHEMA = (
+    TRACE_SCHEMA.append(pa.field("label", pa.string(), nullable=False))
+    .append(pa.field("drop_reason", pa.string()))
+    .append(pa.field("pii_types", pa.string()))
 )
 
 # The training dataset: prompt/completion pairs with their origin.
@@ -47,6 +56,20 @@ TRAINING_SCHEMA = pa.schema(
         pa.field("trace_id", pa.string()),
         pa.field("problem_id", pa.string()),
         pa.field("suite", pa.string()),
+        pa.field("strategy", pa.string()),  # how a trace was reformatted ("as_is", "concise", ...); null: human
+    ]
+)
+
+# Positive and negative traces of the same prompt, for preference-style objectives (REDI, DPO).
+PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+        pa.field("problem_id", pa.string()),
+        pa.field("chosen_trace_id", pa.string(), nullable=False),
+        pa.field("rejected_trace_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
     ]
 )
 

@@ -1,0 +1,127 @@
+"""Harvest throughput and memory at quarter scale: traces/s per step and peak RSS.
+
+    .venv/bin/python benchmarks/harvest.py [--traces 1000000] [--batch 8192]
+
+Writes N synthetic gateway log records (playground questions, 40% wrong answers, 2% with PII pasted
+into the question, both reasoning styles) as JSON Lines, then streams them through the harvest twice,
+each pass in a fresh process on one core (Arrow thread pools set to 1):
+  exact: ingest + verify + decontaminate + PII + filters + exact dedup (+ labels, Parquet write)
+  near:  the same plus MinHash LSH near-dedup
+and prints traces/s per step, overall, and the process's peak RSS. Targets on the 2-core dev machine:
+>= 20,000 traces/s for the exact pass, >= 5,000 traces/s for the near pass, peak RSS < 2 GB at 1M traces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
+
+
+def generate(path: Path, n: int) -> float:
+    from flywheel_dagster.curation import loggen
+    from flywheel_dagster.tasks.playground import PlaygroundTask
+
+    task = PlaygroundTask()
+    t = time.perf_counter()
+    problems = task.traffic(0, max(1000, n // 20))
+    loggen.write_jsonl(path, loggen.synthetic_records(task, problems, n, START, END, seed=1))
+    return time.perf_counter() - t
+
+
+def one_pass(path: Path, near: bool, batch: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    from flywheel_dagster.config import build_config
+    from flywheel_dagster.curation import ingest
+    from flywheel_dagster.curation.harvest import Harvester
+    from flywheel_dagster.tasks.playground import PlaygroundTask
+    from flywheel_dagster.traces.schema import HARVESTED_SCHEMA
+
+    cfg = build_config({"harvest": {"dedup": {"near_duplicates": near}}})
+    task = PlaygroundTask()
+    harvester = Harvester(task, cfg.harvest, [p.prompt for p in task.benchmark(150, cfg.benchmark.seed)])
+    ingestor = ingest.Ingestor(task, ingest.Settings("2026-01-01", ingest.Window(START, END)), batch_rows=batch)
+    seconds = {"ingest": 0.0, "write": 0.0}
+    out = path.with_suffix(f".{'near' if near else 'exact'}.parquet")
+    started = time.perf_counter()
+    with pq.ParquetWriter(out, HARVESTED_SCHEMA, compression="zstd") as writer:
+        batches = ingestor.batches([str(path)])
+        while True:
+            t = time.perf_counter()
+            try:
+                rows, _quarantine = next(batches)
+            except StopIteration:
+                break
+            table = ingest.to_table(rows)
+            seconds["ingest"] += time.perf_counter() - t
+            harvested = harvester.process(table)
+            t = time.perf_counter()
+            writer.write_table(harvested)
+            seconds["write"] += time.perf_counter() - t
+    total = time.perf_counter() - started
+    seconds.update(harvester.stats.seconds)
+    return {
+        "traces": ingestor.stats.traces,
+        "total_s": total,
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "counts": harvester.stats.as_counts(),
+        "pii": dict(harvester.stats.pii),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traces", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=8192)
+    parser.add_argument("--pass", dest="one", choices=["exact", "near"], help=argparse.SUPPRESS)
+    parser.add_argument("--log", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_pass(Path(args.log), args.one == "near", args.batch)))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="flywheel-harvest-bench-"))
+    log = work / "gateway.jsonl"
+    gen_s = generate(log, args.traces)
+    print(f"generated {args.traces:,} log records ({log.stat().st_size / 1e6:.0f} MB) in {gen_s:.1f} s")
+    for mode in ("exact", "near"):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--pass", mode, "--log", str(log), "--batch", str(args.batch)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        n = r["traces"]
+        print(
+            f"\n{mode} pass: {n:,} traces in {r['total_s']:.1f} s = {n / r['total_s']:,.0f} traces/s; "
+            f"peak RSS {r['peak_rss_mb']:,.0f} MB"
+        )
+        for step, s in r["seconds"].items():
+            print(f"  {step:<14} {s:7.1f} s  {n / s if s else float('inf'):>12,.0f} traces/s")
+        c = r["counts"]
+        print("  labels: " + ", ".join(f"{k}={v:,}" for k, v in c.items() if v))
+        print("  pii: " + ", ".join(f"{k}={v:,}" for k, v in sorted(r["pii"].items())))
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Collapse and drift monitors over a quarter's harvested traces.
+
+- distinct_3: distinct token 3-grams / all 3-grams over a fixed-size sample of reasonings (a sample, so
+  the figure does not shrink as the quarter grows); a collapsing model repeats itself.
+- near_duplicate_rate: exact + near duplicates among the traces that reached deduplication.
+- answer_diversity: over prompts with two or more samples, (distinct final answers - 1) / (samples - 1),
+  averaged: 0 when every sample of every prompt gives the same answer.
+- length_ks: two-sample Kolmogorov-Smirnov statistic between this quarter's reasoning lengths and the
+  previous quarter's (from its monitors.json); None in the first cycle.
+- verified_accuracy: correct / verified traces.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from flywheel_dagster.config import MonitorConfig, ThresholdConfig
+from flywheel_dagster.curation.dedup import tokens
+
+# monitor name -> (config field, fires when the value is below the threshold?)
+MONITORS = {
+    "distinct_3": ("distinct_3_min", True),
+    "near_duplicate_rate": ("near_duplicate_rate_max", False),
+    "answer_diversity": ("answer_diversity_min", True),
+    "length_ks": ("length_ks_max", False),
+    "verified_accuracy": ("verified_accuracy_min", True),
+}
+
+
+class MonitorAccumulator:
+    """Fed batch by batch during the harvest; memory bounded by the sample size and the number of prompts."""
+
+    def __init__(self, sample_size: int) -> None:
+        self.sample_size = sample_size
+        self._sample: list[tuple[int, str]] = []  # min-heap of (-key, reasoning): keeps the smallest keys
+        self._answers: dict[int, set] = defaultdict(set)
+        self._samples_per_prompt: dict[int, int] = defaultdict(int)
+        self.verified = 0
+        self.correct = 0
+        self.dedup_seen = 0
+        self.duplicates = 0
+
+    def add(self, trace_id: str, prompt: str, reasoning: str, answer: str | None, correct: bool | None) -> None:
+        key = int(trace_id[:15], 16) if trace_id[:15].isalnum() else hash(trace_id)
+        item = (-key, reasoning)
+        if len(self._sample) < self.sample_size:
+            heapq.heappush(self._sample, item)
+        elif item > self._sample[0]:
+            heapq.heapreplace(self._sample, item)
+        p = hash(prompt)
+        self._samples_per_prompt[p] += 1
+        self._answers[p].add(answer)
+        if correct is not None:
+            self.verified += 1
+            self.correct += bool(correct)
+
+    def lengths(self) -> list[int]:
+        return sorted(len(r) for _, r in self._sample)
+
+    def result(self, previous_lengths: list[int] | None) -> dict:
+        reasonings = [r for _, r in self._sample]
+        grams, distinct = 0, set()
+        for r in reasonings:
+            t = tokens(r)
+            for i in range(len(t) - 2):
+                distinct.add((t[i], t[i + 1], t[i + 2]))
+                grams += 1
+        diversities = [(len(self._answers[p]) - 1) / (n - 1) for p, n in self._samples_per_prompt.items() if n >= 2]
+        lengths = self.lengths()
+        return {
+            "distinct_3": round(len(distinct) / grams, 4) if grams else None,
+            "near_duplicate_rate": round(self.duplicates / self.dedup_seen, 4) if self.dedup_seen else None,
+            "answer_diversity": round(float(np.mean(diversities)), 4) if diversities else None,
+            "length_ks": round(ks_statistic(lengths, previous_lengths), 4) if previous_lengths and lengths else None,
+            "verified_accuracy": round(self.correct / self.verified, 4) if self.verified else None,
+            "sampled_reasonings": len(reasonings),
+            "mean_reasoning_chars": round(float(np.mean(lengths)), 1) if lengths else None,
+            "reasoning_lengths": lengths,
+        }
+
+
+def ks_statistic(a: list[int], b: list[int]) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."""
+    x, y = np.sort(np.asarray(a)), np.sort(np.asarray(b))
+    grid = np.concatenate([x, y])
+    cdf_x = np.searchsorted(x, grid, side="right") / len(x)
+    cdf_y = np.searchsorted(y, grid, side="right") / len(y)
+    return float(np.max(np.abs(cdf_x - cdf_y)))
+
+
+@dataclass(frozen=True)
+class MonitorVerdict:
+    name: str
+    value: float | None
+    level: str  # "ok", "warn", "block", "n/a"
+    message: str
+
+
+def judge(name: str, value: float | None, cfg: MonitorConfig) -> MonitorVerdict:
+    field, below = MONITORS[name]
+    t: ThresholdConfig = getattr(cfg, field)
+    if value is None:
+        return MonitorVerdict(name, None, "n/a", f"{name}: not measurable this cycle")
+    side = "below" if below else "above"
+
+    def fires(level: float | None) -> bool:
+        return level is not None and (value < level if below else value > level)
+
+    if fires(t.block):
+        return MonitorVerdict(name, value, "block", f"{name} = {value} is {side} the block level {t.block}")
+    if fires(t.warn):
+        return MonitorVerdict(name, value, "warn", f"{name} = {value} is {side} the warn level {t.warn}")
+    return MonitorVerdict(name, value, "ok", f"{name} = {value} (warn {side} {t.warn}, block {side} {t.block})")

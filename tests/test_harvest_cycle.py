@@ -1,0 +1,136 @@
+"""A full cycle on ingested production logs through dg.materialize.
+
+The logs are what a gateway in front of the deployed model would have written: the real base model
+answers the quarter's questions (4 samples each), plus users who paste their contact details, users who
+ask benchmark questions, records from outside the quarter and broken lines.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pyarrow.compute as pc
+from test_cycle import Q1, materialize
+
+from flywheel_dagster.curation import ingest, loggen
+from flywheel_dagster.engines.base import SamplingSettings
+from flywheel_dagster.engines.transformers_engine import TransformersEngine
+from flywheel_dagster.tasks.playground import PlaygroundTask
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def write_logs(model_dir, path) -> dict:  # noqa: ANN001
+    task = PlaygroundTask(benchmark_size=16)
+    problems = task.traffic(0, 80)
+    engine = TransformersEngine(model_dir, device="cpu", batch_size=256)
+    completions = engine.generate(
+        [p.prompt for p in problems], SamplingSettings(n=4, temperature=1.0, max_new_tokens=64, seed=5)
+    )
+    engine.close()
+    records = []
+    for i, c in enumerate(completions):
+        p = problems[c.prompt_index]
+        parsed = task.parse(c.text)
+        records.append(
+            loggen.record(
+                p.prompt.strip(),
+                c.text[len(parsed.reasoning) :].strip() if parsed.answer else c.text,
+                reasoning=parsed.reasoning if parsed.answer else None,
+                inline_think=i % 2 == 0,
+                timestamp=START + timedelta(hours=i),
+                user_id=f"u-{i % 37}",
+                request_id=f"r-{i}",
+                finish_reason=c.finish_reason,
+            )
+        )
+    bench = task.benchmark(16, 20240101)[:3]
+    for j, p in enumerate(bench):  # benchmark questions asked in production
+        records.append(
+            loggen.record(
+                p.prompt.strip(), p.solution, timestamp=START + timedelta(days=3, hours=j), request_id=f"b-{j}"
+            )
+        )
+    for j, snippet in enumerate(loggen.PII_SNIPPETS):  # contact details pasted into the question
+        p = problems[j]
+        records.append(
+            loggen.record(
+                f"{snippet}. {p.prompt.strip()}",
+                p.solution,
+                timestamp=START + timedelta(days=4, hours=j),
+                request_id=f"pii-{j}",
+            )
+        )
+    late = loggen.record(
+        "Q:1+2", "A:3", reasoning="1+2=3:3", timestamp=datetime(2026, 4, 2, tzinfo=UTC), request_id="late"
+    )
+    lines = loggen.write_jsonl(path / "gateway-2026q1.jsonl", [*records, late], broken_every=50)
+    return {"lines": lines, "records": len(records)}
+
+
+def test_cycle_on_ingested_logs(tiny_flywheel_factory, trained_flywheel, tmp_path):
+    logs = tmp_path / "logs"
+    written = write_logs(trained_flywheel.registry.local_path(trained_flywheel.base.ref), logs)
+    fw = tiny_flywheel_factory("logs", {"traffic": {"source": "logs"}, "ingest": {"paths": [str(logs)]}})
+    with dg.instance_for_test() as instance:
+        result = materialize(fw, instance, Q1)
+    assert result.success
+    mats = {
+        e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    rt = mats["reasoning_traces"]
+    assert rt["source"].value == "logs"
+    assert rt["ingest/lines_read"].value == written["lines"]
+    assert rt["ingest/lines_ingested"].value == written["records"]
+    assert rt["ingest/lines_quarantined"].value == written["lines"] - written["records"]
+    assert rt["ingest/quarantine/outside_window"].value == 1
+    quarantine = fw.lake.read_table(ingest.QUARANTINE_TABLE, Q1)
+    assert quarantine.num_rows == rt["ingest/lines_quarantined"].value
+
+    h = mats["harvested_traces"]
+    assert h["count/read"].value == written["records"]
+    assert h["count/drop/decontaminated"].value == 3
+    assert h["count/drop/format_violation"].value >= len(loggen.PII_SNIPPETS)
+    assert h["count/positive"].value > 0 and h["count/negative"].value > 0
+    assert sum(h[f"pii/{k}"].value for k in ("EMAIL", "PHONE", "PERSON", "CREDIT_CARD", "IP_ADDRESS")) >= 5
+    harvested = fw.lake.read_table("harvested_traces", Q1)
+    prompts = " ".join(harvested.column("prompt").to_pylist())
+    assert "jane.doe@example.com" not in prompts and "<EMAIL>" in prompts
+    # user ids stay on the trace rows (for erasure requests), never in training text
+    assert pc.count_distinct(harvested.column("user_id")).as_py() == 37  # plus anonymous (null) askers
+    training = fw.lake.read_table("training_dataset", Q1)
+    assert not any("u-" in t for t in training.column("completion").to_pylist())
+
+    metrics = fw.registry.client.get_run(h["mlflow_run_id"].value).data.metrics
+    assert metrics["monitor/distinct_3"] == h["monitor/distinct_3"].value
+    assert metrics["harvest/drop_decontaminated"] == 3
+
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["no_pii"].passed and checks["no_benchmark_overlap"].passed
+    assert all(checks[n].passed for n in ("distinct_3", "near_duplicate_rate", "verified_accuracy"))
+    assert mats["candidate_model"] and mats["champion_model"]
+
+
+def test_model_based_rephrasing_keeps_only_verified_rewrites(trained_flywheel):
+    """The rephraser asks the real base model for a new solution; a rewrite the verifier rejects is not used."""
+    from test_harvest import _traces
+
+    from flywheel_dagster.config import build_config
+    from flywheel_dagster.curation.harvest import build_training_dataset, harvest
+
+    task = PlaygroundTask(benchmark_size=16)
+    problems = task.traffic(1, 60)
+    harvested = harvest(_traces(task, [(p, p.solution) for p in problems]), task, build_config({}).harvest).harvested
+    cfg = build_config({"harvest": {"anchor_fraction": 0.0, "reformat": {"as_is": 1, "rephrase": 1}}}).harvest
+    engine = TransformersEngine(trained_flywheel.registry.local_path(trained_flywheel.base.ref), device="cpu")
+    try:
+        result = build_training_dataset(harvested, [], cfg, task, engine=engine, seed=3)
+    finally:
+        engine.close()
+    comp = result.composition
+    assert comp["strategy/rephrase"] > 10 and comp["strategy/as_is"] > 10
+    assert comp.get("strategy/rephrased", 0) + comp.get("strategy/rephrase_rejected", 0) == comp["strategy/rephrase"]
+    assert comp.get("strategy/rephrased", 0) > 0
+    ref = {p.problem_id: p.reference for p in problems}
+    for r in result.table.to_pylist():
+        assert task.verify(r["completion"], ref[r["problem_id"]]).correct

@@ -1,0 +1,129 @@
+"""Production-log ingest: every line ingested or quarantined with a reason, both reasoning styles, Parquet."""
+
+import gzip
+from datetime import UTC, datetime
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flywheel_dagster.curation import ingest, loggen
+from flywheel_dagster.tasks.playground import PlaygroundTask
+
+START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
+IN_WINDOW = datetime(2026, 2, 3, 10, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return PlaygroundTask()
+
+
+def run(task, paths, max_record_bytes=1_000_000, markup="plain"):
+    ing = ingest.Ingestor(
+        task, ingest.Settings("2026-01-01", ingest.Window(START, END), max_record_bytes, markup), batch_rows=7
+    )
+    traces, quarantine = [], []
+    for t, q in ing.batches(ingest.find_log_files([str(p) for p in paths], ingest.Window(START, END))):
+        traces += t
+        quarantine += q
+    return ing.stats, traces, quarantine
+
+
+def test_every_reason_code_and_the_line_invariant(task, tmp_path):
+    problems = task.traffic(0, 50)
+    records = list(loggen.synthetic_records(task, problems, 120, START, END, seed=3))
+    records.append(loggen.record("Q:1+2", "A:3", reasoning="2+1=3:3", timestamp=datetime(2025, 12, 31, tzinfo=UTC)))
+    path = tmp_path / "gateway.jsonl"
+    lines = loggen.write_jsonl(path, records, broken_every=10, oversized_bytes=3000)
+    with path.open("ab") as f:
+        f.write(b"\n\n")  # blank lines are not records
+    stats, traces, quarantine = run(task, [path], max_record_bytes=2000)
+    assert stats.lines_read == lines == stats.lines_ingested + stats.lines_quarantined
+    assert len(quarantine) == stats.lines_quarantined
+    reasons = {q["reason"] for q in quarantine}
+    assert reasons == set(ingest.QUARANTINE_REASONS) - {"unreadable_file"}
+    assert stats.lines_ingested == len(traces) == 120  # every good line around the bad ones survives
+    # the quarantine keeps where each line was and why, with PII redacted from its excerpt
+    first = next(q for q in quarantine if q["reason"] == "bad_json")
+    assert first["line"] == 10 and "gateway.jsonl" in first["file"]
+
+
+def test_truncated_gzip_keeps_the_lines_before_the_damage(task, tmp_path):
+    recs = list(loggen.synthetic_records(task, task.traffic(0, 10), 400, START, END, seed=4))
+    data = gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in recs))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    stats, traces, quarantine = run(task, [path])
+    assert [q["reason"] for q in quarantine] == ["unreadable_file"]
+    assert 0 < len(traces) < 400 and stats.lines_read == stats.lines_ingested + stats.lines_quarantined
+
+
+def test_reasoning_content_and_inline_think_give_the_same_trace(task, tmp_path):
+    p = task.traffic(0, 1)[0]
+    reasoning, answer = p.solution.split("\nA:")
+    a = loggen.record(p.prompt.strip(), f"A:{answer}", reasoning=reasoning, timestamp=IN_WINDOW, request_id="a")
+    b = loggen.record(
+        p.prompt.strip(), f"A:{answer}", reasoning=reasoning, inline_think=True, timestamp=IN_WINDOW, request_id="b"
+    )
+    c = loggen.record(p.prompt.strip(), p.solution, timestamp=IN_WINDOW, request_id="c", user_id="u-9")
+    loggen.write_jsonl(tmp_path / "x.jsonl", [a, b, c])
+    _, traces, _ = run(task, [tmp_path])
+    assert [t["completion"] for t in traces] == [p.solution] * 3
+    assert [t["reasoning"] for t in traces] == [reasoning] * 3
+    assert {t["prompt"] for t in traces} == {p.prompt}
+    assert {t["reference_answer"] for t in traces} == {p.reference}  # looked up from the question
+    assert traces[2]["user_id"] == "u-9" and traces[2]["source"] == "production"
+    _, think, _ = run(task, [tmp_path], markup="think")
+    assert think[0]["completion"] == f"<think>{reasoning}</think>A:{answer}"
+
+
+def test_parquet_traces_and_date_folders(task, tmp_path):
+    p = task.traffic(0, 1)[0]
+    row = {
+        "trace_id": "t1",
+        "cycle": "x",
+        "source": "production",
+        "model_name": "m",
+        "model_version": "1",
+        "problem_id": p.problem_id,
+        "suite": p.suite,
+        "prompt": p.prompt,
+        "completion": p.solution,
+        "reasoning": p.solution,
+        "answer": p.reference,
+        "reference_answer": p.reference,
+        "tokens": 5,
+        "sample_index": 0,
+        "created_at": IN_WINDOW,
+    }
+    late = {**row, "trace_id": "t2", "created_at": datetime(2026, 5, 1, tzinfo=UTC)}
+    empty = {**row, "trace_id": "t3", "completion": " "}
+    good_dir = tmp_path / "date=2026-02-03"
+    good_dir.mkdir()
+    pq.write_table(pa.Table.from_pylist([row, late, empty], schema=ingest.INGEST_SCHEMA), good_dir / "a.parquet")
+    skipped = tmp_path / "date=2025-06-01"  # outside the quarter: never opened
+    skipped.mkdir()
+    (skipped / "b.jsonl").write_bytes(b"not even json\n")
+    bad_cols = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"prompt": ["Q:1+1\n"]}), bad_cols)
+    stats, traces, quarantine = run(task, [tmp_path])
+    assert [t["trace_id"] for t in traces] == ["t1"] and traces[0]["cycle"] == "2026-01-01"
+    assert sorted(q["reason"] for q in quarantine) == ["empty_completion", "missing_field", "outside_window"]
+    assert stats.files == 2 and stats.lines_read == 4
+
+
+def test_missing_log_path_is_a_clear_error(task, tmp_path):
+    with pytest.raises(FileNotFoundError, match="log path .*nowhere.* matches no file or folder"):
+        ingest.find_log_files([str(tmp_path / "nowhere")])
+
+
+def test_the_shipped_examples_ingest(task):
+    from pathlib import Path
+
+    examples = Path(__file__).parents[1] / "examples" / "logs"
+    stats, traces, quarantine = run(task, [examples])
+    assert stats.files == 3 and stats.lines_read == stats.lines_ingested + stats.lines_quarantined
+    assert {q["file"].split("/")[-2] for q in quarantine} == {"date=2026-02-15"}  # only the broken-lines sample
+    assert len(quarantine) == 8 and len(traces) == 24 + 16 + 12
