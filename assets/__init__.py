@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dagster as dg
+
 from flywheel_dagster.config import load_config
 from flywheel_dagster.partitions import cycle_index, previous_cycle, quarterly_partitions
 
@@ -17,3 +19,16 @@ def cycle_of(context) -> tuple[str, int]:  # noqa: ANN001 - any Dagster executio
 
 def previous_of(key: str) -> str | None:
     return previous_cycle(key, START_DATE)
+
+
+def lake_file_result(written, **metadata) -> dg.MaterializeResult:  # noqa: ANN001 - a traces.lake.LakeFile
+    """An asset's result for a lake file: row count, URI, sha256 (also its data version), plus `metadata`."""
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": written.rows,
+            "uri": dg.MetadataValue.path(written.uri),
+            "sha256": written.sha256,
+            **metadata,
+        },
+        data_version=dg.DataVersion(written.sha256[:16]),
+    )

@@ -5,7 +5,7 @@ from datetime import UTC
 
 import dagster as dg
 
-from assets import PARTITIONS, cycle_of, previous_of
+from assets import PARTITIONS, cycle_of, lake_file_result, previous_of
 from flywheel_dagster import cycle as core
 from flywheel_dagster import timing
 from flywheel_dagster.curation import ingest
@@ -88,19 +88,14 @@ def reasoning_traces(
         eng.close()
     written = the_lake.write_table("reasoning_traces", key, traces)
     tokens = sum(traces.column("tokens").to_pylist())
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": written.rows,
-            "uri": dg.MetadataValue.path(written.uri),
-            "sha256": written.sha256,
-            "source": "simulated",
-            "model": f"{ref.name} v{ref.version}",
-            "problems": cfg.traffic.problems_per_cycle,
-            "samples_per_problem": cfg.traffic.samples_per_problem,
-            "tokens_generated": tokens,
-            "truncated": traces.column("finish_reason").to_pylist().count("length"),
-        },
-        data_version=dg.DataVersion(written.sha256[:16]),
+    return lake_file_result(
+        written,
+        source="simulated",
+        model=f"{ref.name} v{ref.version}",
+        problems=cfg.traffic.problems_per_cycle,
+        samples_per_problem=cfg.traffic.samples_per_problem,
+        tokens_generated=tokens,
+        truncated=traces.column("finish_reason").to_pylist().count("length"),
     )
 
 
@@ -124,15 +119,10 @@ def _ingest_logs(context: dg.AssetExecutionContext, cfg, the_lake, key: str) -> 
     if stats.lines_read != stats.lines_ingested + stats.lines_quarantined:  # the invariant the tests check
         raise RuntimeError(f"ingest lost lines: {stats.as_metadata()}")
     written = traces_part.files[DATA_FILE]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": written.rows,
-            "uri": dg.MetadataValue.path(written.uri),
-            "sha256": written.sha256,
-            "source": "logs",
-            "log_files": dg.MetadataValue.json(files[:50]),
-            "quarantine_uri": dg.MetadataValue.path(quarantine_part.files[DATA_FILE].uri),
-            **{f"ingest/{k}": v for k, v in stats.as_metadata().items()},
-        },
-        data_version=dg.DataVersion(written.sha256[:16]),
+    return lake_file_result(
+        written,
+        source="logs",
+        log_files=dg.MetadataValue.json(files[:50]),
+        quarantine_uri=dg.MetadataValue.path(quarantine_part.files[DATA_FILE].uri),
+        **{f"ingest/{k}": v for k, v in stats.as_metadata().items()},
     )

@@ -8,7 +8,7 @@ import json
 
 import dagster as dg
 
-from assets import PARTITIONS, cycle_of, previous_of
+from assets import PARTITIONS, cycle_of, lake_file_result, previous_of
 from assets.deploy import deployment, reasoning_traces
 from flywheel_dagster import cycle as core
 from flywheel_dagster import timing
@@ -73,17 +73,12 @@ def harvested_traces(
         step=index,
     )
     registry.end_run(run_id)
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": written.rows,
-            "uri": dg.MetadataValue.path(written.uri),
-            "sha256": written.sha256,
-            "mlflow_run_id": run_id,
-            **{f"count/{k}": v for k, v in counts.items()},
-            **{f"pii/{k}": harvester.stats.pii.get(k, 0) for k in pii.PII_TYPES},
-            **{f"monitor/{k}": v for k, v in figures.items()},
-        },
-        data_version=dg.DataVersion(written.sha256[:16]),
+    return lake_file_result(
+        written,
+        mlflow_run_id=run_id,
+        **{f"count/{k}": v for k, v in counts.items()},
+        **{f"pii/{k}": harvester.stats.pii.get(k, 0) for k in pii.PII_TYPES},
+        **{f"monitor/{k}": v for k, v in figures.items()},
     )
 
 
@@ -157,17 +152,12 @@ def training_dataset(
             eng.close()
     files = the_lake.write_partition("training_dataset", key, {DATA_FILE: result.table, PAIRS_FILE: result.pairs})
     written = files[DATA_FILE]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": written.rows,
-            "uri": dg.MetadataValue.path(written.uri),
-            "sha256": written.sha256,
-            "pairs_uri": dg.MetadataValue.path(files[PAIRS_FILE].uri),
-            "pairs_sha256": files[PAIRS_FILE].sha256,
-            **{f"composition/{k}": v for k, v in sorted(result.composition.items())},
-            "anchor_fraction": round(result.composition["human"] / max(written.rows, 1), 4),
-        },
-        data_version=dg.DataVersion(written.sha256[:16]),
+    return lake_file_result(
+        written,
+        pairs_uri=dg.MetadataValue.path(files[PAIRS_FILE].uri),
+        pairs_sha256=files[PAIRS_FILE].sha256,
+        **{f"composition/{k}": v for k, v in sorted(result.composition.items())},
+        anchor_fraction=round(result.composition["human"] / max(written.rows, 1), 4),
     )
 
 

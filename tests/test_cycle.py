@@ -79,9 +79,8 @@ def test_full_cycle_materializes_every_stage(one_cycle):
         == fw.registry.alias(cycle_alias(Q1)).version
     )
     # the gate ran as a blocking check, and its verdict matches the report
-    checks = result.get_asset_check_evaluations()
-    assert [c.check_name for c in checks] == ["promotion_gate"]
-    assert checks[0].passed == report["gate"]["promote"]
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["promotion_gate"].passed == report["gate"]["promote"]
     # MLflow: bench metrics at step = cycle index on the cycle's parent run
     cycle_run = fw.registry.cycle_run(Q1, 4)
     hist = fw.registry.client.get_metric_history(cycle_run, "bench/overall/delta")
@@ -131,7 +130,7 @@ def test_broken_candidate_is_not_promoted(tiny_flywheel_factory):
     assert fw.registry.alias(cycle_alias(Q1)).version == fw.base.ref.version
     mv = fw.registry.client.get_model_version(fw.registry.model_name, decision["candidate"])
     assert mv.tags["flywheel.decision"] == "rejected"
-    check = result.get_asset_check_evaluations()[0]
+    check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "promotion_gate")
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
 
 

@@ -33,5 +33,14 @@ def test_definitions_hold_the_cycle():
     assert defs.resolve_assets_def("candidate_model").op.pool == "gpu"
     assert defs.resolve_assets_def("reasoning_traces").op.pool == "gpu"
     assert defs.resolve_assets_def("harvested_traces").op.pool is None
-    check = next(iter(defs.resolve_asset_graph().asset_check_keys))
-    assert check.name == "promotion_gate"
+    # the gates: loop-health monitors on the harvest, PII and overlap on the training set, then promotion
+    checks = {(k.asset_key.path[-1], k.name) for k in defs.resolve_asset_graph().asset_check_keys}
+    assert checks == {
+        *(
+            ("harvested_traces", m)
+            for m in ("distinct_3", "near_duplicate_rate", "answer_diversity", "length_ks", "verified_accuracy")
+        ),
+        ("training_dataset", "no_pii"),
+        ("training_dataset", "no_benchmark_overlap"),
+        ("benchmark_report", "promotion_gate"),
+    }

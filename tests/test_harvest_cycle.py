@@ -134,3 +134,21 @@ def test_model_based_rephrasing_keeps_only_verified_rewrites(trained_flywheel):
     ref = {p.problem_id: p.reference for p in problems}
     for r in result.table.to_pylist():
         assert task.verify(r["completion"], ref[r["problem_id"]]).correct
+
+
+def test_a_blocking_monitor_stops_the_cycle_before_training(tiny_flywheel_factory, trained_flywheel, tmp_path):
+    logs = tmp_path / "logs"
+    write_logs(trained_flywheel.registry.local_path(trained_flywheel.base.ref), logs)
+    strict = {"verified_accuracy_min": {"warn": 0.99, "block": 0.95}}  # no real quarter is this accurate
+    fw = tiny_flywheel_factory(
+        "blocked",
+        {"traffic": {"source": "logs"}, "ingest": {"paths": [str(logs)]}, "harvest": {"monitors": strict}},
+    )
+    with dg.instance_for_test() as instance:
+        result = materialize(fw, instance, Q1)
+    assert not result.success
+    done = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert {"reasoning_traces", "harvested_traces"} <= done and "training_dataset" not in done
+    check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "verified_accuracy")
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert "below the block level 0.95" in check.description
