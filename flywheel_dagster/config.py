@@ -135,7 +135,7 @@ class MonitorConfig(_Strict):
     near_duplicate_rate_max: ThresholdConfig = ThresholdConfig(warn=0.6, block=0.95)
     answer_diversity_min: ThresholdConfig = ThresholdConfig(warn=0.02, block=None)
     length_ks_max: ThresholdConfig = ThresholdConfig(warn=0.3, block=0.6)
-    verified_accuracy_min: ThresholdConfig = ThresholdConfig(warn=0.05, block=0.0)
+    verified_accuracy_min: ThresholdConfig = ThresholdConfig(warn=0.05, block=None)
     sample_size: int = Field(default=2000, gt=10, description="reasonings sampled for distinct-n and the KS test")
 
 
