@@ -241,3 +241,17 @@ def test_anchors_needed_share_and_floor():
     assert anchors_needed(30, 0.0) == 0
     assert anchors_needed(0, 0.5, min_examples=8) == 8  # no positives: the floor fills the set
     assert anchors_needed(100, 0.5, min_examples=8) == 100
+
+
+def test_human_anchors_are_redacted_too():
+    """GSM8K's human solutions name people with titles ("Mr. Benson"); the training set must not."""
+    from flywheel_dagster.curation import pii
+    from flywheel_dagster.tasks.gsm8k import GSM8KTask
+
+    gsm = GSM8KTask()
+    titled = [p for p in gsm.anchors(2000, 0) if "Mr. " in p.prompt or "Mrs. " in p.prompt][:20]
+    assert titled
+    positives = harvest(_traces(gsm, [(p, p.solution) for p in gsm.traffic(0, 5)]), gsm, _cfg()).harvested
+    result = build_training_dataset(positives, titled, _cfg(anchor_fraction=0.75, min_training_examples=20), gsm)
+    assert result.composition["human_pii_redacted/PERSON"] >= 20
+    assert sum(pii.count_detections(result.table.column(c)).total() for c in ("prompt", "completion")) == 0

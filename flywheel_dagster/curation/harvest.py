@@ -341,11 +341,19 @@ def build_training_dataset(
                 "strategy": strategy,
             }
         )
+    # Human data goes through the same redaction: GSM8K's "Mrs. Snyder" is a titled name like any other.
+    anchor_pii: Counter = Counter()
+
+    def redacted(text: str) -> str:
+        out, kinds = pii.redact(text, cfg.redact_names)
+        anchor_pii.update(kinds)
+        return out
+
     rows += [
         {
             "example_id": f"human/{p.problem_id}",
-            "prompt": p.prompt,
-            "completion": p.solution,
+            "prompt": redacted(p.prompt),
+            "completion": redacted(p.solution),
             "origin": "human",
             "split": _split_of(p.problem_id, cfg.validation_fraction),
             "trace_id": None,
@@ -382,6 +390,8 @@ def build_training_dataset(
     composition["pairs"] = len(pairs)
     for k, v in sorted(reformat_counts.items()):
         composition[f"strategy/{k}"] = v
+    for k, v in sorted(anchor_pii.items()):
+        composition[f"human_pii_redacted/{k}"] = v
     return TrainingSet(
         pa.Table.from_pylist(rows, schema=TRAINING_SCHEMA),
         pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA),
