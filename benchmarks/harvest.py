@@ -1,6 +1,6 @@
 """Harvest throughput and memory at quarter scale: traces/s per step and peak RSS.
 
-    .venv/bin/python benchmarks/harvest.py [--traces 1000000] [--batch 8192]
+    .venv/bin/python benchmarks/harvest.py [--traces 1000000] [--batch 8192] [--task playground|gsm8k]
 
 Writes N synthetic gateway log records (playground questions, 40% wrong answers, 2% with PII pasted
 into the question, both reasoning styles) as JSON Lines, then streams them through the harvest twice,
@@ -9,6 +9,7 @@ each pass in a fresh process on one core (Arrow thread pools set to 1):
   near:  the same plus MinHash LSH near-dedup
 and prints traces/s per step, overall, and the process's peak RSS. Targets on the 2-core dev machine:
 >= 20,000 traces/s for the exact pass, >= 5,000 traces/s for the near pass, peak RSS < 2 GB at 1M traces.
+`--task gsm8k` runs GSM8K word problems instead (reasoning ten times longer, math-verify as the verifier).
 """
 
 from __future__ import annotations
@@ -29,18 +30,24 @@ sys.path.insert(0, str(ROOT))
 START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
 
 
-def generate(path: Path, n: int) -> float:
-    from flywheel_dagster.curation import loggen
+def make_task(name: str):  # noqa: ANN201
+    from flywheel_dagster.tasks.gsm8k import GSM8KTask
     from flywheel_dagster.tasks.playground import PlaygroundTask
 
-    task = PlaygroundTask()
+    return PlaygroundTask() if name == "playground" else GSM8KTask()
+
+
+def generate(path: Path, n: int, task_name: str) -> float:
+    from flywheel_dagster.curation import loggen
+
+    task = make_task(task_name)
     t = time.perf_counter()
     problems = task.traffic(0, max(1000, n // 20))
     loggen.write_jsonl(path, loggen.synthetic_records(task, problems, n, START, END, seed=1))
     return time.perf_counter() - t
 
 
-def one_pass(path: Path, near: bool, batch: int) -> dict:
+def one_pass(path: Path, near: bool, batch: int, task_name: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -49,11 +56,10 @@ def one_pass(path: Path, near: bool, batch: int) -> dict:
     from flywheel_dagster.config import build_config
     from flywheel_dagster.curation import ingest
     from flywheel_dagster.curation.harvest import Harvester
-    from flywheel_dagster.tasks.playground import PlaygroundTask
     from flywheel_dagster.traces.schema import HARVESTED_SCHEMA
 
     cfg = build_config({"harvest": {"dedup": {"near_duplicates": near}}})
-    task = PlaygroundTask()
+    task = make_task(task_name)
     harvester = Harvester(task, cfg.harvest, [p.prompt for p in task.benchmark(150, cfg.benchmark.seed)])
     ingestor = ingest.Ingestor(task, ingest.Settings("2026-01-01", ingest.Window(START, END)), batch_rows=batch)
     seconds = {"ingest": 0.0, "write": 0.0}
@@ -89,20 +95,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=8192)
+    parser.add_argument("--task", choices=["playground", "gsm8k"], default="playground")
     parser.add_argument("--pass", dest="one", choices=["exact", "near"], help=argparse.SUPPRESS)
     parser.add_argument("--log", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_pass(Path(args.log), args.one == "near", args.batch)))
+        print(json.dumps(one_pass(Path(args.log), args.one == "near", args.batch, args.task)))
         return
 
     work = Path(tempfile.mkdtemp(prefix="flywheel-harvest-bench-"))
     log = work / "gateway.jsonl"
-    gen_s = generate(log, args.traces)
+    gen_s = generate(log, args.traces, args.task)
     print(f"generated {args.traces:,} log records ({log.stat().st_size / 1e6:.0f} MB) in {gen_s:.1f} s")
     for mode in ("exact", "near"):
         proc = subprocess.run(
-            [sys.executable, __file__, "--pass", mode, "--log", str(log), "--batch", str(args.batch)],
+            [
+                sys.executable,
+                __file__,
+                "--pass",
+                mode,
+                "--log",
+                str(log),
+                "--batch",
+                str(args.batch),
+                "--task",
+                args.task,
+            ],
             check=True,
             capture_output=True,
             text=True,

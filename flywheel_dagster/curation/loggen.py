@@ -99,11 +99,12 @@ def synthetic_records(
     """n records over [start, end): questions drawn from `problems`, answered correctly or not."""
     rng = random.Random(seed)
     span = (end - start).total_seconds()
+    prefix, _, suffix = task.prompt_for("{}").partition("{}")  # the user's question, as typed
     for i in range(n):
         p = problems[rng.randrange(len(problems))]
         completion = _corrupt(p.solution, rng) if rng.random() < wrong_rate else p.solution
         reasoning, content = _split(task, completion)
-        question = p.prompt.strip() if p.prompt.startswith("Q:") else p.prompt
+        question = p.prompt.strip() if p.prompt.startswith("Q:") else p.prompt.removeprefix(prefix).removesuffix(suffix)
         if rng.random() < pii_rate:
             question = f"{rng.choice(PII_SNIPPETS)}. {question}"
         style = rng.random()

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class MonitorAccumulator:
         self.duplicates = 0
 
     def add(self, trace_id: str, prompt: str, reasoning: str, answer: str | None, correct: bool | None) -> None:
-        key = int(trace_id[:15], 16) if trace_id[:15].isalnum() else hash(trace_id)
+        key = int.from_bytes(hashlib.blake2b(trace_id.encode(), digest_size=8).digest(), "big")
         item = (-key, reasoning)
         if len(self._sample) < self.sample_size:
             heapq.heappush(self._sample, item)
