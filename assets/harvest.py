@@ -189,7 +189,7 @@ def no_benchmark_overlap(
     """No training prompt shares an n-gram with a problem of the benchmark that judges the candidate."""
     cfg = flywheel_config.load()
     task = load_task(cfg)
-    index = BenchmarkIndex(benchmark_prompts(cfg, task), cfg.harvest.decontamination_ngram, task.prompt_for("{}"))
+    index = BenchmarkIndex.for_task(task, benchmark_prompts(cfg, task), cfg.harvest.decontamination_ngram)
     table = lake.lake().read_table("training_dataset", context.partition_key)
     hits = [
         e

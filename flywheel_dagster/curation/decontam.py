@@ -40,6 +40,11 @@ class BenchmarkIndex:
                 self._cache[prompt] = hit
         return hit
 
+    @classmethod
+    def for_task(cls, task, prompts: Iterable[str], n: int) -> BenchmarkIndex:  # noqa: ANN001 - a TaskSource
+        """The index for a task's benchmark prompts, its prompt template stripped."""
+        return cls(prompts, n, task.prompt_for("{}"))
+
     def _question(self, prompt: str) -> str:
         return prompt.removeprefix(self.prefix).removesuffix(self.suffix) if self.prefix or self.suffix else prompt
 

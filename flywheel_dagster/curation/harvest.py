@@ -13,7 +13,7 @@ import hashlib
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -21,13 +21,11 @@ import pyarrow as pa
 from flywheel_dagster.config import HarvestConfig
 from flywheel_dagster.curation import pii
 from flywheel_dagster.curation.decontam import BenchmarkIndex
-from flywheel_dagster.curation.dedup import NearDuplicateIndex, exact_key, normalize, tokens
+from flywheel_dagster.curation.dedup import NearDuplicateIndex, exact_key, tokens
 from flywheel_dagster.curation.monitors import MonitorAccumulator
 from flywheel_dagster.curation.reformat import check_strategies, pick, rephrase, template
 from flywheel_dagster.tasks.base import Problem, TaskSource
 from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, PAIRS_SCHEMA, TRAINING_SCHEMA
-
-__all__ = ["normalize"]
 
 LABELS = ("positive", "negative", "unverifiable", "dropped")
 DROP_REASONS = (
@@ -73,7 +71,7 @@ class Harvester:
     def __init__(self, task: TaskSource, cfg: HarvestConfig, benchmark_prompts: Iterable[str]) -> None:
         self.task = task
         self.cfg = cfg
-        self.decontam = BenchmarkIndex(benchmark_prompts, cfg.decontamination_ngram, task.prompt_for("{}"))
+        self.decontam = BenchmarkIndex.for_task(task, benchmark_prompts, cfg.decontamination_ngram)
         self.near = (
             {
                 label: NearDuplicateIndex(cfg.dedup.jaccard_threshold, cfg.dedup.num_perm, cfg.dedup.shingle_tokens)
@@ -128,16 +126,13 @@ class Harvester:
             ("reasoning", table.column("reasoning")),
             ("answer", pa.array(answers, pa.string())),
         ):
-            mask = pii.candidate_mask(column)
-            values = column.to_pylist() if col != "prompt" else raw_prompts
-            if any(mask):
-                values = list(values)
-                for i, hit in enumerate(mask):
-                    if hit and values[i] is not None:
-                        values[i], kinds = pii.redact(values[i], self.cfg.redact_names)
-                        pii_rows[i].extend(kinds)
-                        self.stats.pii.update(kinds)
-            redacted[col] = values
+            redacted[col], kinds = pii.redact_rows(
+                column, self.cfg.redact_names, raw_prompts if col == "prompt" else None
+            )
+            for i, k in enumerate(kinds):
+                if k:
+                    pii_rows[i].extend(k)
+                    self.stats.pii.update(k)
         prompts, completions_r, reasonings = redacted["prompt"], redacted["completion"], redacted["reasoning"]
         t = self._timed("pii", t)
 
@@ -237,11 +232,6 @@ class Harvester:
         )
         self._timed("assemble", t)
         return out.cast(HARVESTED_SCHEMA)
-
-
-def harvest_stream(harvester: Harvester, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
-    for batch in batches:
-        yield harvester.process(batch)
 
 
 @dataclass

@@ -8,7 +8,7 @@ identifier, and a bare digit run is only a phone number or an SSN when a cue wor
 as a full name (a common given name followed by a capitalised surname); a lone given name in a word
 problem ("Natalia sold 48 clips") identifies nobody and stays.
 
-Most text has no PII, so `redact_column` first asks Arrow's RE2 engine which rows could hold any
+Most text has no PII, so `redact_rows` first asks Arrow's RE2 engine which rows could hold any
 (vectorised) and runs the Python detectors on those rows only.
 """
 
@@ -261,16 +261,27 @@ def candidate_mask(column: pa.Array | pa.ChunkedArray) -> list[bool]:
     return pc.fill_null(mask, False).to_pylist()
 
 
+def redact_rows(
+    column: pa.Array | pa.ChunkedArray, names: bool = True, values: list[str | None] | None = None
+) -> tuple[list[str | None], list[list[str]]]:
+    """Redact a string column row by row: the new values and, per row, the types replaced.
+
+    `values` is the column as a Python list when the caller already has it (saves converting twice).
+    """
+    mask = candidate_mask(column)
+    values = list(values if values is not None else column.to_pylist())
+    kinds: list[list[str]] = [[] for _ in values]
+    for i, hit in enumerate(mask):
+        if hit and values[i] is not None:
+            values[i], kinds[i] = redact(values[i], names)
+    return values, kinds
+
+
 def redact_column(column: pa.Array | pa.ChunkedArray, counts: Counter, names: bool = True) -> pa.Array:
     """Redact a string column; `counts` gains one per detection, keyed by type."""
-    mask = candidate_mask(column)
-    if not any(mask):
-        return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    values = column.to_pylist()
-    for i, hit in enumerate(mask):
-        if hit:
-            values[i], kinds = redact(values[i], names)
-            counts.update(kinds)
+    values, kinds = redact_rows(column, names)
+    for k in kinds:
+        counts.update(k)
     return pa.array(values, type=pa.string())
 
 
