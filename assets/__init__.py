@@ -7,7 +7,8 @@ import dagster as dg
 from flywheel_dagster.config import load_config
 from flywheel_dagster.partitions import cycle_index, previous_cycle, quarterly_partitions
 
-START_DATE = load_config().schedule.start_date
+_CONFIG = load_config()
+START_DATE = _CONFIG.schedule.start_date
 PARTITIONS = quarterly_partitions(START_DATE)
 
 
@@ -32,3 +33,14 @@ def lake_file_result(written, **metadata) -> dg.MaterializeResult:  # noqa: ANN0
         },
         data_version=dg.DataVersion(written.sha256[:16]),
     )
+
+
+def gpu_op_tags() -> dict[str, object]:
+    """Op tags of a GPU asset: the GPU request (training.gpus) that dagster-k8s puts on its pod.
+
+    Read from flywheel.yaml when the code location loads; the local executors ignore them.
+    """
+    gpus = _CONFIG.training.gpus
+    if gpus == 0:
+        return {}
+    return {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": gpus}}}}}

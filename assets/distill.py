@@ -1,103 +1,118 @@
-"""Distill: train the candidate from the champion's weights on the cycle's training dataset."""
+"""Distill: train the candidate from the champion's weights on the cycle's training dataset.
 
-import json
-import tempfile
+The training itself runs as its own process (flywheel_dagster.training.job), launched through Dagster Pipes:
+a subprocess here, a pod on a GPU node on Kubernetes. This asset prepares the job, registers what it
+produced and records the run.
+"""
+
+import shutil
 from pathlib import Path
 
 import dagster as dg
 
-from assets import PARTITIONS, cycle_of
+from assets import PARTITIONS, cycle_of, gpu_op_tags
 from assets.deploy import deployment
 from assets.harvest import training_dataset
 from flywheel_dagster import cycle as core
-from flywheel_dagster import timing
-from flywheel_dagster.registry import weights_sha256
-from flywheel_dagster.resources import FlywheelConfigResource, LakeResource, MlflowResource
+from flywheel_dagster.registry import BASE_VERSION_TAG
+from flywheel_dagster.resources import FlywheelConfigResource, LakeResource, MlflowResource, TrainingJobResource
+from flywheel_dagster.training.common import fingerprint
+from flywheel_dagster.training.job import TrainJob
 
 
 @dg.asset(
     partitions_def=PARTITIONS,
     group_name="distill",
-    code_version="1",
+    code_version="2",
     deps=[training_dataset, deployment],
     pool="gpu",
     tags={"flywheel/compute": "gpu"},
+    op_tags=gpu_op_tags(),
 )
 def candidate_model(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,
     lake: LakeResource,
     mlflow: MlflowResource,
+    training: TrainingJobResource,
 ) -> dg.MaterializeResult:
-    """Rejection-sampling fine-tuning (TRL SFTTrainer) on verified positives; registered as a new version."""
+    """The next model: the champion trained with `training.method` (sft, redi, opsd or grpo), registered as a
+    new version (full weights, or a LoRA adapter on the champion)."""
     cfg = flywheel_config.load()
     key, index = cycle_of(context)
     the_lake = lake.lake()
     registry = mlflow.registry(cfg.name)
-    deployed = json.loads(the_lake.read_bytes("deployment", key, core.DEPLOYMENT_FILE))
-    champion = registry.version(deployed["version"])
-    training = the_lake.read_table("training_dataset", key)
-    run_id = registry.stage_run(key, index, "distill", tags={"flywheel.method": cfg.training.method})
+    champion = registry.version(core.read_json(the_lake, "deployment", key, core.DEPLOYMENT_FILE)["version"])
+    method = cfg.training.method
+    data_sha = the_lake.sha256("training_dataset", key)
+    # One folder per exact job: a rerun of the same job resumes there; a changed config or dataset starts afresh.
+    job_id = fingerprint(cfg.training.model_dump(mode="json"), cfg.model.max_length, champion.version, data_sha)
+    checkpoint_dir = training.checkpoint_dir(cfg.name, key, job_id)
+    run_id = registry.stage_run(key, index, "distill", tags={"flywheel.method": method})
     registry.log_params(
         run_id,
         {
             **{f"training.{k}": v for k, v in cfg.training.model_dump().items()},
             "parent_version": champion.version,
             "training_dataset_uri": the_lake.uri("training_dataset", key),
-            "training_rows": training.num_rows,
+            "training_dataset_sha256": data_sha,
+            "job_id": job_id,
         },
     )
-    with tempfile.TemporaryDirectory(prefix="flywheel-candidate-") as tmp:
-        with timing.compute("candidate_model"):
-            result = core.train_candidate(
-                cfg,
-                registry.local_path(champion),
-                training,
-                Path(tmp) / "model",
-                on_log=registry.curve_logger(run_id),
-            )
-        sha = weights_sha256(result.model_dir)
-        ref = registry.register_model_dir(
-            run_id,
-            result.model_dir,
-            tags={"flywheel.cycle": key, "flywheel.parent_version": champion.version, "weights_sha256": sha},
-        )
-    registry.log_metrics(
-        run_id,
-        {
-            "train_loss": result.train_loss,
-            "tokens_trained": result.tokens_trained,
-            "train_seconds": result.seconds,
-            **({"eval_loss": result.eval_loss} if result.eval_loss is not None else {}),
-        },
+    job = TrainJob(
+        config=cfg.model_dump(mode="json"),
+        cycle=key,
+        champion_dir=str(registry.local_path(champion)),
+        lake_root=the_lake.location,
+        out_dir=str(checkpoint_dir / "model"),
+        checkpoint_dir=str(checkpoint_dir),
+        tracking_uri=mlflow.tracking_uri,
+        run_id=run_id,
     )
+    result = training.train(context, job)
+    adapter = bool(result["adapter"])
+    tags = {
+        "flywheel.cycle": key,
+        "flywheel.parent_version": champion.version,
+        "flywheel.method": method,
+        "weights_sha256": result["weights_sha256"],
+        **({BASE_VERSION_TAG: champion.version, "flywheel.adapter": "true"} if adapter else {}),
+    }
+    ref = registry.register_model_dir(run_id, Path(job.out_dir), tags=tags)
+    figures = {
+        "train_loss": result["train_loss"],
+        "tokens_trained": result["tokens_trained"],
+        "tokens_generated": result["tokens_generated"],
+        "train_seconds": result["seconds"],
+        "steps": result["steps"],
+        "resumed_from_step": result["resumed_from_step"],
+        **({"eval_loss": result["eval_loss"]} if result["eval_loss"] is not None else {}),
+        **{f"{method}/{k}": v for k, v in result["extra"].items()},
+    }
+    registry.log_metrics(run_id, figures)
     registry.end_run(run_id)
     payload = {
         "cycle": key,
         "version": ref.version,
         "run_id": run_id,
         "parent_version": champion.version,
-        "weights_sha256": sha,
-        "method": cfg.training.method,
-        "steps": result.steps,
-        "train_loss": result.train_loss,
-        "eval_loss": result.eval_loss,
-        "tokens_trained": result.tokens_trained,
+        "weights_sha256": result["weights_sha256"],
+        "method": method,
+        "adapter": adapter,
+        "job_id": job_id,
+        **{k: result[k] for k in ("steps", "train_loss", "eval_loss", "tokens_trained", "tokens_generated")},
     }
     core.write_json(the_lake, "candidate_model", key, core.CANDIDATE_FILE, payload)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # registered: the checkpoints have done their job
     return dg.MaterializeResult(
         metadata={
-            "model": f"{ref.name} v{ref.version}",
+            "model": f"{ref.name} v{ref.version}" + (" (LoRA adapter)" if adapter else ""),
             "parent": f"{champion.name} v{champion.version}",
-            "method": cfg.training.method,
+            "method": method,
             "mlflow_run_id": run_id,
-            "weights_sha256": sha,
-            "steps": result.steps,
-            "train_loss": round(result.train_loss, 4),
-            "eval_loss": round(result.eval_loss, 4) if result.eval_loss is not None else "n/a",
-            "tokens_trained": result.tokens_trained,
-            "examples": result.examples,
-            "train_seconds": round(result.seconds, 1),
+            "weights_sha256": result["weights_sha256"],
+            "examples": result["examples"],
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()},
         },
-        data_version=dg.DataVersion(sha[:16]),
+        data_version=dg.DataVersion(result["weights_sha256"][:16]),
     )

@@ -20,10 +20,9 @@ from flywheel_dagster.curation.monitors import MONITORS, judge
 from flywheel_dagster.resources import EngineResource, FlywheelConfigResource, LakeResource, MlflowResource
 from flywheel_dagster.tasks import load_task
 from flywheel_dagster.traces.lake import DATA_FILE
-from flywheel_dagster.traces.schema import HARVESTED_SCHEMA
+from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, PAIRS_FILE, PROMPTS_FILE
 
 MONITORS_FILE = "monitors.json"
-PAIRS_FILE = "pairs.parquet"
 
 
 def benchmark_prompts(cfg: FlywheelConfig, task) -> list[str]:  # noqa: ANN001
@@ -109,7 +108,7 @@ def _monitor_check(name: str) -> dg.AssetChecksDefinition:
 harvest_monitor_checks = [_monitor_check(name) for name in MONITORS]
 
 
-@dg.asset(partitions_def=PARTITIONS, group_name="harvest", code_version="2", deps=[harvested_traces, deployment])
+@dg.asset(partitions_def=PARTITIONS, group_name="harvest", code_version="3", deps=[harvested_traces, deployment])
 def training_dataset(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,
@@ -150,12 +149,16 @@ def training_dataset(
     finally:
         if eng is not None:
             eng.close()
-    files = the_lake.write_partition("training_dataset", key, {DATA_FILE: result.table, PAIRS_FILE: result.pairs})
+    files = the_lake.write_partition(
+        "training_dataset", key, {DATA_FILE: result.table, PAIRS_FILE: result.pairs, PROMPTS_FILE: result.prompts}
+    )
     written = files[DATA_FILE]
     return lake_file_result(
         written,
         pairs_uri=dg.MetadataValue.path(files[PAIRS_FILE].uri),
         pairs_sha256=files[PAIRS_FILE].sha256,
+        prompts_uri=dg.MetadataValue.path(files[PROMPTS_FILE].uri),
+        prompts_sha256=files[PROMPTS_FILE].sha256,
         **{f"composition/{k}": v for k, v in sorted(result.composition.items())},
         anchor_fraction=round(result.composition["human"] / max(written.rows, 1), 4),
     )
@@ -163,13 +166,17 @@ def training_dataset(
 
 @dg.asset_check(asset=training_dataset, blocking=True, partitions_def=PARTITIONS, name="no_pii")
 def no_pii(context: dg.AssetCheckExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource):  # noqa: ANN201
-    """Zero PII detections in the training set's prompts and completions, and in the pairs."""
+    """Zero PII detections in the training set's prompts and completions, the pairs and the on-policy prompts."""
     cfg = flywheel_config.load()
     the_lake = lake.lake()
     found = {}
-    for name, columns in ((DATA_FILE, ["prompt", "completion"]), (PAIRS_FILE, ["prompt", "chosen", "rejected"])):
-        if name == PAIRS_FILE and not the_lake.exists("training_dataset", context.partition_key, name):
-            continue  # a partition written before pairs existed
+    for name, columns in (
+        (DATA_FILE, ["prompt", "completion"]),
+        (PAIRS_FILE, ["prompt", "chosen", "rejected"]),
+        (PROMPTS_FILE, ["prompt", "solution"]),
+    ):
+        if name != DATA_FILE and not the_lake.exists("training_dataset", context.partition_key, name):
+            continue  # a partition written before the file existed
         table = the_lake.read_table("training_dataset", context.partition_key, name)
         for col in columns:
             for kind, n in pii.count_detections(table.column(col), cfg.harvest.redact_names).items():
@@ -190,12 +197,16 @@ def no_benchmark_overlap(
     cfg = flywheel_config.load()
     task = load_task(cfg)
     index = BenchmarkIndex.for_task(task, benchmark_prompts(cfg, task), cfg.harvest.decontamination_ngram)
-    table = lake.lake().read_table("training_dataset", context.partition_key)
+    the_lake = lake.lake()
+    table = the_lake.read_table("training_dataset", context.partition_key)
     hits = [
         e
         for e, p in zip(table.column("example_id").to_pylist(), table.column("prompt").to_pylist(), strict=True)
         if index.contaminated(p)
     ]
+    if the_lake.exists("training_dataset", context.partition_key, PROMPTS_FILE):
+        prompts = the_lake.read_table("training_dataset", context.partition_key, PROMPTS_FILE).column("prompt")
+        hits += [f"prompt/{p}" for p in prompts.to_pylist() if index.contaminated(p)]
     return dg.AssetCheckResult(
         passed=not hits,
         severity=dg.AssetCheckSeverity.ERROR,

@@ -23,7 +23,8 @@ from flywheel_dagster.config import ModelConfig  # noqa: E402
 from flywheel_dagster.engines.base import SamplingSettings  # noqa: E402
 from flywheel_dagster.engines.transformers_engine import TransformersEngine, pick_device  # noqa: E402
 from flywheel_dagster.tasks.playground import ALPHABET, PlaygroundTask  # noqa: E402
-from flywheel_dagster.training.sft import SFTSettings, run_sft  # noqa: E402
+from flywheel_dagster.training.common import TrainSettings
+from flywheel_dagster.training.sft import run_sft  # noqa: E402
 
 MODELS = {
     "playground": ModelConfig(kind="playground-tiny"),
@@ -52,7 +53,8 @@ def main() -> None:
                 init,
                 rows,
                 Path(tmp) / "trained",
-                SFTSettings(
+                TrainSettings(
+                    method="sft",
                     learning_rate=2e-3,
                     epochs=1,
                     batch_size=64,

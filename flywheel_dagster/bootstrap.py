@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,8 @@ from flywheel_dagster.base_models import build_playground_model, convert_smollm2
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.registry import BASE, CHAMPION, ModelRef, Registry, weights_sha256
 from flywheel_dagster.tasks import load_task
-from flywheel_dagster.training.sft import SFTSettings, run_sft
+from flywheel_dagster.training.common import TrainSettings
+from flywheel_dagster.training.sft import run_sft
 
 BOOTSTRAP_ANCHOR_SEED = 0
 
@@ -51,7 +51,8 @@ def bootstrap(cfg: FlywheelConfig, registry: Registry, models_dir: Path) -> Boot
                 init,
                 [{"prompt": p.prompt, "completion": p.solution} for p in anchors],
                 Path(tmp) / "base",
-                SFTSettings(
+                TrainSettings(
+                    method="sft",
                     learning_rate=cfg.bootstrap.learning_rate,
                     epochs=cfg.bootstrap.epochs,
                     batch_size=cfg.bootstrap.batch_size,
@@ -62,7 +63,6 @@ def bootstrap(cfg: FlywheelConfig, registry: Registry, models_dir: Path) -> Boot
                 on_log=registry.curve_logger(run_id),
             )
             model_dir, seconds, loss = result.model_dir, result.seconds, result.train_loss
-            shutil.rmtree(model_dir / "_trainer", ignore_errors=True)
         elif cfg.model.kind == "smollm2-gguf":
             model_dir = convert_smollm2(models_dir / "SmolLM2-135M-Instruct")
         else:

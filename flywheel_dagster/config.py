@@ -168,13 +168,71 @@ class HarvestConfig(_Strict):
         return self
 
 
+class LoraConfig(_Strict):
+    """Train a LoRA adapter (PEFT) instead of all weights."""
+
+    r: int = Field(default=8, gt=0)
+    alpha: int = Field(default=16, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: str | list[str] = Field(
+        default="all-linear", description="'all-linear' or module names such as [q_proj, v_proj]"
+    )
+    registered_as: Literal["merged", "adapter"] = Field(
+        default="merged",
+        description="register the candidate as merged full weights, or as the adapter on top of its parent version",
+    )
+
+
+class RediConfig(_Strict):
+    """REDI stage 2: the reference-free objective on (positive, negative) pairs, after stage-1 SFT."""
+
+    alpha: float = Field(default=0.8, gt=0, lt=1, description="weight of the negative term (paper: 0.8)")
+    learning_rate: float = Field(default=2e-5, gt=0, description="stage 2's (low) learning rate")
+    epochs: float = Field(default=1.0, gt=0)
+
+
+class OnPolicyConfig(_Strict):
+    """Sampling during training, for the on-policy methods (opsd, grpo)."""
+
+    samples_per_prompt: int = Field(default=4, ge=2, description="completions sampled per prompt per step")
+    max_new_tokens: int | None = Field(default=None, gt=0, description="default: traffic.max_new_tokens")
+    temperature: float = Field(default=1.0, gt=0)
+    max_prompts: int | None = Field(
+        default=None, gt=0, description="train on at most this many of the quarter's prompts (a fixed subset)"
+    )
+
+
+class OpsdConfig(_Strict):
+    clip: float | None = Field(
+        default=0.05, gt=0, description="upper clip of each per-token, per-vocabulary-entry KL term (null: none)"
+    )
+
+
+class GrpoConfig(_Strict):
+    beta: float = Field(default=0.0, ge=0, description="KL penalty to the starting model (0: no reference model)")
+    format_reward: float = Field(default=0.0, ge=0, description="weight of a reward for stating a final answer")
+
+
 class TrainingConfig(_Strict):
-    method: Literal["sft"] = "sft"
+    """How the candidate is distilled from the champion: one method per cycle."""
+
+    method: Literal["sft", "redi", "opsd", "grpo"] = Field(
+        default="sft",
+        description="sft: fine-tune on verified positives; redi: sft, then positives vs negatives; opsd: on-policy "
+        "self-distillation from the model shown the solution; grpo: RL with the verifier as reward",
+    )
     learning_rate: float = Field(default=2e-4, gt=0)
     epochs: float = Field(default=3.0, gt=0)
-    batch_size: int = Field(default=64, gt=0)
+    batch_size: int = Field(default=64, gt=0, description="sequences per optimizer step (opsd/grpo: samples)")
     max_steps: int = Field(default=-1, description="-1: run the epochs")
     seed: int = 0
+    checkpoint_every: int = Field(default=50, gt=0, description="steps between checkpoints (a rerun resumes)")
+    gpus: int = Field(default=1, ge=0, description="GPUs requested for the training job on Kubernetes")
+    lora: LoraConfig | None = Field(default=None, description="null: full fine-tuning")
+    redi: RediConfig = RediConfig()
+    on_policy: OnPolicyConfig = OnPolicyConfig()
+    opsd: OpsdConfig = OpsdConfig()
+    grpo: GrpoConfig = GrpoConfig()
 
 
 class BenchmarkConfig(_Strict):

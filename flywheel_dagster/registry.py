@@ -19,6 +19,9 @@ BASE = "base"
 TREND_RUN = "flywheel-trend"
 
 
+BASE_VERSION_TAG = "flywheel.base_version"
+
+
 def cycle_alias(cycle: str) -> str:
     return "cycle_" + cycle.replace("-", "_")
 
@@ -170,18 +173,46 @@ class Registry:
             self.client.set_model_version_tag(self.model_name, version, k, v)
 
     def local_path(self, ref: ModelRef) -> Path:
-        """A local folder with the version's files: the artifact itself on local stores, else a cached download."""
+        """A local folder with the version's full weights, loadable by any engine or trainer.
+
+        A version registered as a LoRA adapter is merged onto its base version (tag `flywheel.base_version`)
+        once, into the cache folder; `files_path` gives the adapter itself.
+        """
+        files = self.files_path(ref)
+        if (files / "config.json").exists():
+            return files
+        base_version = self.client.get_model_version(self.model_name, ref.version).tags.get(BASE_VERSION_TAG)
+        if not base_version:
+            raise RuntimeError(
+                f"model version {ref.version} is a LoRA adapter without a '{BASE_VERSION_TAG}' tag; "
+                "cannot tell which weights it applies to"
+            )
+        if self.cache_dir is None:
+            raise RuntimeError(f"model version {ref.version} is an adapter; a cache_dir is needed to merge it")
+        target = self.cache_dir / f"{self.model_name}-v{ref.version}-merged"
+        if not (target / "config.json").exists():
+            from flywheel_dagster.training.common import merged_model
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            merged_model(files, self.local_path(self.version(base_version)), target)
+        return target
+
+    def is_adapter(self, ref: ModelRef) -> bool:
+        return not (self.files_path(ref) / "config.json").exists()
+
+    def files_path(self, ref: ModelRef) -> Path:
+        """A local folder with the version's files as registered (full weights, or a LoRA adapter)."""
         parsed = urlparse(ref.source)
         if parsed.scheme in ("", "file"):
             path = Path(unquote(parsed.path)) if parsed.scheme else Path(ref.source)
-            if (path / "config.json").exists():
+            if _is_model_dir(path):
                 return path
         if self.cache_dir is None:
             raise RuntimeError(
                 f"model version {ref.version} lives at {ref.source}; a cache_dir is needed to download it"
             )
         target = self.cache_dir / f"{self.model_name}-v{ref.version}"
-        if not (target / "config.json").exists():
+        if not _is_model_dir(target):
             import mlflow.artifacts
 
             tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -189,7 +220,11 @@ class Registry:
             mlflow.artifacts.download_artifacts(
                 artifact_uri=ref.source, dst_path=str(tmp), tracking_uri=self.tracking_uri
             )
-            inner = tmp / "model" if (tmp / "model" / "config.json").exists() else tmp
+            inner = tmp / "model" if _is_model_dir(tmp / "model") else tmp
             inner.rename(target)
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").exists() or (path / "adapter_config.json").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from flywheel_dagster.config import FlywheelConfig, flywheel_home, load_config
 from flywheel_dagster.registry import Registry
@@ -57,6 +58,42 @@ class EngineResource(dg.ConfigurableResource):
         return load_engine(cfg.engine.kind, model_dir, device=device, batch_size=cfg.engine.batch_size)
 
 
+class TrainingJobResource(dg.ConfigurableResource):
+    """Where training jobs run: a process launched through Dagster Pipes, with checkpoints under checkpoint_root.
+
+    Locally the job is a subprocess (PipesSubprocessClient). The checkpoint root must outlive a crashed run
+    (a rerun resumes from it): a local folder here, a persistent volume on Kubernetes.
+    """
+
+    checkpoint_root: str
+    python: str = Field(default="", description="interpreter for the job; default: the one running Dagster")
+
+    def checkpoint_dir(self, model_name: str, cycle: str, fingerprint: str) -> Path:
+        return Path(self.checkpoint_root) / model_name / f"cycle={cycle}" / fingerprint
+
+    def train(self, context: dg.AssetExecutionContext, job) -> dict:  # noqa: ANN001 - training.job.TrainJob
+        """Run the job (or reuse the result a finished, unregistered run left behind); returns its result."""
+        import json
+        import sys
+
+        from flywheel_dagster.training.job import RESULT_FILE
+
+        done = Path(job.checkpoint_dir) / RESULT_FILE
+        if done.exists() and Path(job.out_dir).is_dir():
+            context.log.info(f"training job already finished in {job.checkpoint_dir}; registering its model")
+            return json.loads(done.read_text())
+        client = dg.PipesSubprocessClient()
+        invocation = client.run(
+            context=context,
+            command=[self.python or sys.executable, "-m", "flywheel_dagster.training.job"],
+            extras={"job": job.as_dict()},
+        )
+        messages = invocation.get_custom_messages()
+        if not messages:
+            raise RuntimeError(f"the training job for {job.cycle} exited without reporting a result")
+        return messages[-1]
+
+
 def local_resources(home: str | Path | None = None, config_path: str = "") -> dict[str, dg.ConfigurableResource]:
     """The embedded default: everything under one folder (.flywheel/)."""
     root = flywheel_home(home)
@@ -70,6 +107,7 @@ def local_resources(home: str | Path | None = None, config_path: str = "") -> di
             cache_dir=str(root / "models" / "cache"),
         ),
         "engine": EngineResource(),
+        "training": TrainingJobResource(checkpoint_root=str(root / "checkpoints")),
     }
 
 
@@ -80,6 +118,7 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
         "lake": LakeResource(root=dg.EnvVar("FLYWHEEL_LAKE_ROOT")),
         "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), cache_dir="/tmp/flywheel-models"),
         "engine": EngineResource(device="cuda"),
+        "training": TrainingJobResource(checkpoint_root=dg.EnvVar("FLYWHEEL_CHECKPOINT_ROOT")),
     }
 
 

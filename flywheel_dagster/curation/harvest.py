@@ -25,7 +25,7 @@ from flywheel_dagster.curation.dedup import NearDuplicateIndex, exact_key, token
 from flywheel_dagster.curation.monitors import MonitorAccumulator
 from flywheel_dagster.curation.reformat import check_strategies, pick, rephrase, template
 from flywheel_dagster.tasks.base import Problem, TaskSource
-from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, PAIRS_SCHEMA, TRAINING_SCHEMA
+from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, PAIRS_SCHEMA, PROMPTS_SCHEMA, TRAINING_SCHEMA
 
 LABELS = ("positive", "negative", "unverifiable", "dropped")
 DROP_REASONS = (
@@ -266,6 +266,7 @@ def anchors_needed(positives: int, anchor_fraction: float, min_examples: int = 0
 class TrainingSet:
     table: pa.Table
     pairs: pa.Table
+    prompts: pa.Table
     composition: dict[str, int | float]
 
 
@@ -278,8 +279,9 @@ def build_training_dataset(
     rephrase_tokens: int = 64,
     seed: int = 0,
 ) -> TrainingSet:
-    """Positives (each reformatted by one strategy) plus human anchors at anchor_fraction, and pairs of a
-    positive and a negative of the same prompt.
+    """Positives (each reformatted by one strategy) plus human anchors at anchor_fraction; pairs of a
+    positive and a negative of the same prompt; and the quarter's verifiable prompts with a solution for
+    the on-policy methods.
 
     The train/validation split is by problem, so no problem's examples sit on both sides.
     """
@@ -289,9 +291,16 @@ def build_training_dataset(
     positives: list[dict] = []
     negatives: dict[str, list[dict]] = defaultdict(list)
     labels: Counter = Counter()
+    problems: dict[str, dict] = {}
     for batch in batches:
         for r in pa.Table.from_batches([batch]).select(columns).to_pylist():
             labels[r["label"]] += 1
+            if r["label"] in ("positive", "negative"):
+                seen = problems.setdefault(r["prompt"], {"row": r, "solved": 0, "samples": 0, "trace": None})
+                seen["samples"] += 1
+                if r["label"] == "positive":
+                    seen["solved"] += 1
+                    seen["trace"] = seen["trace"] or r["completion"]
             if r["label"] == "positive":
                 positives.append(r)
             elif r["label"] == "negative":
@@ -371,6 +380,29 @@ def build_training_dataset(
                     "split": _split_of(r["problem_id"] or r["prompt"], cfg.validation_fraction),
                 }
             )
+    prompts = []
+    for prompt, seen in problems.items():
+        r = seen["row"]
+        looked_up = task.lookup(prompt)
+        if seen["trace"] is not None:
+            solution, source = seen["trace"], "trace"
+        elif looked_up is not None and looked_up.reference == r["reference_answer"]:
+            solution, source = redacted(looked_up.solution), "task"
+        else:
+            solution, source = task.render(looked_up, "", r["reference_answer"]).strip(), "answer_only"
+        prompts.append(
+            {
+                "prompt": prompt,
+                "reference": r["reference_answer"],
+                "solution": solution,
+                "solution_source": source,
+                "problem_id": r["problem_id"],
+                "suite": r["suite"],
+                "solved": seen["solved"],
+                "samples": seen["samples"],
+                "split": _split_of(r["problem_id"] or prompt, cfg.validation_fraction),
+            }
+        )
     composition: dict[str, int | float] = defaultdict(int)
     for r in rows:
         composition[f"{r['origin']}_{r['split']}"] += 1
@@ -378,6 +410,8 @@ def build_training_dataset(
     composition["human"] = n_anchor
     composition["synthetic_fraction"] = round(len(positives) / max(len(rows), 1), 4)
     composition["pairs"] = len(pairs)
+    composition["prompts"] = len(prompts)
+    composition["prompts_unsolved"] = sum(1 for p in prompts if p["solved"] == 0)
     for k, v in sorted(reformat_counts.items()):
         composition[f"strategy/{k}"] = v
     for k, v in sorted(anchor_pii.items()):
@@ -385,5 +419,6 @@ def build_training_dataset(
     return TrainingSet(
         pa.Table.from_pylist(rows, schema=TRAINING_SCHEMA),
         pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA),
+        pa.Table.from_pylist(prompts, schema=PROMPTS_SCHEMA),
         dict(composition),
     )

@@ -80,3 +80,6 @@ class TaskSource(Protocol):
 
     reformat_strategies: tuple[str, ...]
     """Harvest reformatting strategies that keep this task's completions verifiable."""
+
+    teacher_template: str
+    """The on-policy self-distillation teacher's prompt: `{prompt}` and `{privileged_context}` (the solution)."""

@@ -23,6 +23,12 @@ PROMPT_FORMATS = {
     "plain": "Question: {question}\nAnswer: Let's think step by step.\n",
     "chatml": "<|im_start|>user\n{question}\n" + _INSTRUCTION + "<|im_end|>\n<|im_start|>assistant\n",
 }
+# On-policy self-distillation: where the teacher is shown the reference solution, per prompt format.
+TEACHER_TEMPLATES = {
+    "plain": "A worked solution to the next question, for reference:\n{privileged_context}\n\n{prompt}",
+    "chatml": "<|im_start|>system\nA worked solution to the user's question, for reference:\n{privileged_context}"
+    "<|im_end|>\n{prompt}",
+}
 
 
 def load_gsm8k(path: Path) -> list[dict[str, str]]:
@@ -63,6 +69,7 @@ class GSM8KTask:
         self.data_dir = Path(data_dir) if data_dir else DEFAULT_DATA_DIR
         self.seed = seed
         self.prompt_format = prompt_format
+        self.teacher_template = TEACHER_TEMPLATES[prompt_format]
         self._by_question: dict[str, Problem] = {}
         self._train = self._load("train")
         self._test = self._load("test")

@@ -196,6 +196,10 @@ class PlaygroundTask:
     def render(self, problem: Problem, reasoning: str, answer: str) -> str:
         return f"{reasoning}\nA:{answer}"
 
+    # The teacher sees the problem worked out once, then the same question again: the only way to show a
+    # solution within the playground alphabet.
+    teacher_template = "{prompt}{privileged_context}\n{prompt}"
+
     # The model's alphabet has no room for rewording: only the trace as generated, or a re-solve by the model.
     reformat_strategies = ("as_is", "rephrase")
 

@@ -30,6 +30,7 @@ class Lake:
     """Read and write one cycle's partition of a table."""
 
     def __init__(self, root: str) -> None:
+        self.location = root  # as given (a folder or a URI): what another process opens the same lake with
         self.fs, self.root = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
         self.root = self.root.rstrip("/")
         self.fs.create_dir(self.root, recursive=True)
@@ -91,6 +92,10 @@ class Lake:
     def read_bytes(self, table: str, cycle: str, name: str) -> bytes:
         with self.fs.open_input_stream(f"{self.partition_dir(table, cycle)}/{name}") as f:
             return f.read()
+
+    def sha256(self, table: str, cycle: str, name: str = DATA_FILE) -> str:
+        """The content hash of one file of a partition."""
+        return self._sha256(f"{self.partition_dir(table, cycle)}/{name}")[0]
 
     def _sha256(self, path: str) -> tuple[str, int]:
         h = hashlib.sha256()

@@ -61,6 +61,9 @@ TRAINING_SCHEMA = pa.schema(
 )
 
 # Positive and negative traces of the same prompt, for preference-style objectives (REDI, DPO).
+PAIRS_FILE = "pairs.parquet"
+PROMPTS_FILE = "prompts.parquet"
+
 PAIRS_SCHEMA = pa.schema(
     [
         pa.field("prompt", pa.string(), nullable=False),
@@ -78,3 +81,21 @@ def trace_id(cycle: str, model_version: str, problem_id: str, prompt: str, sampl
     """Deterministic id: a rerun of the same cycle produces the same ids, so nothing is counted twice."""
     key = f"{cycle}\x1f{model_version}\x1f{problem_id}\x1f{prompt}\x1f{sample_index}"
     return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+# The quarter's verifiable problems, for the on-policy methods (opsd, grpo): the model samples its own answers
+# to these prompts. `solution` is the teacher's privileged information: a verified trace of this quarter, the
+# task's reference solution, or only the final answer. `solved` / `samples`: how often the deployed model got it.
+PROMPTS_SCHEMA = pa.schema(
+    [
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("reference", pa.string(), nullable=False),
+        pa.field("solution", pa.string(), nullable=False),
+        pa.field("solution_source", pa.string(), nullable=False),  # trace | task | answer_only
+        pa.field("problem_id", pa.string()),
+        pa.field("suite", pa.string()),
+        pa.field("solved", pa.int32(), nullable=False),
+        pa.field("samples", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
