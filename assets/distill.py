@@ -14,6 +14,7 @@ from assets import PARTITIONS, cycle_of, gpu_op_tags
 from assets.deploy import deployment
 from assets.harvest import training_dataset
 from flywheel_dagster import cycle as core
+from flywheel_dagster import timing
 from flywheel_dagster.registry import BASE_VERSION_TAG
 from flywheel_dagster.resources import FlywheelConfigResource, LakeResource, MlflowResource, TrainingJobResource
 from flywheel_dagster.training.common import fingerprint
@@ -69,7 +70,8 @@ def candidate_model(
         tracking_uri=mlflow.tracking_uri,
         run_id=run_id,
     )
-    result = training.train(context, job)
+    with timing.compute("candidate_model"):  # the job's wall time, process start and model loading included
+        result = training.train(context, job)
     adapter = bool(result["adapter"])
     tags = {
         "flywheel.cycle": key,

@@ -38,7 +38,20 @@ def bootstrap(cfg: FlywheelConfig, registry: Registry, models_dir: Path) -> Boot
             from flywheel_dagster.tasks.playground import ALPHABET, EASY_SUITES
 
             init = build_playground_model(cfg.model, ALPHABET, Path(tmp) / "init", seed=cfg.training.seed)
-            anchors = load_task(cfg).anchors(cfg.bootstrap.examples, seed=BOOTSTRAP_ANCHOR_SEED)
+            task = load_task(cfg)
+            anchors = task.anchors(cfg.bootstrap.examples, seed=BOOTSTRAP_ANCHOR_SEED)
+            rows = [{"prompt": p.prompt, "completion": p.solution} for p in anchors]
+            # Reading a worked solution put in the prompt is something a pretrained model brings along; the
+            # playground model learns it from these examples, so that the on-policy self-distillation
+            # teacher (the model shown the solution) knows what to do with it.
+            shown = anchors[: round(cfg.bootstrap.reference_shown_fraction * len(anchors))]
+            rows += [
+                {
+                    "prompt": task.teacher_template.format(prompt=p.prompt, privileged_context=p.solution),
+                    "completion": p.solution,
+                }
+                for p in shown
+            ]
             registry.log_params(
                 run_id,
                 {
@@ -49,7 +62,7 @@ def bootstrap(cfg: FlywheelConfig, registry: Registry, models_dir: Path) -> Boot
             )
             result = run_sft(
                 init,
-                [{"prompt": p.prompt, "completion": p.solution} for p in anchors],
+                rows,
                 Path(tmp) / "base",
                 TrainSettings(
                     method="sft",

@@ -65,6 +65,14 @@ class BootstrapConfig(_Strict):
     epochs: float = Field(default=3.0, gt=0)
     learning_rate: float = Field(default=2e-3, gt=0)
     batch_size: int = Field(default=64, gt=0)
+    reference_shown_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="extra examples (as a share of `examples`) with a worked solution shown in the prompt "
+        "(the task's teacher_template): a pretrained model can read a solution in its context; the tiny one "
+        "learns it here, so that opsd's teacher is meaningful",
+    )
 
 
 class EngineConfig(_Strict):

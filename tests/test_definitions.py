@@ -33,6 +33,10 @@ def test_definitions_hold_the_cycle():
     assert defs.resolve_assets_def("candidate_model").op.pool == "gpu"
     assert defs.resolve_assets_def("reasoning_traces").op.pool == "gpu"
     assert defs.resolve_assets_def("harvested_traces").op.pool is None
+    # the training job's pod asks Kubernetes for training.gpus GPUs (1 by default); CPU assets ask for none
+    k8s = defs.resolve_assets_def("candidate_model").op.tags["dagster-k8s/config"]
+    assert k8s["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    assert "dagster-k8s/config" not in defs.resolve_assets_def("harvested_traces").op.tags
     # the gates: loop-health monitors on the harvest, PII and overlap on the training set, then promotion
     checks = {(k.asset_key.path[-1], k.name) for k in defs.resolve_asset_graph().asset_check_keys}
     assert checks == {

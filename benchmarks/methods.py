@@ -1,0 +1,159 @@
+"""Method comparison: one cycle with each distillation method from the same champion and the same traces.
+
+    .venv/bin/python benchmarks/methods.py [--methods sft,redi,opsd,grpo] [--config flywheel.yaml] [--home DIR]
+
+Bootstraps the playground base (or reuses --home), runs the first quarter's deploy and harvest once through
+Dagster, then trains one candidate per method with the same code the `candidate_model` asset's training job
+runs, and evaluates each on the held-out benchmark against the champion. Prints, per method, the overall
+pass@1 delta with its paired-bootstrap 95% CI, the tokens the model generated during training (on-policy
+sampling; the harvested traces every method starts from were generated once, at deploy), the tokens the
+loss was computed on, and the training wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Per-method settings on top of the config's `training` section (the sft settings are the config's own).
+METHOD_OVERRIDES: dict[str, dict] = {
+    "sft": {},
+    "redi": {"redi": {"alpha": 0.8, "learning_rate": 2e-5, "epochs": 1}},
+    "opsd": {"epochs": 1, "on_policy": {"samples_per_prompt": 4}},
+    "grpo": {"epochs": 1, "on_policy": {"samples_per_prompt": 4}},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="sft,redi,opsd,grpo")
+    parser.add_argument("--config", default=str(ROOT / "flywheel.yaml"))
+    parser.add_argument("--home", default="", help="a flywheel home to reuse (bootstrap and Q1 harvest kept)")
+    parser.add_argument("--on-policy-lr", type=float, default=None, help="learning rate for opsd and grpo")
+    args = parser.parse_args()
+
+    home = Path(args.home or tempfile.mkdtemp(prefix="flywheel-methods-"))
+    os.environ["FLYWHEEL_HOME"] = str(home)
+    os.environ["DAGSTER_HOME"] = str(home / "dagster")
+    os.environ["FLYWHEEL_CONFIG"] = args.config
+    from flywheel_dagster.cli import ensure_instance_dir, quiet_libraries
+
+    ensure_instance_dir(home / "dagster")
+    quiet_libraries()
+
+    import dagster as dg
+
+    from assets import PARTITIONS
+    from flywheel_dagster import cycle as core
+    from flywheel_dagster.bootstrap import bootstrap
+    from flywheel_dagster.config import build_config, load_config
+    from flywheel_dagster.engines.transformers_engine import load_engine
+    from flywheel_dagster.evaluation.benchmark import compare_evaluations, evaluate
+    from flywheel_dagster.resources import local_resources
+    from flywheel_dagster.tasks import load_task
+    from jobs.definitions import defs
+
+    cfg = load_config(args.config)
+    resources = local_resources(home)
+    registry = resources["mlflow"].registry(cfg.name)
+    lake = resources["lake"].lake()
+    task = load_task(cfg)
+    quarter = PARTITIONS.get_partition_keys()[0]
+    started = time.perf_counter()
+    base = bootstrap(cfg, registry, home / "models")
+    print(f"home {home}; bootstrap {time.perf_counter() - started:.0f}s")
+    if not lake.exists("training_dataset", quarter):
+        started = time.perf_counter()
+        upstream = ["deployment", "reasoning_traces", "harvested_traces", "training_dataset"]
+        with dg.DagsterInstance.get() as instance:
+            result = defs.resolve_job_def("flywheel_cycle").execute_in_process(
+                partition_key=quarter,
+                instance=instance,
+                asset_selection=[dg.AssetKey(k) for k in upstream],
+                run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+            )
+        assert result.success, "deploy/harvest failed"
+        print(f"deploy + harvest of {quarter}: {time.perf_counter() - started:.0f}s")
+    composition = {
+        k: v.value
+        for k, v in dg.DagsterInstance.get()
+        .get_latest_materialization_event(dg.AssetKey("training_dataset"))
+        .asset_materialization.metadata.items()
+        if k.startswith("composition/")
+    }
+    traffic = lake.read_table("reasoning_traces", quarter)
+    print(
+        f"traces: {traffic.num_rows} ({sum(traffic.column('tokens').to_pylist())} tokens generated at deploy); "
+        f"positives {composition.get('composition/synthetic')}, pairs {composition.get('composition/pairs')}, "
+        f"prompts {composition.get('composition/prompts')} ({composition.get('composition/prompts_unsolved')} unsolved)"
+    )
+    champion_dir = registry.local_path(base.ref)
+    problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
+    settings = core.benchmark_settings(cfg)
+
+    def benchmark(model_dir: Path):  # noqa: ANN202
+        engine = load_engine(cfg.engine.kind, model_dir, device=cfg.engine.device, batch_size=cfg.engine.batch_size)
+        try:
+            return evaluate(engine, task, problems, settings)
+        finally:
+            engine.close()
+
+    champion_eval = benchmark(champion_dir)
+    rows = []
+    for method in args.methods.split(","):
+        overrides = {**METHOD_OVERRIDES[method], "method": method}
+        if method in ("opsd", "grpo") and args.on_policy_lr:
+            overrides["learning_rate"] = args.on_policy_lr
+        mcfg = build_config(
+            {**cfg.model_dump(mode="json"), "training": {**cfg.training.model_dump(mode="json"), **overrides}},
+            source=f"method {method}",
+        )
+        with tempfile.TemporaryDirectory(prefix=f"flywheel-{method}-") as tmp:
+            started = time.perf_counter()
+            result = core.train_candidate(mcfg, task, champion_dir, lake, quarter, Path(tmp) / "model")
+            wall = time.perf_counter() - started
+            model_dir = registry_free_model(result, champion_dir, Path(tmp))
+            candidate_eval = benchmark(model_dir)
+        overall = next(
+            c
+            for c in compare_evaluations(
+                champion_eval, candidate_eval, cfg.benchmark.bootstrap_resamples, seed=cfg.benchmark.seed
+            )
+            if c.suite == "overall"
+        )
+        rows.append((method, overall, result, wall))
+        print(
+            f"  {method}: delta {overall.delta:+.3f} [{overall.delta_ci[0]:+.3f}, {overall.delta_ci[1]:+.3f}], "
+            f"{result.tokens_generated} generated, {result.tokens_trained} trained, {wall:.0f}s, {result.steps} steps"
+        )
+
+    print(f"\nchampion (base) pass@1 {rows[0][1].champion:.3f} on {rows[0][1].problems} held-out problems")
+    print(
+        f"{'method':<8}{'delta pass@1 [95% CI]':>28}{'tokens generated':>18}{'tokens trained':>16}"
+        f"{'wall s':>8}{'steps':>7}"
+    )
+    for method, overall, result, wall in rows:
+        ci = f"{overall.delta:+.3f} [{overall.delta_ci[0]:+.3f}, {overall.delta_ci[1]:+.3f}]"
+        print(
+            f"{method:<8}{ci:>28}{result.tokens_generated:>18,}{result.tokens_trained:>16,}{wall:>8.0f}{result.steps:>7}"
+        )
+
+
+def registry_free_model(result, champion_dir: Path, tmp: Path) -> Path:  # noqa: ANN001
+    """The trained model as full weights (a LoRA adapter is merged onto the champion)."""
+    if not result.adapter:
+        return result.model_dir
+    from flywheel_dagster.training.common import merged_model
+
+    return merged_model(result.model_dir, champion_dir, tmp / "merged")
+
+
+if __name__ == "__main__":
+    main()
