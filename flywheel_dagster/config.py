@@ -212,7 +212,7 @@ class OnPolicyConfig(_Strict):
 
 class OpsdConfig(_Strict):
     clip: float | None = Field(
-        default=0.05, gt=0, description="upper clip of each per-token, per-vocabulary-entry KL term (null: none)"
+        default=0.05, gt=0, description="cap on each token's KL(teacher || student) term (null: none)"
     )
 
 

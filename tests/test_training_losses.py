@@ -91,22 +91,30 @@ def test_redi_trainer_computes_the_formula_from_the_model(tiny_model, tmp_path):
 # ---- OPSD -----------------------------------------------------------------------------------------
 
 
-def test_opsd_loss_is_the_hand_computed_clipped_forward_kl():
+def test_opsd_loss_is_the_hand_computed_capped_forward_kl():
     # One sequence, two tokens, vocabulary of 3, probabilities chosen to make the logs simple.
     p_t = torch.tensor([[[0.5, 0.25, 0.25], [0.8, 0.1, 0.1]]])
-    p_s = torch.tensor([[[0.25, 0.5, 0.25], [0.8, 0.1, 0.1]]])
-    teacher_logits, student_logits = p_t.log(), p_s.log()
+    p_s = torch.tensor([[[0.25, 0.5, 0.25], [0.7, 0.2, 0.1]]])
+    teacher_logits = p_t.log()
+    student_logits = p_s.log().requires_grad_(True)
     mask = torch.ones(1, 2)
-    # token 1 entries: 0.5 ln 2 = 0.3466 (clipped to 0.05), 0.25 ln 0.5 = -0.1733, 0; token 2: identical, 0
-    token1 = 0.05 + 0.25 * math.log(0.5)
+    # KL per token: 0.5 ln 2 + 0.25 ln 0.5 + 0 = 0.1733 (over the cap: counts 0.05); 0.8 ln(8/7) + 0.1 ln 0.5
+    kl1 = 0.5 * math.log(2) + 0.25 * math.log(0.5)
+    kl2 = 0.8 * math.log(0.8 / 0.7) + 0.1 * math.log(0.1 / 0.2)
+    assert kl1 > 0.05 > kl2 > 0
     loss, kl = clipped_forward_kl(student_logits, teacher_logits, mask, clip=0.05)
-    assert loss.item() == pytest.approx((token1 + 0.0) / 2, abs=1e-6)
-    assert kl.item() == pytest.approx((0.5 * math.log(2) + 0.25 * math.log(0.5)) / 2, abs=1e-6)
-    unclipped, _ = clipped_forward_kl(student_logits, teacher_logits, mask, clip=None)
-    assert unclipped.item() == pytest.approx(kl.item(), abs=1e-6)
+    assert loss.item() == pytest.approx((0.05 + kl2) / 2, abs=1e-6)
+    assert kl.item() == pytest.approx((kl1 + kl2) / 2, abs=1e-6)
+    # the capped token keeps its gradient's direction (toward the teacher), scaled by clip / KL
+    loss.backward()
+    softmax_grad = p_s - p_t  # d KL / d student logits, per token
+    assert torch.allclose(student_logits.grad[0, 0], softmax_grad[0, 0] * (0.05 / kl1) / 2, atol=1e-6)
+    assert torch.allclose(student_logits.grad[0, 1], softmax_grad[0, 1] / 2, atol=1e-6)
+    uncapped, _ = clipped_forward_kl(p_s.log(), teacher_logits, mask, clip=None)
+    assert uncapped.item() == pytest.approx((kl1 + kl2) / 2, abs=1e-6)
     # masked tokens do not count
-    loss_one, _ = clipped_forward_kl(student_logits, teacher_logits, torch.tensor([[1.0, 0.0]]), clip=0.05)
-    assert loss_one.item() == pytest.approx(token1, abs=1e-6)
+    loss_one, _ = clipped_forward_kl(p_s.log(), teacher_logits, torch.tensor([[0.0, 1.0]]), clip=0.05)
+    assert loss_one.item() == pytest.approx(kl2, abs=1e-6)
 
 
 def test_opsd_teacher_gets_no_gradient():

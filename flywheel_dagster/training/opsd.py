@@ -2,13 +2,18 @@
 
 The student (the model, prompt x only) samples its own completion y. The teacher is the same model with the
 reference solution s in its prompt (privileged information) and no gradient; with LoRA it is the frozen base
-(the adapter disabled). On the student's tokens the loss is the forward KL over the vocabulary, each entry
-clipped so that a few stylistic tokens on which the two prompts disagree most do not dominate:
+(the adapter disabled). On the student's tokens the loss is the forward KL over the vocabulary, each token's
+term capped so that the few tokens where the two prompts disagree most (style, not reasoning; token-level
+divergence is heavy-tailed) do not carry the update:
 
-    L = mean_t sum_v min(clip, p_T(v | s, x, y_<t) * (log p_T(v | s, x, y_<t) - log p_S(v | x, y_<t)))
+    D_t = sum_v p_T(v | s, x, y_<t) * (log p_T(v | s, x, y_<t) - log p_S(v | x, y_<t))
+    L   = mean_t  D_t * min(1, clip / sg(D_t))          (sg: stop-gradient; clip = 0.05 as in the paper's code)
 
-with clip = 0.05 as in the paper's code. Built on TRL's experimental SDFTTrainer (student rollouts, teacher
-prompts from a privileged context, the frozen teacher); this module replaces its divergence by the clipped one.
+A capped token counts `clip` towards the loss and its gradient keeps its direction, scaled down by clip/D_t.
+(Clipping each vocabulary entry's term instead, or clamping D_t so that its gradient vanishes, are the
+alternatives; the first pushes down the very tokens the teacher is sure of: see docs/distill.md.)
+Built on TRL's experimental SDFTTrainer (student rollouts, teacher prompts from a privileged context, the
+frozen teacher); this module replaces its divergence by the capped one.
 """
 
 from __future__ import annotations
@@ -40,19 +45,22 @@ from flywheel_dagster.training.sft import check_rows
 def clipped_forward_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, clip: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token forward KL(teacher || student) with each vocabulary entry clipped at `clip` (None: no clip).
+    """Per-token forward KL(teacher || student), each token's value capped at `clip` (None: no cap).
 
-    Logits are (B, T, V), the mask (B, T). The teacher gets no gradient. Returns (loss, unclipped mean KL per
+    Logits are (B, T, V), the mask (B, T). The teacher gets no gradient. Returns (loss, uncapped mean KL per
     token): the loss averages over each sequence's tokens, then over sequences.
     """
     student_lp = torch.log_softmax(student_logits.float(), dim=-1)
     teacher_lp = torch.log_softmax(teacher_logits.detach().float(), dim=-1)
-    terms = teacher_lp.exp() * (teacher_lp - student_lp)
-    clipped = terms if clip is None else terms.clamp(max=clip)
-    mask = mask.to(clipped.dtype)
-    per_token = clipped.sum(-1) * mask
-    loss = (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
-    kl = (terms.detach().sum(-1) * mask).sum() / mask.sum().clamp(min=1)
+    per_token = (teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1)
+    if clip is not None:
+        scale = (clip / per_token.detach().clamp(min=1e-12)).clamp(max=1.0)
+        capped = per_token * scale
+    else:
+        capped = per_token
+    mask = mask.to(capped.dtype)
+    loss = ((capped * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    kl = (per_token.detach() * mask).sum() / mask.sum().clamp(min=1)
     return loss, kl
 
 
