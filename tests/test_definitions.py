@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def test_definitions_hold_the_cycle():
     assert defs.resolve_assets_def("reasoning_traces").op.pool == "gpu"
     assert defs.resolve_assets_def("harvested_traces").op.pool is None
     # the training job's pod asks Kubernetes for training.gpus GPUs (1 by default); CPU assets ask for none
-    k8s = defs.resolve_assets_def("candidate_model").op.tags["dagster-k8s/config"]
+    k8s = json.loads(defs.resolve_assets_def("candidate_model").op.tags["dagster-k8s/config"])  # tags are strings
     assert k8s["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": 1}
     assert "dagster-k8s/config" not in defs.resolve_assets_def("harvested_traces").op.tags
     # the gates: loop-health monitors on the harvest, PII and overlap on the training set, then promotion

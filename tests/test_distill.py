@@ -59,6 +59,8 @@ def test_each_method_completes_a_cycle(tiny_flywheel_factory, method):
     candidate = core.read_json(fw.lake, "candidate_model", Q1, core.CANDIDATE_FILE)
     assert candidate["method"] == method and candidate["parent_version"] == fw.base.ref.version
     assert candidate["tokens_trained"] > 0
+    assert candidate["steps"] > 0
+    assert candidate["weights_sha256"] != fw.base.weights_sha256  # it did train
     if method == "redi":
         assert candidate["tokens_generated"] == 0
         assert meta["redi/pairs"].value > 0

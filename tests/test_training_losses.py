@@ -74,7 +74,7 @@ def test_redi_trainer_computes_the_formula_from_the_model(tiny_model, tmp_path):
         got = trainer.compute_loss(trainer.model, batch)
         # by hand: log p of each completion token under a plain forward, averaged per completion
         expected = []
-        for i, p in enumerate(pairs):
+        for p in pairs:
             terms = []
             for key, sign in (("chosen", -1.0), ("rejected", 0.8)):
                 ids = tok(p["prompt"] + p[key])["input_ids"]

@@ -156,7 +156,8 @@ def trainer_args(settings: TrainSettings, out_dir: Path, steps: int, device: str
         "per_device_train_batch_size": settings.batch_size,
         "per_device_eval_batch_size": settings.batch_size,
         "lr_scheduler_type": "cosine",
-        "warmup_steps": max(1, int(settings.warmup_ratio * steps)),
+        # No warmup below 20 steps: a one-step run must not spend its only step at learning rate 0.
+        "warmup_steps": int(settings.warmup_ratio * steps),
         "logging_steps": max(1, steps // 25),
         "save_strategy": "steps",
         "save_steps": max(1, settings.checkpoint_every),
