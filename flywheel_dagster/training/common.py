@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -251,6 +252,24 @@ def train_with_resume(trainer, checkpoint_dir: Path) -> tuple[Any, int]:  # noqa
         for k, v in json.loads((Path(resume) / COUNTERS_FILE).read_text()).items():
             setattr(trainer, k, v)
     return trainer.train(resume_from_checkpoint=resume), step
+
+
+def on_policy_batch(settings: TrainSettings, prompts: int) -> tuple[int, int]:
+    """(samples per step, total steps) for a method sampling `num_generations` completions per prompt."""
+    batch = max(settings.num_generations, settings.batch_size - settings.batch_size % settings.num_generations)
+    return batch, total_steps(prompts * settings.num_generations, batch, settings.epochs, settings.max_steps)
+
+
+def fit(trainer, curve: Curve, checkpoint_dir: Path, tokenizer, out_dir: Path, lora: LoraSettings | None):  # noqa: ANN001, ANN201
+    """Train (resuming from `checkpoint_dir` when it holds a checkpoint) and save the policy to `out_dir`.
+
+    Returns (train output, step resumed from, seconds, whether an adapter was saved).
+    """
+    prepare(trainer, curve)
+    started = time.perf_counter()
+    output, resumed = train_with_resume(trainer, checkpoint_dir)
+    seconds = time.perf_counter() - started
+    return output, resumed, seconds, save_model(trainer.model, tokenizer, out_dir, lora)
 
 
 def save_model(model, tokenizer, out_dir: Path, lora: LoraSettings | None) -> bool:  # noqa: ANN001

@@ -9,7 +9,6 @@ only prompts where some samples pass and some fail teach anything.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,12 +19,10 @@ from flywheel_dagster.training.common import (
     TrainResult,
     TrainSettings,
     dataset,
+    fit,
     load_policy,
-    prepare,
+    on_policy_batch,
     quiet,
-    save_model,
-    total_steps,
-    train_with_resume,
     trainer_args,
 )
 from flywheel_dagster.training.sft import check_rows
@@ -66,8 +63,7 @@ def run_grpo(
     out_dir = Path(out_dir)
     device = pick_device(settings.device)
     model, tokenizer = load_policy(base_model_dir, device)
-    batch = max(settings.num_generations, settings.batch_size - settings.batch_size % settings.num_generations)
-    steps = total_steps(len(prompt_rows) * settings.num_generations, batch, settings.epochs, settings.max_steps)
+    batch, steps = on_policy_batch(settings, len(prompt_rows))
     holder: dict[str, object] = {}
     correctness = correctness_reward(task)
 
@@ -111,11 +107,7 @@ def run_grpo(
             peft_config=settings.lora.peft_config() if settings.lora else None,
         )
         holder["trainer"] = trainer
-        prepare(trainer, curve)
-        started = time.perf_counter()
-        output, resumed = train_with_resume(trainer, ckpt)
-        seconds = time.perf_counter() - started
-        adapter = save_model(trainer.model, tokenizer, out_dir, settings.lora)
+        output, resumed, seconds, adapter = fit(trainer, curve, ckpt, tokenizer, out_dir, settings.lora)
     generated = trainer.tokens_generated  # a resumed run starts from the count saved with its checkpoint
     rewards_logged = [p["reward"] for p in curve.points if "reward" in p]
     return TrainResult(

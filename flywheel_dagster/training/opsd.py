@@ -19,7 +19,6 @@ frozen teacher); this module replaces its divergence by the capped one.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,12 +30,10 @@ from flywheel_dagster.training.common import (
     TrainResult,
     TrainSettings,
     dataset,
+    fit,
     load_policy,
-    prepare,
+    on_policy_batch,
     quiet,
-    save_model,
-    total_steps,
-    train_with_resume,
     trainer_args,
 )
 from flywheel_dagster.training.sft import check_rows
@@ -129,8 +126,7 @@ def run_opsd(
     out_dir = Path(out_dir)
     device = pick_device(settings.device)
     model, tokenizer = load_policy(base_model_dir, device)
-    batch = max(settings.num_generations, settings.batch_size - settings.batch_size % settings.num_generations)
-    steps = total_steps(len(prompt_rows) * settings.num_generations, batch, settings.epochs, settings.max_steps)
+    batch, steps = on_policy_batch(settings, len(prompt_rows))
     curve = Curve(on_log)
     with tempfile.TemporaryDirectory(prefix="flywheel-opsd-") as scratch:
         ckpt = Path(checkpoint_dir) if checkpoint_dir else Path(scratch)
@@ -157,11 +153,7 @@ def run_opsd(
             peft_config=settings.lora.peft_config() if settings.lora else None,
             clip=settings.opsd_clip,
         )
-        prepare(trainer, curve)
-        started = time.perf_counter()
-        output, resumed = train_with_resume(trainer, ckpt)
-        seconds = time.perf_counter() - started
-        adapter = save_model(trainer.model, tokenizer, out_dir, settings.lora)
+        output, resumed, seconds, adapter = fit(trainer, curve, ckpt, tokenizer, out_dir, settings.lora)
     kls = [p["opsd/kl"] for p in curve.points if "opsd/kl" in p]
     return TrainResult(
         model_dir=out_dir,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,11 +24,9 @@ from flywheel_dagster.training.common import (
     TrainResult,
     TrainSettings,
     dataset,
-    prepare,
+    fit,
     quiet,
-    save_model,
     total_steps,
-    train_with_resume,
     trainer_args,
 )
 from flywheel_dagster.training.sft import check_rows, run_sft
@@ -169,15 +166,11 @@ def run_redi(
             peft_config=fresh_lora,
             alpha=settings.redi_alpha,
         )
-        prepare(trainer, curve)
         per_epoch = sum(
             len(c) + len(r)
             for c, r in zip(trainer.train_dataset["chosen_ids"], trainer.train_dataset["rejected_ids"], strict=True)
         )
-        started = time.perf_counter()
-        output, resumed = train_with_resume(trainer, ckpt)
-        seconds = time.perf_counter() - started
-        adapter = save_model(trainer.model, tokenizer, out_dir, settings.lora)
+        output, resumed, seconds, adapter = fit(trainer, curve, ckpt, tokenizer, out_dir, settings.lora)
     negative = [p["redi/negative_term"] for p in curve.points if "redi/negative_term" in p]
     return TrainResult(
         model_dir=out_dir,

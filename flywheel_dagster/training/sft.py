@@ -9,7 +9,6 @@ of `redi`.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,12 +18,10 @@ from flywheel_dagster.training.common import (
     TrainResult,
     TrainSettings,
     dataset,
+    fit,
     load_policy,
-    prepare,
     quiet,
-    save_model,
     total_steps,
-    train_with_resume,
     trainer_args,
 )
 
@@ -78,13 +75,9 @@ def run_sft(
             processing_class=tokenizer,
             peft_config=settings.lora.peft_config() if settings.lora else None,
         )
-        prepare(trainer, curve)
         per_epoch = sum(sum(1 for t in labels if t != -100) for labels in trainer.train_dataset["labels"])
-        started = time.perf_counter()
-        output, resumed = train_with_resume(trainer, ckpt)
-        seconds = time.perf_counter() - started
+        output, resumed, seconds, adapter = fit(trainer, curve, ckpt, tokenizer, out_dir, settings.lora)
         eval_loss = float(trainer.evaluate()["eval_loss"]) if eval_rows else None
-        adapter = save_model(trainer.model, tokenizer, out_dir, settings.lora)
     # Tokens the loss saw: every completion token once per epoch (a max_steps run: the share of an epoch).
     per_epoch_steps = total_steps(len(train_rows), settings.batch_size, 1.0, -1)
     epochs_run = output.global_step / per_epoch_steps if settings.max_steps > 0 else settings.epochs
