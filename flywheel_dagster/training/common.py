@@ -124,8 +124,14 @@ def dataset(rows: list[dict[str, Any]]):  # noqa: ANN201 - datasets.Dataset
 
 
 def quiet() -> None:
+    """No progress bars, and no deprecation chatter from the libraries' own configs in the job's output."""
+    import warnings
+
     import datasets
     import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+    warnings.filterwarnings("ignore", message=r".*trl\.experimental.*")
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
