@@ -75,3 +75,19 @@ def test_repo_example_config_is_valid():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "flywheel.yaml")
     assert cfg.preset == "playground"
+
+
+def test_training_method_and_its_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"training\.method: Input should be 'sft', 'redi', 'opsd' or 'grpo'"):
+        build_config({"training": {"method": "ppo"}})
+    with pytest.raises(ConfigError, match=r"training\.redi\.alpha: Input should be less than 1"):
+        build_config({"training": {"method": "redi", "redi": {"alpha": 1.0}}})
+    with pytest.raises(ConfigError, match=r"training\.lora\.registered_as"):
+        build_config({"training": {"lora": {"registered_as": "both"}}})
+    cfg = build_config({"training": {"method": "opsd", "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}}})
+    from flywheel_dagster.cycle import train_settings
+
+    settings = train_settings(cfg)
+    assert settings.method == "opsd" and settings.opsd_clip == 0.05
+    assert settings.lora.target_modules == ("q_proj", "v_proj") and settings.lora.registered_as == "merged"
+    assert settings.max_new_tokens == cfg.traffic.max_new_tokens  # on_policy.max_new_tokens defaults to traffic's
