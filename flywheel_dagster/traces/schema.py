@@ -85,7 +85,8 @@ def trace_id(cycle: str, model_version: str, problem_id: str, prompt: str, sampl
 
 # The quarter's verifiable problems, for the on-policy methods (opsd, grpo): the model samples its own answers
 # to these prompts. `solution` is the teacher's privileged information: a verified trace of this quarter, the
-# task's reference solution, or only the final answer. `solved` / `samples`: how often the deployed model got it.
+# task's reference solution, or only the final answer. `solved` / `samples`: verified / all of the prompt's
+# harvested traces (after deduplication, so exact repeats of one answer count once).
 PROMPTS_SCHEMA = pa.schema(
     [
         pa.field("prompt", pa.string(), nullable=False),
