@@ -73,17 +73,9 @@ class TrainSettings:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> TrainSettings:
-        raw = dict(raw)
-        lora = raw.pop("lora", None)
-        if isinstance(lora, dict):
-            lora = LoraSettings(**{**lora, "target_modules": _modules(lora.get("target_modules", "all-linear"))})
-        return cls(**raw, lora=lora)
-
-
-def _modules(value: str | list[str] | tuple[str, ...]) -> str | tuple[str, ...]:
-    return value if isinstance(value, str) else tuple(value)
+    def peft_config(self):  # noqa: ANN201 - peft.LoraConfig | None
+        """The LoRA config for a TRL trainer's `peft_config`, or None for full fine-tuning."""
+        return self.lora.peft_config() if self.lora else None
 
 
 @dataclass
@@ -153,8 +145,11 @@ def total_steps(n_examples: int, batch_size: int, epochs: float, max_steps: int)
     return max_steps if max_steps > 0 else max(1, math.ceil(math.ceil(n_examples / batch_size) * epochs))
 
 
-def trainer_args(settings: TrainSettings, out_dir: Path, steps: int, device: str) -> dict[str, Any]:
-    """The TrainingArguments every method shares: schedule, checkpoints every N steps, CPU/GPU, no reporting."""
+def trainer_args(
+    settings: TrainSettings, out_dir: Path, steps: int, device: str, checkpoints: bool = True
+) -> dict[str, Any]:
+    """The TrainingArguments every method shares: schedule, checkpoints every N steps (unless `checkpoints`
+    is off: a run without a checkpoint folder), CPU/GPU, no reporting."""
     return {
         "output_dir": str(out_dir),
         "learning_rate": settings.learning_rate,
@@ -166,7 +161,7 @@ def trainer_args(settings: TrainSettings, out_dir: Path, steps: int, device: str
         # No warmup below 20 steps: a one-step run must not spend its only step at learning rate 0.
         "warmup_steps": int(settings.warmup_ratio * steps),
         "logging_steps": max(1, steps // 25),
-        "save_strategy": "steps",
+        "save_strategy": "steps" if checkpoints else "no",
         "save_steps": max(1, settings.checkpoint_every),
         "save_total_limit": 2,
         "save_only_model": False,

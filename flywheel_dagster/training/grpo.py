@@ -86,7 +86,10 @@ def run_grpo(
     with tempfile.TemporaryDirectory(prefix="flywheel-grpo-") as scratch:
         ckpt = Path(checkpoint_dir) if checkpoint_dir else Path(scratch)
         args = GRPOConfig(
-            **{**trainer_args(settings, ckpt, steps, device), "per_device_train_batch_size": batch},
+            **{
+                **trainer_args(settings, ckpt, steps, device, checkpoint_dir is not None),
+                "per_device_train_batch_size": batch,
+            },
             num_generations=settings.num_generations,
             max_completion_length=settings.max_new_tokens,
             temperature=settings.temperature,
@@ -96,15 +99,13 @@ def run_grpo(
             use_vllm=False,
             log_completions=False,
         )
-        if checkpoint_dir is None:
-            args.save_strategy = "no"
         trainer = _GRPO(
             model=model,
             reward_funcs=rewards,
             args=args,
             train_dataset=dataset([{"prompt": r["prompt"], "reference": r["reference"]} for r in prompt_rows]),
             processing_class=tokenizer,
-            peft_config=settings.lora.peft_config() if settings.lora else None,
+            peft_config=settings.peft_config(),
         )
         holder["trainer"] = trainer
         output, resumed, seconds, adapter = fit(trainer, curve, ckpt, tokenizer, out_dir, settings.lora)

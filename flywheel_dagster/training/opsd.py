@@ -131,7 +131,10 @@ def run_opsd(
     with tempfile.TemporaryDirectory(prefix="flywheel-opsd-") as scratch:
         ckpt = Path(checkpoint_dir) if checkpoint_dir else Path(scratch)
         args = SDFTConfig(
-            **{**trainer_args(settings, ckpt, steps, device), "per_device_train_batch_size": batch},
+            **{
+                **trainer_args(settings, ckpt, steps, device, checkpoint_dir is not None),
+                "per_device_train_batch_size": batch,
+            },
             num_generations=settings.num_generations,
             max_completion_length=settings.max_new_tokens,
             temperature=settings.temperature,
@@ -143,14 +146,12 @@ def run_opsd(
             generate_from_teacher=False,
             teacher_prompt_template=teacher_template,
         )
-        if checkpoint_dir is None:
-            args.save_strategy = "no"
         trainer = _opsd_trainer_class()(
             model=model,
             args=args,
             train_dataset=dataset([{"prompt": r["prompt"], "privileged_context": r["solution"]} for r in prompt_rows]),
             processing_class=tokenizer,
-            peft_config=settings.lora.peft_config() if settings.lora else None,
+            peft_config=settings.peft_config(),
             clip=settings.opsd_clip,
         )
         output, resumed, seconds, adapter = fit(trainer, curve, ckpt, tokenizer, out_dir, settings.lora)

@@ -11,6 +11,7 @@ unstable symmetric case). Built on TRL's DPOTrainer: its paired collator and tok
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections.abc import Callable
@@ -144,19 +145,15 @@ def run_redi(
             model = PeftModel.from_pretrained(base, stage1_dir, is_trainable=True)
         else:
             model = AutoModelForCausalLM.from_pretrained(stage1_dir, dtype=torch.float32)
-        stage2 = TrainSettings.from_dict(
-            {**settings.as_dict(), "learning_rate": settings.redi_learning_rate, "epochs": settings.redi_epochs}
-        )
+        stage2 = dataclasses.replace(settings, learning_rate=settings.redi_learning_rate, epochs=settings.redi_epochs)
         steps = total_steps(len(pair_rows), stage2.batch_size, stage2.epochs, stage2.max_steps)
         ckpt = root / "stage2"
         args = DPOConfig(
-            **trainer_args(stage2, ckpt, steps, device),
+            **trainer_args(stage2, ckpt, steps, device, checkpoint_dir is not None),
             max_length=settings.max_length,
             precompute_ref_log_probs=True,
         )
-        if checkpoint_dir is None:
-            args.save_strategy = "no"
-        fresh_lora = settings.lora.peft_config() if settings.lora and not stage1["adapter"] else None
+        fresh_lora = None if stage1["adapter"] else settings.peft_config()
         curve = Curve(on_log)
         trainer = _redi_trainer_class()(
             model=model,

@@ -60,20 +60,18 @@ def run_sft(
     with tempfile.TemporaryDirectory(prefix="flywheel-sft-") as scratch:
         ckpt = Path(checkpoint_dir) if checkpoint_dir else Path(scratch)
         args = SFTConfig(
-            **trainer_args(settings, ckpt, steps, device),
+            **trainer_args(settings, ckpt, steps, device, checkpoint_dir is not None),
             max_length=settings.max_length,
             eval_strategy="epoch" if eval_rows else "no",
             completion_only_loss=True,
         )
-        if checkpoint_dir is None:
-            args.save_strategy = "no"
         trainer = SFTTrainer(
             model=model,
             args=args,
             train_dataset=dataset(train_rows),
             eval_dataset=dataset(eval_rows) if eval_rows else None,
             processing_class=tokenizer,
-            peft_config=settings.lora.peft_config() if settings.lora else None,
+            peft_config=settings.peft_config(),
         )
         per_epoch = sum(sum(1 for t in labels if t != -100) for labels in trainer.train_dataset["labels"])
         output, resumed, seconds, adapter = fit(trainer, curve, ckpt, tokenizer, out_dir, settings.lora)
