@@ -18,7 +18,7 @@ from flywheel_dagster.traces.lake import DATA_FILE
 @dg.asset(
     partitions_def=PARTITIONS,
     group_name="deploy",
-    code_version="1",
+    code_version="2",
     # Orders cycles: a quarter's deployment is what the quarter before promoted. The model itself
     # travels through the MLflow registry (alias cycle_<previous>), since champion_model -> deployment
     # across partitions would be a dependency loop between two assets, which Dagster forbids.
@@ -35,7 +35,8 @@ def deployment(
     key, index = cycle_of(context)
     registry = mlflow.registry(cfg.name)
     finished = context.instance.get_materialized_partitions(dg.AssetKey("champion_model"))
-    ref, via = core.resolve_deployment(registry, key, previous_of(key), set(finished))
+    started = context.instance.get_materialized_partitions(dg.AssetKey("deployment"))
+    ref, via = core.resolve_deployment(registry, key, previous_of(key), set(finished), set(started))
     sha = weights_sha256(registry.local_path(ref))
     payload = {
         "cycle": key,

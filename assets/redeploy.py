@@ -10,6 +10,7 @@ from assets.deploy import deployment
 from assets.distill import candidate_model
 from flywheel_dagster import cycle as core
 from flywheel_dagster import timing
+from flywheel_dagster.approval import approval_state
 from flywheel_dagster.evaluation.gate import GateDecision
 from flywheel_dagster.evaluation.plots import accuracy_trend_png
 from flywheel_dagster.registry import CHAMPION, cycle_alias
@@ -130,14 +131,37 @@ def promotion_gate(context: dg.AssetCheckExecutionContext, lake: LakeResource) -
     )
 
 
-@dg.asset(partitions_def=PARTITIONS, group_name="redeploy", code_version="1", deps=[benchmark_report])
+@dg.asset_check(asset=benchmark_report, blocking=True, partitions_def=PARTITIONS, name="human_approval")
+def human_approval(
+    context: dg.AssetCheckExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource
+) -> dg.AssetCheckResult:
+    """With gate.require_approval: ERROR (holds champion_model) until a named person approves the candidate with
+    `flywheel approve`; WARN if they rejected it (champion_model then records that the champion stays)."""
+    state = approval_state(flywheel_config.load(), lake.lake(), context.partition_key)
+    meta = {"state": state.state}
+    if state.approval:
+        meta |= {"by": state.approval["by"], "at": state.approval["at"], "note": state.approval["note"]}
+    if state.state == "pending":
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.ERROR, description=state.reason, metadata=meta
+        )
+    return dg.AssetCheckResult(
+        passed=state.state != "rejected",
+        severity=dg.AssetCheckSeverity.WARN,
+        description=state.reason,
+        metadata=meta,
+    )
+
+
+@dg.asset(partitions_def=PARTITIONS, group_name="redeploy", code_version="2", deps=[benchmark_report])
 def champion_model(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,
     lake: LakeResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Move the `champion` alias to the candidate if and only if it passed the gate; record the decision."""
+    """Move the `champion` alias to the candidate if and only if it passed the gate (and, with
+    gate.require_approval, a named person approved it); record the decision."""
     cfg = flywheel_config.load()
     key, index = cycle_of(context)
     the_lake = lake.lake()
@@ -145,6 +169,13 @@ def champion_model(
     report, decision = _decision_of(the_lake, key)
     if not decision.sound:
         raise dg.Failure(f"benchmark report for cycle {key} is unsound, nothing promoted: {decision.reason}")
+    approval = approval_state(cfg, the_lake, key)
+    if approval.state == "pending":  # the blocking check holds this asset; this is the second lock
+        raise dg.Failure(f"cycle {key}: {approval.reason}")
+    if approval.state == "rejected":
+        decision = GateDecision(False, True, f"{approval.reason} (the gate had passed: {decision.reason})")
+    elif approval.state == "approved":
+        decision = GateDecision(True, True, f"{decision.reason}; {approval.reason}")
     champion_v, candidate_v = report["champion"]["version"], report["candidate"]["version"]
     new_champion = candidate_v if decision.promote else champion_v
     if decision.promote:
@@ -175,6 +206,7 @@ def champion_model(
         "champion": new_champion,
         "alias": cycle_alias(key),
         "start_date": START_DATE,
+        "approval": approval.approval,
     }
     sha = core.write_json(the_lake, "champion_model", key, core.DECISION_FILE, payload)
     return dg.MaterializeResult(
@@ -186,5 +218,6 @@ def champion_model(
             "candidate": f"v{candidate_v}",
             "aliases_set": ", ".join(([CHAMPION] if decision.promote else []) + [cycle_alias(key)]),
             "decision_sha256": sha,
+            "approval": approval.reason,
         }
     )

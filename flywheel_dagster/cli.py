@@ -12,6 +12,7 @@ Dagster code location (assets/, jobs/) is loaded from there.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -168,6 +169,9 @@ def run_cycle(s: Session, defs, quarter: str) -> dict:  # noqa: ANN001
             name = st.step_key if st.step_key in assets else "checks"
             stats[name] = stats.get(name, 0.0) + (st.end_time or 0) - (st.start_time or 0)
     if not result.success:
+        waiting = _waiting_for_approval(s, quarter)
+        if waiting:
+            return {"waiting": waiting, "run_id": result.run_id, "seconds": time.perf_counter() - started}
         why = _failure_reason(result)
         raise RuntimeError(f"cycle {quarter} failed (run {result.run_id}): {why}")
     report = core.read_json(s.lake(), "benchmark_report", quarter, core.REPORT_FILE)
@@ -179,6 +183,18 @@ def run_cycle(s: Session, defs, quarter: str) -> dict:  # noqa: ANN001
         "seconds": time.perf_counter() - started,
         "steps": stats,
     }
+
+
+def _waiting_for_approval(s: Session, quarter: str) -> str | None:
+    """The reason, if the cycle stopped only because its promotion waits for a person's approval."""
+    from flywheel_dagster import cycle as core
+    from flywheel_dagster.approval import approval_state
+
+    lake = s.lake()
+    if not lake.exists("benchmark_report", quarter, core.REPORT_FILE):
+        return None
+    state = approval_state(s.cfg, lake, quarter)
+    return state.reason if state.state == "pending" else None
 
 
 def _fmt(acc: float, ci: list[float] | tuple[float, float]) -> str:
@@ -248,6 +264,9 @@ def cycle(
     defs = _code_location()
     with console.status(f"[bold]cycle {quarter}[/bold]: deploy -> harvest -> distill -> redeploy"):
         row = run_cycle(s, defs, quarter)
+    if "waiting" in row:
+        console.print(f"[yellow]cycle {quarter} is waiting[/yellow]: {row['waiting']}")
+        return
     console.print(_cycle_table([row]))
 
 
@@ -285,6 +304,9 @@ def demo(
     for i, q in enumerate(quarters, 1):
         with console.status(f"[bold]cycle {i}/{len(quarters)} ({q})[/bold]: deploy -> harvest -> distill -> redeploy"):
             row = run_cycle(s, defs, q)
+        if "waiting" in row:
+            console.print(f"[yellow]cycle {q} is waiting[/yellow]: {row['waiting']}; the next cycles wait for it")
+            break
         rows.append(row)
         o = next(x for x in row["report"]["suites"] if x["suite"] == "overall")
         console.print(
@@ -292,6 +314,8 @@ def demo(
             f"delta {o['delta']:+.3f} [{o['delta_ci'][0]:+.3f}, {o['delta_ci'][1]:+.3f}] -> {row['decision']['decision']} "
             f"({row['seconds']:.0f}s; " + ", ".join(f"{k} {v:.0f}s" for k, v in row["steps"].items()) + ")"
         )
+    if not rows:
+        return
     console.print(_cycle_table(rows))
     _final_comparison(s)
     console.print(
@@ -313,12 +337,281 @@ def status(home: HomeOpt = None, config: ConfigOpt = None, preset: PresetOpt = N
         console.print("no flywheel here yet: run `flywheel bootstrap` or `flywheel demo`")
         return
     console.print(f"{s.cfg.name}: champion v{champ.version if champ else '?'}, base v{base.version}")
-    root = Path(lake.partition_dir("champion_model", "x")).parent
-    for d in sorted(root.glob("cycle=*")) if root.exists() else []:
-        dec = core.read_json(lake, "champion_model", d.name.split("=", 1)[1], core.DECISION_FILE)
+    for q in lake.cycles("benchmark_report"):
+        if not lake.exists("champion_model", q, core.DECISION_FILE):
+            waiting = _waiting_for_approval(s, q)
+            console.print(f"  {q}: " + (f"[yellow]waiting[/yellow]: {waiting}" if waiting else "not finished"))
+            continue
+        dec = core.read_json(lake, "champion_model", q, core.DECISION_FILE)
         console.print(
             f"  {dec['cycle']}: {dec['decision']} (candidate v{dec['candidate']}; champion v{dec['champion']}): {dec['reason']}"
         )
+
+
+# ---- compliance: audit records, approval, erasure ------------------------------------------------------
+audit_app = typer.Typer(help="The per-cycle audit records and their hash chain.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+CycleOpt = Annotated[str, typer.Option("--cycle", help="the quarter's partition key, e.g. 2026-07-01")]
+
+
+def _read_record(s: Session, quarter: str) -> tuple[dict, str]:
+    from flywheel_dagster import audit
+
+    records = audit.Chain(s.lake()).latest_cycle_records()
+    if quarter not in records:
+        done = ", ".join(sorted(records)) or "none yet"
+        console.print(f"[red]--cycle {quarter}: no audit record (audited cycles: {done})[/red]")
+        raise typer.Exit(2)
+    return records[quarter]
+
+
+@audit_app.command("show")
+def audit_show(
+    cycle: CycleOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="print the record itself")] = False,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+) -> None:
+    """Print a cycle's audit record: decision, approval, benchmark, checks, models, data files."""
+    from flywheel_dagster import audit
+
+    s = _session(home, config, preset)
+    rec, sha = _read_record(s, cycle)
+    if as_json:
+        print(json.dumps(rec, indent=2, sort_keys=True))
+        return
+    d = rec["decision"]
+    console.print(f"[bold]{rec['flywheel']} cycle {rec['cycle']}[/bold]  record #{rec['seq']} sha256 {sha}")
+    console.print(
+        f"  previous entry  {rec['previous_sha256']}"
+        + (f"\n  amends          {rec['amends']}" if rec.get("amends") else "")
+    )
+    console.print(f"  decision        {d['decision']}: {d['reason']}")
+    console.print(f"  champion        v{d['previous_champion']} -> v{d['champion']} (candidate v{d['candidate']})")
+    console.print(f"  approval        {audit.approval_line(rec)}")
+    t = rec["training"]
+    console.print(f"  training        {t['method']}, {t['steps']} steps, MLflow run {t['mlflow_run_id']}")
+    for role, m in rec["models"].items():
+        console.print(
+            f"  {role:<15} v{m['version']} weights {m['weights_sha256'][:16]}  files {m['files_sha256'][:16]}"
+        )
+    bench = Table(title="benchmark (pass@1, 95% CI)")
+    for col in ("suite", "champion", "candidate", "delta"):
+        bench.add_column(col)
+    for x in rec["benchmark"]["suites"]:
+        bench.add_row(
+            x["suite"],
+            _fmt(x["champion"], x["champion_ci"]),
+            _fmt(x["candidate"], x["candidate_ci"]),
+            f"{x['delta']:+.3f} [{x['delta_ci'][0]:+.3f}, {x['delta_ci'][1]:+.3f}]",
+        )
+    console.print(bench)
+    checks = Table(title="checks")
+    for col in ("check", "asset", "result", "detail"):
+        checks.add_column(col)
+    for name, c in rec["checks"].items():
+        result = (
+            c.get("status", "?") if "passed" not in c else ("passed" if c["passed"] else f"failed ({c['severity']})")
+        )
+        checks.add_row(name, c["asset"], result, (c.get("description") or "")[:80])
+    console.print(checks)
+    files = Table(title="data files")
+    for col in ("table", "file", "rows", "sha256"):
+        files.add_column(col)
+    for f in rec["files"]:
+        files.add_row(
+            f["table"] + (f" [{f['partition']}]" if "partition" in f else ""),
+            f["file"],
+            "" if f["rows"] is None else str(f["rows"]),
+            f["sha256"][:16],
+        )
+    console.print(files)
+    console.print(f"HTML report: {s.lake().partition_dir(audit.AUDIT_TABLE, cycle)}/{audit.REPORT_FILE}")
+
+
+@audit_app.command("report")
+def audit_report(
+    cycle: CycleOpt,
+    png: Annotated[Path | None, typer.Option("--png", help="also render it to this PNG with headless Chromium")] = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+) -> None:
+    """Where a cycle's HTML audit report is; with --png, a screenshot of it (needs chromium on PATH)."""
+    import subprocess
+
+    from flywheel_dagster import audit
+
+    s = _session(home, config, preset)
+    _read_record(s, cycle)
+    page = Path(s.lake().partition_dir(audit.AUDIT_TABLE, cycle)) / audit.REPORT_FILE
+    console.print(f"HTML report: {page}")
+    if png is None:
+        return
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        console.print("[red]--png needs chromium (or google-chrome) on PATH[/red]")
+        raise typer.Exit(2)
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--screenshot={png.resolve()}",
+        "--window-size=1280,2600",
+        page.resolve().as_uri(),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    console.print(f"screenshot: {png}")
+
+
+@audit_app.command("verify")
+def audit_verify(home: HomeOpt = None, config: ConfigOpt = None, preset: PresetOpt = None) -> None:
+    """Re-hash the chain and every file and model it refers to; name each mismatch (exit 1 if any)."""
+    from flywheel_dagster import audit
+
+    s = _session(home, config, preset)
+    lake = s.lake()
+    entries = audit.Chain(lake).entries()
+    problems = audit.verify(lake, s.registry())
+    files, records = audit.expected_state(entries)
+    if problems:
+        console.print(f"[red]audit verify: {len(problems)} mismatch(es)[/red]")
+        for p in problems:
+            console.print(f"  [red]x[/red] {p}")
+        raise typer.Exit(1)
+    console.print(
+        f"[green]audit verify: ok[/green]: {len(entries)} chain entries, {len(records)} cycle records, "
+        f"{len(files)} files and every recorded model re-hashed"
+    )
+
+
+@audit_app.command("lineage")
+def audit_lineage(
+    model_version: Annotated[str, typer.Option("--model-version", help="a registered model version, e.g. 4")],
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+) -> None:
+    """Walk back from a model version to the base: the cycles, traces (by file hash) and parents behind it."""
+    from flywheel_dagster import audit
+
+    s = _session(home, config, preset)
+    steps = audit.lineage(s.lake(), model_version)
+    for st in steps:
+        if "cycle" not in st:
+            extra = f" weights {st['weights_sha256'][:16]}" if "weights_sha256" in st else ""
+            console.print(f"[bold]v{st['version']}[/bold]: {st['origin']}{extra}")
+            continue
+        console.print(
+            f"[bold]v{st['version']}[/bold]: {st['origin']} with {st['method']} from v{st['parent_version']} "
+            f"({st['decision']})"
+        )
+        for f in st["data"]:
+            rows = "" if f["rows"] is None else f"{f['rows']:>7} rows  "
+            console.print(f"    {f['table']}/{f['file']:<22} {rows}sha256 {f['sha256'][:16]}")
+        for e in st["erasures"]:
+            console.print(f"    erasure #{e['seq']} at {e['requested_at']} rewrote {e['files']} file(s) of this cycle")
+
+
+def _decide(verdict: str, cycle: str, by: str, note: str, home, config, preset) -> None:  # noqa: ANN001
+    from flywheel_dagster.approval import ApprovalError, record_decision
+
+    s = _session(home, config, preset)
+    try:
+        approval = record_decision(s.cfg, s.lake(), s.registry(), cycle, verdict, by, note)
+    except ApprovalError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"cycle {cycle}: candidate v{approval['candidate_version']} {verdict} by {approval['by']}")
+    import dagster as dg
+
+    job = _code_location().resolve_job_def("release_cycle")
+    with dg.DagsterInstance.get() as instance:
+        with console.status(f"[bold]cycle {cycle}[/bold]: approval check -> champion_model -> cycle_audit"):
+            result = job.execute_in_process(
+                partition_key=cycle,
+                instance=instance,
+                raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+            )
+    if not result.success:
+        console.print(f"[red]release of cycle {cycle} failed (run {result.run_id}): {_failure_reason(result)}[/red]")
+        raise typer.Exit(1)
+    from flywheel_dagster import cycle as core
+
+    decision = core.read_json(s.lake(), "champion_model", cycle, core.DECISION_FILE)
+    console.print(f"cycle {cycle}: {decision['decision']}; champion is v{decision['champion']} (run {result.run_id})")
+
+
+NoteOpt = Annotated[str, typer.Option("--note", help="why (kept in the audit record and MLflow)")]
+ByOpt = Annotated[str, typer.Option("--by", help="the person deciding, by name")]
+
+
+@app.command()
+def approve(
+    cycle: CycleOpt,
+    by: ByOpt,
+    note: NoteOpt = "",
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+) -> None:
+    """Approve a cycle's candidate (gate.require_approval): record who and why, then promote and audit."""
+    _decide("approved", cycle, by, note, home, config, preset)
+
+
+@app.command()
+def reject(
+    cycle: CycleOpt,
+    by: ByOpt,
+    note: NoteOpt = "",
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+) -> None:
+    """Reject a cycle's candidate: the champion stays; who and why go into the audit record and MLflow."""
+    _decide("rejected", cycle, by, note, home, config, preset)
+
+
+@app.command()
+def forget(
+    user_id: Annotated[str, typer.Option("--user-id", help="the user whose traces must go")],
+    by: Annotated[str, typer.Option("--by", help="who handles the request, by name")],
+    note: NoteOpt = "",
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+) -> None:
+    """Erase a user's traces from every cycle's raw, harvested and training tables; record it in the audit
+    chain; list the model versions trained on data that held them."""
+    from flywheel_dagster.erasure import forget as erase
+
+    s = _session(home, config, preset)
+    try:
+        res = erase(s.lake(), s.registry(), user_id, by, note)
+    except ValueError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+    t = Table(
+        title=f"erasure: {res.rows_removed} rows removed (audit entry #{res.seq}, sha256 {res.entry_sha256[:16]})"
+    )
+    for col in ("table", "cycle", "file", "rows removed"):
+        t.add_column(col)
+    for (table, q, name), n in sorted(res.removed.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        t.add_row(table, q, name, str(n))
+    console.print(t)
+    if res.trained_on:
+        console.print(
+            "model versions trained on data that held these traces: "
+            + ", ".join(f"v{v}" for v in res.trained_on)
+            + ("; descended from them: " + ", ".join(f"v{v}" for v in res.descendants) if res.descendants else "")
+            + ". Decide whether to retrain (flywheel audit lineage --model-version V shows what each used)."
+        )
+    else:
+        console.print("no model version was trained on data that held these traces")
 
 
 if __name__ == "__main__":

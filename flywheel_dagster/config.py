@@ -259,6 +259,10 @@ class GateConfig(_Strict):
         default=0.0, description="promote only if the overall delta's 95% CI lower bound >= this"
     )
     max_regression: float = Field(default=0.05, ge=0, description="no suite's accuracy may drop by more than this")
+    require_approval: bool = Field(
+        default=False,
+        description="hold a promotion that passed the gate until a named person approves it (flywheel approve)",
+    )
 
 
 class ScheduleConfig(_Strict):

@@ -40,12 +40,24 @@ class CycleOrderError(RuntimeError):
 
 
 def resolve_deployment(
-    registry: Registry, cycle: str, previous: str | None, finished_cycles: set[str]
+    registry: Registry,
+    cycle: str,
+    previous: str | None,
+    finished_cycles: set[str],
+    started_cycles: set[str] = frozenset(),
 ) -> tuple[ModelRef, str]:
     """The model that serves during `cycle`: what the previous cycle ended with, or the base for the first.
 
-    Returns the model and where it came from (an alias name).
+    Returns the model and where it came from (an alias name). `started_cycles`: cycles whose deployment is
+    materialized; an earlier one that never finished (failed, or waits for approval) holds every later one.
     """
+    unfinished = sorted(c for c in started_cycles if c < cycle and c not in finished_cycles)
+    if unfinished:
+        raise CycleOrderError(
+            f"cycle {cycle} cannot start: cycle {unfinished[-1]} started but has not finished (its "
+            "champion_model is not materialized: it failed, or its promotion waits for approval). "
+            f"Finish cycle {unfinished[-1]} first."
+        )
     if previous is not None and previous in finished_cycles:
         ref = registry.alias(cycle_alias(previous))
         if ref is None:

@@ -134,6 +134,12 @@ class Registry:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
 
+    def set_experiment_tag(self, key: str, value: str) -> None:
+        self.client.set_experiment_tag(self.experiment_id, key, value)
+
+    def experiment_tag(self, key: str) -> str | None:
+        return self.client.get_experiment(self.experiment_id).tags.get(key)
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
@@ -196,6 +202,12 @@ class Registry:
             target.parent.mkdir(parents=True, exist_ok=True)
             merged_model(files, self.local_path(self.version(base_version)), target)
         return target
+
+    def files_sha256(self, ref: ModelRef) -> str:
+        """Hash of every file of the version as registered (weights, config, tokenizer; or the adapter)."""
+        from flywheel_dagster.audit import files_sha256
+
+        return files_sha256(self.files_path(ref))
 
     def is_adapter(self, ref: ModelRef) -> bool:
         return not (self.files_path(ref) / "config.json").exists()

@@ -8,9 +8,19 @@ from assets import PARTITIONS
 
 flywheel_cycle_job = dg.define_asset_job(
     name="flywheel_cycle",
-    selection=dg.AssetSelection.groups("deploy", "harvest", "distill", "redeploy"),
+    selection=dg.AssetSelection.groups("deploy", "harvest", "distill", "redeploy", "audit"),
     partitions_def=PARTITIONS,
-    description="One flywheel cycle for one quarter: deploy -> harvest -> distill -> redeploy.",
+    description="One flywheel cycle for one quarter: deploy -> harvest -> distill -> redeploy -> audit.",
+)
+
+# What `flywheel approve` / `reject` runs once a decision is recorded: the approval check again, then the
+# promotion and the audit record. (With gate.require_approval the cycle job stops before champion_model.)
+release_cycle_job = dg.define_asset_job(
+    name="release_cycle",
+    selection=dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey("benchmark_report"), "human_approval"))
+    | dg.AssetSelection.assets("champion_model", "cycle_audit"),
+    partitions_def=PARTITIONS,
+    description="After a human decision: the human_approval check, champion_model and cycle_audit.",
 )
 
 # Fires at 00:00 UTC on the first day of a quarter and requests the partition of the quarter that just

@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from assets import deploy, distill, harvest, redeploy
+from assets import audit, deploy, distill, harvest, redeploy
 from flywheel_dagster.bootstrap import bootstrap
 from flywheel_dagster.config import load_config
 from flywheel_dagster.resources import local_resources
@@ -26,7 +26,7 @@ TINY = {
 
 
 # The code location's cycle, for dg.materialize.
-ASSETS = dg.load_assets_from_modules([deploy, harvest, distill, redeploy])
+ASSETS = dg.load_assets_from_modules([deploy, harvest, distill, redeploy, audit])
 CHECKS = dg.load_asset_checks_from_modules([harvest, redeploy])
 
 CYCLE_ASSETS = {
@@ -37,6 +37,7 @@ CYCLE_ASSETS = {
     "candidate_model",
     "benchmark_report",
     "champion_model",
+    "cycle_audit",
 }
 
 
@@ -67,8 +68,28 @@ def tiny_flywheel_factory(tmp_path_factory, trained_flywheel):  # noqa: ANN001, 
     """More flywheels in their own folders, starting from the session's trained base (registered as kind hf)."""
     base_dir = trained_flywheel.registry.local_path(trained_flywheel.base.ref)
 
-    def make(name: str, overrides: dict | None = None) -> TinyFlywheel:
-        model = {"kind": "hf", "hf_path": str(base_dir), "max_length": 128}
+    def make(name: str, overrides: dict | None = None, base: Path | None = None) -> TinyFlywheel:
+        model = {"kind": "hf", "hf_path": str(base or base_dir), "max_length": 128}
         return TinyFlywheel(tmp_path_factory.mktemp(name), {"model": model, **(overrides or {})})
 
     return make
+
+
+@pytest.fixture(scope="session")
+def weakened_base(tmp_path_factory, trained_flywheel) -> Path:  # noqa: ANN001
+    """The session's base with Gaussian noise on its weights (35% of each tensor's spread): it still solves some
+    problems (pass@1 about 0.15 against 0.35), so one tiny cycle of training measurably improves on it. For the
+    tests that need a candidate that passes the gate."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = trained_flywheel.registry.local_path(trained_flywheel.base.ref)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.35 * p.std())
+    out = tmp_path_factory.mktemp("weakened") / "model"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out

@@ -45,3 +45,23 @@ def test_status_lists_cycles_and_decisions(trained_flywheel, tmp_path, monkeypat
     assert out.exit_code == 0, out.output
     assert "2026-01-01:" in out.output and ("promoted" in out.output or "rejected" in out.output)
     assert "base v1" in out.output
+    # the compliance commands on the same home
+    home = ["--home", str(trained_flywheel.root / "home"), "--config", str(trained_flywheel.config_path)]
+    out = runner.invoke(app, ["audit", "verify", *home])
+    assert out.exit_code == 0 and "audit verify: ok" in out.output, out.output
+    out = runner.invoke(app, ["audit", "show", "--cycle", "2026-01-01", *home])
+    assert out.exit_code == 0, out.output
+    assert "decision" in out.output and "no_pii" in out.output and "training_dataset" in out.output
+    out = runner.invoke(app, ["audit", "show", "--cycle", "2030-01-01", *home])
+    assert out.exit_code == 2 and "no audit record" in out.output and "2026-01-01" in out.output
+    from flywheel_dagster import cycle as core
+
+    candidate = core.read_json(trained_flywheel.lake, "candidate_model", "2026-01-01", core.CANDIDATE_FILE)["version"]
+    out = runner.invoke(app, ["audit", "lineage", "--model-version", candidate, *home])
+    assert out.exit_code == 0 and "trained in cycle 2026-01-01" in out.output and "genesis" in out.output
+    # simulated traffic carries no user ids: the request is recorded, nothing is removed, verify still holds
+    out = runner.invoke(app, ["forget", "--user-id", "u-404", "--by", "DPO desk", *home])
+    assert out.exit_code == 0 and "0 rows removed" in out.output, out.output
+    assert runner.invoke(app, ["audit", "verify", *home]).exit_code == 0
+    out = runner.invoke(app, ["approve", "--cycle", "2026-01-01", "--by", "Ana", *home])
+    assert out.exit_code == 2 and "require_approval is false" in out.output

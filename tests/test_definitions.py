@@ -48,4 +48,9 @@ def test_definitions_hold_the_cycle():
         ("training_dataset", "no_pii"),
         ("training_dataset", "no_benchmark_overlap"),
         ("benchmark_report", "promotion_gate"),
+        ("benchmark_report", "human_approval"),
     }
+    # after `flywheel approve`/`reject`: the approval check again, the promotion, the audit record
+    release = defs.resolve_job_def("release_cycle")
+    assert {k.path[-1] for k in release.asset_layer.executable_asset_keys} == {"champion_model", "cycle_audit"}
+    assert {k.name for k in release.asset_layer.asset_graph.asset_check_keys} >= {"human_approval"}

@@ -5,10 +5,12 @@ answers the quarter's questions (4 samples each), plus users who paste their con
 ask benchmark questions, records from outside the quarter and broken lines.
 """
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pyarrow.compute as pc
+import pytest
 from test_cycle import Q1, materialize
 
 from flywheel_dagster.curation import ingest, loggen
@@ -67,12 +69,18 @@ def write_logs(model_dir, path) -> dict:  # noqa: ANN001
     return {"lines": lines, "records": len(records)}
 
 
-def test_cycle_on_ingested_logs(tiny_flywheel_factory, trained_flywheel, tmp_path):
-    logs = tmp_path / "logs"
+@pytest.fixture(scope="module")
+def logs_cycle(tiny_flywheel_factory, trained_flywheel, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logs")
     written = write_logs(trained_flywheel.registry.local_path(trained_flywheel.base.ref), logs)
     fw = tiny_flywheel_factory("logs", {"traffic": {"source": "logs"}, "ingest": {"paths": [str(logs)]}})
     with dg.instance_for_test() as instance:
         result = materialize(fw, instance, Q1)
+    return fw, result, written
+
+
+def test_cycle_on_ingested_logs(logs_cycle):
+    fw, result, written = logs_cycle
     assert result.success
     mats = {
         e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
@@ -152,3 +160,65 @@ def test_a_blocking_monitor_stops_the_cycle_before_training(tiny_flywheel_factor
     check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "verified_accuracy")
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert "below the block level 0.95" in check.description
+
+
+def test_forget_removes_a_user_everywhere_and_records_it(logs_cycle):
+    """An erasure request: the user's rows leave the raw, quarantine, harvested and training tables, nobody
+    else's do, the audit chain records it, and verify still holds with the rewritten files."""
+    from flywheel_dagster import audit
+    from flywheel_dagster.erasure import forget
+    from flywheel_dagster.traces.schema import PAIRS_FILE, PROMPTS_FILE
+
+    fw, result, _ = logs_cycle
+    assert result.success and audit.verify(fw.lake, fw.registry) == []
+    lake = fw.lake
+    raw = lake.read_table("reasoning_traces", Q1)
+    harvested = lake.read_table("harvested_traces", Q1)
+    training = lake.read_table("training_dataset", Q1)
+    # the user whose traces reached the training set most often
+    user_of = dict(zip(harvested.column("trace_id").to_pylist(), harvested.column("user_id").to_pylist(), strict=True))
+    used = [user_of.get(t) for t in training.column("trace_id").to_pylist() if t]
+    victim = max({u for u in used if u}, key=used.count)
+    mine = {t for t, u in user_of.items() if u == victim}
+    assert mine
+
+    res = forget(lake, fw.registry, victim, requested_by="DPO desk", note="ticket 4711")
+
+    after = {t: lake.read_table(t, Q1) for t in ("reasoning_traces", "harvested_traces")}
+    for t, before in (("reasoning_traces", raw), ("harvested_traces", harvested)):
+        users = after[t].column("user_id").to_pylist()
+        assert victim not in users
+        assert after[t].num_rows == before.num_rows - before.column("user_id").to_pylist().count(victim)
+        others = [r for r in before.column("trace_id").to_pylist() if user_of.get(r) != victim]
+        assert sorted(after[t].column("trace_id").to_pylist()) == sorted(others)  # nobody else's row went
+    new_training = lake.read_table("training_dataset", Q1)
+    assert not mine & set(new_training.column("trace_id").to_pylist())
+    assert new_training.num_rows == training.num_rows - sum(
+        1 for t in training.column("trace_id").to_pylist() if t in mine
+    )
+    pairs = lake.read_table("training_dataset", Q1, PAIRS_FILE)
+    assert not mine & set(pairs.column("chosen_trace_id").to_pylist() + pairs.column("rejected_trace_id").to_pylist())
+    asked = set(harvested.filter(pc.equal(harvested.column("user_id"), victim)).column("prompt").to_pylist())
+    assert not asked & set(lake.read_table("training_dataset", Q1, PROMPTS_FILE).column("prompt").to_pylist())
+
+    # the candidate of Q1 was trained on the user's data
+    assert res.trained_on == [lake_candidate(lake)] and res.rows_removed > 0
+    entry = audit.Chain(lake).entries()[-1]
+    assert entry["kind"] == "erasure" and entry["seq"] == res.seq
+    assert entry["subject_sha256"] == audit.subject_sha256(victim) and victim not in json.dumps(entry)
+    assert entry["requested_by"] == "DPO desk" and entry["note"] == "ticket 4711"
+    assert entry["model_versions_trained_on_data"] == res.trained_on
+    removed = {(f["table"], f["file"]): f["rows_before"] - f["rows_after"] for f in entry["rewritten"]}
+    assert removed[("reasoning_traces", "part-00000.parquet")] == raw.num_rows - after["reasoning_traces"].num_rows
+    assert ("training_dataset", "part-00000.parquet") in removed
+    # the chain accounts for the rewrite: verify holds; a second request for the same user finds nothing
+    assert audit.verify(fw.lake, fw.registry) == []
+    again = forget(lake, fw.registry, victim, requested_by="DPO desk")
+    assert again.rows_removed == 0 and again.trained_on == []
+    assert audit.verify(fw.lake, fw.registry) == []
+
+
+def lake_candidate(lake) -> str:  # noqa: ANN001
+    from flywheel_dagster import cycle as core
+
+    return core.read_json(lake, "candidate_model", Q1, core.CANDIDATE_FILE)["version"]

@@ -97,6 +97,52 @@ class Lake:
         """The content hash of one file of a partition."""
         return self._sha256(f"{self.partition_dir(table, cycle)}/{name}")[0]
 
+    def file_sha256(self, table: str, cycle: str, name: str) -> tuple[str, int]:
+        """(sha256, size in bytes) of one file of a partition."""
+        return self._sha256(f"{self.partition_dir(table, cycle)}/{name}")
+
+    def cycles(self, table: str) -> list[str]:
+        """The partitions a table holds, sorted."""
+        return sorted(
+            i.base_name.split("=", 1)[1]
+            for i in self._list(f"{self.root}/{table}")
+            if i.type == pafs.FileType.Directory and i.base_name.startswith("cycle=")
+        )
+
+    def files(self, table: str, cycle: str | None = None) -> list[str]:
+        """The file names in a cycle's partition, or directly under the table when `cycle` is None."""
+        folder = f"{self.root}/{table}" if cycle is None else self.partition_dir(table, cycle)
+        return sorted(
+            i.base_name for i in self._list(folder) if i.type == pafs.FileType.File and not i.base_name.startswith(".")
+        )
+
+    def _list(self, folder: str) -> list[pafs.FileInfo]:
+        if self.fs.get_file_info(folder).type != pafs.FileType.Directory:
+            return []
+        return self.fs.get_file_info(pafs.FileSelector(folder))
+
+    def write_object(self, table: str, name: str, content: bytes) -> None:
+        """Create one file directly under a table (an append-only log such as the audit chain): written to a
+        temporary name and renamed, so it appears whole; an existing file is never replaced."""
+        final = f"{self.root}/{table}/{name}"
+        if self.fs.get_file_info(final).type != pafs.FileType.NotFound:
+            raise FileExistsError(f"lake object {table}/{name} already exists; entries are never rewritten")
+        self.fs.create_dir(f"{self.root}/{table}", recursive=True)
+        tmp = f"{self.root}/{table}/.tmp-{uuid.uuid4().hex[:8]}-{name}"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(content)
+        self.fs.move(tmp, final)
+
+    def delete_object(self, table: str, name: str) -> None:
+        """Remove one file directly under a table, if it is there."""
+        path = f"{self.root}/{table}/{name}"
+        if self.fs.get_file_info(path).type == pafs.FileType.File:
+            self.fs.delete_file(path)
+
+    def read_object(self, table: str, name: str) -> bytes:
+        with self.fs.open_input_stream(f"{self.root}/{table}/{name}") as f:
+            return f.read()
+
     def _sha256(self, path: str) -> tuple[str, int]:
         h = hashlib.sha256()
         size = 0

@@ -1,0 +1,111 @@
+"""Human approval of a promotion (`gate.require_approval`).
+
+A candidate that passed the gate waits until a named person approves or rejects it. The decision is kept in
+the lake (`approvals/cycle=<q>/approval.json`, audited with the cycle) and as MLflow tags on the cycle's run
+and on the candidate's model version. It is bound to the benchmark report it was made on: a rerun that
+produces a new report needs a new decision.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from flywheel_dagster import cycle as core
+from flywheel_dagster.audit import APPROVAL_FILE, APPROVAL_TABLE
+from flywheel_dagster.config import FlywheelConfig
+from flywheel_dagster.partitions import cycle_index
+
+VERDICTS = ("approved", "rejected")
+
+
+class ApprovalError(ValueError):
+    """An approval that cannot be recorded; the message says why."""
+
+
+@dataclass(frozen=True)
+class ApprovalState:
+    state: str  # not_required | nothing_to_approve | pending | approved | rejected
+    approval: dict | None
+    reason: str
+
+
+def read_approval(lake, cycle: str) -> dict | None:  # noqa: ANN001
+    if not lake.exists(APPROVAL_TABLE, cycle, APPROVAL_FILE):
+        return None
+    return json.loads(lake.read_bytes(APPROVAL_TABLE, cycle, APPROVAL_FILE))
+
+
+def approval_state(cfg: FlywheelConfig, lake, cycle: str) -> ApprovalState:  # noqa: ANN001
+    """Whether the cycle's promotion may go ahead as far as people are concerned."""
+    if not cfg.gate.require_approval:
+        return ApprovalState("not_required", None, "approval not required (gate.require_approval is false)")
+    report = core.read_json(lake, "benchmark_report", cycle, core.REPORT_FILE)
+    if not (report["gate"]["sound"] and report["gate"]["promote"]):
+        return ApprovalState("nothing_to_approve", None, "nothing to approve: the gate keeps the champion")
+    approval = read_approval(lake, cycle)
+    report_sha = lake.sha256("benchmark_report", cycle, core.REPORT_FILE)
+    candidate = report["candidate"]["version"]
+    if approval is None or approval["report_sha256"] != report_sha:
+        stale = " (the decision on record was made on an earlier report)" if approval else ""
+        return ApprovalState(
+            "pending",
+            None,
+            f"waiting for approval of candidate v{candidate}{stale}: "
+            f"flywheel approve --cycle {cycle} --by NAME --note TEXT (or flywheel reject)",
+        )
+    return ApprovalState(
+        approval["verdict"],
+        approval,
+        f"{approval['verdict']} by {approval['by']} at {approval['at']}"
+        + (f": {approval['note']}" if approval["note"] else ""),
+    )
+
+
+def record_decision(
+    cfg: FlywheelConfig,
+    lake,  # noqa: ANN001 - traces.lake.Lake
+    registry,  # noqa: ANN001 - registry.Registry
+    cycle: str,
+    verdict: str,
+    by: str,
+    note: str = "",
+    now: datetime | None = None,
+) -> dict:
+    """Record `verdict` (approved | rejected) on the cycle's candidate by the named person."""
+    if verdict not in VERDICTS:
+        raise ApprovalError(f"verdict {verdict!r}: expected one of {', '.join(VERDICTS)}")
+    if not by.strip():
+        raise ApprovalError("--by: the approver's name must not be empty")
+    if not cfg.gate.require_approval:
+        raise ApprovalError("gate.require_approval is false in this configuration: promotions need no approval")
+    if not lake.exists("benchmark_report", cycle, core.REPORT_FILE):
+        raise ApprovalError(f"cycle {cycle}: no benchmark report yet (run the cycle first)")
+    state = approval_state(cfg, lake, cycle)
+    if state.state == "nothing_to_approve":
+        raise ApprovalError(f"cycle {cycle}: {state.reason}")
+    if state.state in VERDICTS:
+        raise ApprovalError(f"cycle {cycle} was already {state.reason}; a decision on a report is final")
+    report = core.read_json(lake, "benchmark_report", cycle, core.REPORT_FILE)
+    at = (now or datetime.now(UTC)).replace(microsecond=0).isoformat()
+    approval = {
+        "cycle": cycle,
+        "verdict": verdict,
+        "by": by.strip(),
+        "note": note,
+        "at": at,
+        "candidate_version": report["candidate"]["version"],
+        "champion_version": report["champion"]["version"],
+        "report_sha256": lake.sha256("benchmark_report", cycle, core.REPORT_FILE),
+    }
+    core.write_json(lake, APPROVAL_TABLE, cycle, APPROVAL_FILE, approval)
+    tags = {
+        "flywheel.approval": verdict,
+        "flywheel.approval_by": approval["by"],
+        "flywheel.approval_at": at,
+        "flywheel.approval_note": note,
+    }
+    registry.set_tags(registry.cycle_run(cycle, cycle_index(cycle, cfg.schedule.start_date)), tags)
+    registry.set_version_tags(approval["candidate_version"], tags)
+    return approval

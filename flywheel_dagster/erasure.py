@@ -1,0 +1,198 @@
+"""Erasure requests: remove one user's traces from every cycle's raw, harvested and training tables.
+
+Each affected partition is rewritten atomically (the lake's partition writer: the old files stay until the
+new ones are complete). What goes:
+- `reasoning_traces`, `harvested_traces`, `ingest_quarantine`: rows whose `user_id` is the user's.
+- `training_dataset` data and pairs: rows built from one of those traces (by trace id).
+- `training_dataset` prompts: rows whose prompt is one the user asked that quarter (the prompt row, its
+  reference and possibly its teacher solution came from the user's traffic; a prompt other users asked
+  too goes as well, which is counted).
+
+The request goes into the audit chain (the user as a hash; each file's hash before and after; rows removed)
+and names the model versions trained on data that held the user's traces, and the versions descended from
+them, so an operator can decide on retraining. A journal written before the first rewrite makes a crashed
+request finish on the next run with the right "before" hashes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flywheel_dagster import audit
+from flywheel_dagster import cycle as core
+from flywheel_dagster.traces.lake import DATA_FILE
+from flywheel_dagster.traces.schema import PAIRS_FILE, PROMPTS_FILE
+
+JOURNAL_TABLE = "audit_erasure_journal"
+USER_TABLES = ("reasoning_traces", "ingest_quarantine", "harvested_traces")
+
+
+@dataclass
+class ErasureResult:
+    subject_sha256: str
+    removed: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (table, cycle, file) -> rows
+    trained_on: list[str] = field(default_factory=list)  # model versions trained on the user's data
+    descendants: list[str] = field(default_factory=list)  # versions trained from those
+    entry_sha256: str = ""
+    seq: int = 0
+
+    @property
+    def rows_removed(self) -> int:
+        return sum(self.removed.values())
+
+
+def _mask(table: pa.Table, column: str, values: set[str]) -> pa.Array:
+    """True for rows to keep."""
+    if column not in table.column_names or not values:
+        return pa.array([True] * table.num_rows)
+    hit = pc.fill_null(pc.is_in(table.column(column), value_set=pa.array(sorted(values), pa.string())), False)
+    return pc.invert(hit)
+
+
+def _plan_cycle(lake, cycle: str, user_id: str) -> dict[tuple[str, str], pa.Table]:  # noqa: ANN001
+    """(table, file) -> the file's rows without the user's, for each file of the cycle that loses rows."""
+    out: dict[tuple[str, str], pa.Table] = {}
+    trace_ids: set[str] = set()
+    prompts: set[str] = set()
+    for table in USER_TABLES:
+        if not lake.exists(table, cycle):
+            continue
+        data = lake.read_table(table, cycle)
+        if "user_id" not in data.column_names:
+            continue
+        keep = _mask(data, "user_id", {user_id})
+        gone = data.filter(pc.invert(keep))
+        if gone.num_rows:
+            out[(table, DATA_FILE)] = data.filter(keep)
+            if "trace_id" in gone.column_names:
+                trace_ids |= set(gone.column("trace_id").to_pylist())
+            if table == "harvested_traces":  # the prompts as the training set saw them (redacted)
+                prompts |= set(gone.column("prompt").to_pylist())
+    if not trace_ids:
+        return out
+    for name, columns in ((DATA_FILE, ["trace_id"]), (PAIRS_FILE, ["chosen_trace_id", "rejected_trace_id"])):
+        if not lake.exists("training_dataset", cycle, name):
+            continue
+        data = lake.read_table("training_dataset", cycle, name)
+        keep = pa.array([True] * data.num_rows)
+        for col in columns:
+            keep = pc.and_(keep, _mask(data, col, trace_ids))
+        if not pc.all(keep).as_py():
+            out[("training_dataset", name)] = data.filter(keep)
+    if lake.exists("training_dataset", cycle, PROMPTS_FILE):
+        data = lake.read_table("training_dataset", cycle, PROMPTS_FILE)
+        keep = _mask(data, "prompt", prompts)
+        if not pc.all(keep).as_py():
+            out[("training_dataset", PROMPTS_FILE)] = data.filter(keep)
+    return out
+
+
+def _rows(lake, table: str, cycle: str, name: str) -> int:  # noqa: ANN001
+    with lake.fs.open_input_file(f"{lake.partition_dir(table, cycle)}/{name}") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def _rewrite(lake, table: str, cycle: str, replaced: dict[str, pa.Table]) -> None:  # noqa: ANN001
+    """Rewrite one partition atomically: `replaced` files get their new rows, the others are copied as they are."""
+    with lake.open_partition(table, cycle) as part:
+        for name in lake.files(table, cycle):
+            if name in replaced:
+                with lake.fs.open_input_file(f"{lake.partition_dir(table, cycle)}/{name}") as f:
+                    schema = pq.read_schema(f)
+                part.parquet(name, schema).write_table(replaced[name].cast(schema))
+            else:
+                part.write_bytes(name, lake.read_bytes(table, cycle, name))
+
+
+def _affected_models(lake, cycles: set[str]) -> tuple[list[str], list[str]]:  # noqa: ANN001
+    """Candidates trained on those cycles' training sets, and every later candidate trained from one of them."""
+    candidates = {}
+    for q in lake.cycles("candidate_model"):
+        if lake.exists("candidate_model", q, core.CANDIDATE_FILE):
+            candidates[q] = core.read_json(lake, "candidate_model", q, core.CANDIDATE_FILE)
+    direct = [c["version"] for q, c in sorted(candidates.items()) if q in cycles]
+    tainted, descendants = set(direct), []
+    for _, c in sorted(candidates.items()):
+        if c["parent_version"] in tainted and c["version"] not in tainted:
+            tainted.add(c["version"])
+            descendants.append(c["version"])
+    return direct, descendants
+
+
+def forget(
+    lake, registry, user_id: str, requested_by: str, note: str = "", now: datetime | None = None
+) -> ErasureResult:  # noqa: ANN001, E501
+    """Remove `user_id`'s traces everywhere in the lake and record the request in the audit chain."""
+    if not user_id.strip():
+        raise ValueError("--user-id must not be empty")
+    if not requested_by.strip():
+        raise ValueError("--by: name who handled the request")
+    subject = audit.subject_sha256(user_id)
+    audit.ensure_genesis(lake, registry)
+    journal_name = f"{subject}.json"
+    journal = (
+        json.loads(lake.read_object(JOURNAL_TABLE, journal_name)) if journal_name in lake.files(JOURNAL_TABLE) else None
+    )
+    before: dict[str, dict] = dict(journal["before"]) if journal else {}
+    at = journal["requested_at"] if journal else (now or datetime.now(UTC)).replace(microsecond=0).isoformat()
+
+    def save_journal() -> None:
+        lake.delete_object(JOURNAL_TABLE, journal_name)
+        lake.write_object(JOURNAL_TABLE, journal_name, json.dumps({"requested_at": at, "before": before}).encode())
+
+    save_journal()
+    for q in sorted(set().union(*(lake.cycles(t) for t in (*USER_TABLES, "training_dataset")))):
+        plan = _plan_cycle(lake, q, user_id)
+        for table, name in plan:
+            k = f"{table}|{q}|{name}"
+            if k not in before:
+                before[k] = {"sha256": lake.sha256(table, q, name), "rows": _rows(lake, table, q, name)}
+        save_journal()
+        # Derived tables first: if this crashes, the raw rows still name the traces to remove on the rerun.
+        for table in ("training_dataset", "harvested_traces", "ingest_quarantine", "reasoning_traces"):
+            replaced = {name: data for (t, name), data in plan.items() if t == table}
+            if replaced:
+                _rewrite(lake, table, q, replaced)
+
+    result = ErasureResult(subject)
+    rewritten = []
+    for k, b in sorted(before.items()):
+        table, q, name = k.split("|")
+        rows_after = _rows(lake, table, q, name)
+        result.removed[(table, q, name)] = b["rows"] - rows_after
+        rewritten.append(
+            {
+                "table": table,
+                "cycle": q,
+                "file": name,
+                "rows_before": b["rows"],
+                "rows_after": rows_after,
+                "sha256_before": b["sha256"],
+                "sha256_after": lake.sha256(table, q, name),
+            }
+        )
+    training_cycles = {f["cycle"] for f in rewritten if f["table"] == "training_dataset"}
+    result.trained_on, result.descendants = _affected_models(lake, training_cycles)
+    entry = {
+        "kind": "erasure",
+        "subject_sha256": subject,
+        "requested_by": requested_by.strip(),
+        "requested_at": at,
+        "note": note,
+        "rewritten": rewritten,
+        "rows_removed": sum(f["rows_before"] - f["rows_after"] for f in rewritten),
+        "model_versions_trained_on_data": result.trained_on,
+        "model_versions_descended": result.descendants,
+    }
+    chain = audit.Chain(lake)
+    stored, sha = chain.append(entry)
+    registry.set_experiment_tag(audit.HEAD_TAG, sha)
+    lake.delete_object(JOURNAL_TABLE, journal_name)
+    result.entry_sha256, result.seq = sha, stored["seq"]
+    return result
