@@ -35,12 +35,22 @@ def lake_file_result(written, **metadata) -> dg.MaterializeResult:  # noqa: ANN0
     )
 
 
-def gpu_op_tags() -> dict[str, object]:
-    """Op tags of a GPU asset: the GPU request (training.gpus) that dagster-k8s puts on its pod.
+def gpu_op_tags(gpus: int | None = None) -> dict[str, object]:
+    """Op tags of a GPU asset: what dagster-k8s puts on its pod (the GPU limit, GPU nodes, their taints).
 
-    Read from flywheel.yaml when the code location loads; the local executors ignore them.
+    `gpus`: the limit (default compute.gpu.per_step; training passes training.gpus). Read from flywheel.yaml
+    when the code location loads; the local executors ignore them.
     """
-    gpus = _CONFIG.training.gpus
+    gpu = _CONFIG.compute.gpu
+    gpus = gpu.per_step if gpus is None else gpus
     if gpus == 0:
         return {}
-    return {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": gpus}}}}}
+    pod: dict[str, object] = {}
+    if gpu.node_selector:
+        pod["node_selector"] = dict(gpu.node_selector)
+    if gpu.tolerations:
+        pod["tolerations"] = [dict(t) for t in gpu.tolerations]
+    k8s: dict[str, object] = {"container_config": {"resources": {"limits": {"nvidia.com/gpu": gpus}}}}
+    if pod:
+        k8s["pod_spec_config"] = pod
+    return {"dagster-k8s/config": k8s}

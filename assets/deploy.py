@@ -5,7 +5,7 @@ from datetime import UTC
 
 import dagster as dg
 
-from assets import PARTITIONS, cycle_of, lake_file_result, previous_of
+from assets import PARTITIONS, cycle_of, gpu_op_tags, lake_file_result, previous_of
 from flywheel_dagster import cycle as core
 from flywheel_dagster import timing
 from flywheel_dagster.curation import ingest
@@ -62,7 +62,15 @@ def deployment(
     )
 
 
-@dg.asset(partitions_def=PARTITIONS, group_name="deploy", code_version="2", deps=[deployment], pool="gpu")
+@dg.asset(
+    partitions_def=PARTITIONS,
+    group_name="deploy",
+    code_version="2",
+    deps=[deployment],
+    pool="gpu",
+    tags={"flywheel/compute": "gpu"},
+    op_tags=gpu_op_tags(),
+)
 def reasoning_traces(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,

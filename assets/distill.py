@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import PARTITIONS, cycle_of, gpu_op_tags
+from assets import _CONFIG, PARTITIONS, cycle_of, gpu_op_tags
 from assets.deploy import deployment
 from assets.harvest import training_dataset
 from flywheel_dagster import cycle as core
@@ -28,7 +28,7 @@ from flywheel_dagster.training.job import TrainJob
     deps=[training_dataset, deployment],
     pool="gpu",
     tags={"flywheel/compute": "gpu"},
-    op_tags=gpu_op_tags(),
+    op_tags=gpu_op_tags(_CONFIG.training.gpus),
 )
 def candidate_model(
     context: dg.AssetExecutionContext,

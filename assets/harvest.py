@@ -8,7 +8,7 @@ import json
 
 import dagster as dg
 
-from assets import PARTITIONS, cycle_of, lake_file_result, previous_of
+from assets import _CONFIG, PARTITIONS, cycle_of, gpu_op_tags, lake_file_result, previous_of
 from assets.deploy import deployment, reasoning_traces
 from flywheel_dagster import cycle as core
 from flywheel_dagster import timing
@@ -108,7 +108,18 @@ def _monitor_check(name: str) -> dg.AssetChecksDefinition:
 harvest_monitor_checks = [_monitor_check(name) for name in MONITORS]
 
 
-@dg.asset(partitions_def=PARTITIONS, group_name="harvest", code_version="3", deps=[harvested_traces, deployment])
+# With the model-based rephraser on, building the training set runs the deployed model: a GPU step.
+_REPHRASES = _CONFIG.harvest.reformat.get("rephrase", 0) > 0
+
+
+@dg.asset(
+    partitions_def=PARTITIONS,
+    group_name="harvest",
+    code_version="3",
+    deps=[harvested_traces, deployment],
+    pool="gpu" if _REPHRASES else None,
+    op_tags=gpu_op_tags() if _REPHRASES else None,
+)
 def training_dataset(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,

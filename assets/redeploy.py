@@ -5,7 +5,7 @@ import json
 
 import dagster as dg
 
-from assets import PARTITIONS, START_DATE, cycle_of, previous_of
+from assets import PARTITIONS, START_DATE, cycle_of, gpu_op_tags, previous_of
 from assets.deploy import deployment
 from assets.distill import candidate_model
 from flywheel_dagster import cycle as core
@@ -28,7 +28,13 @@ def _report_history(lake, key: str | None) -> list[dict]:  # noqa: ANN001
 
 
 @dg.asset(
-    partitions_def=PARTITIONS, group_name="redeploy", code_version="1", deps=[candidate_model, deployment], pool="gpu"
+    partitions_def=PARTITIONS,
+    group_name="redeploy",
+    code_version="1",
+    deps=[candidate_model, deployment],
+    pool="gpu",
+    tags={"flywheel/compute": "gpu"},
+    op_tags=gpu_op_tags(),
 )
 def benchmark_report(
     context: dg.AssetExecutionContext,

@@ -265,6 +265,23 @@ class GateConfig(_Strict):
     )
 
 
+class GpuNodesConfig(_Strict):
+    """Where GPU steps run on Kubernetes: the GPU limit of inference steps, and the nodes that have GPUs."""
+
+    per_step: int = Field(default=1, ge=0, description="nvidia.com/gpu limit of an inference step's pod")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="pod nodeSelector of GPU steps")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="pod tolerations of GPU steps")
+
+
+class ComputeConfig(_Strict):
+    """How steps run. local: in-process / multiprocess executor on this machine. kubernetes: dagster-k8s's
+    k8s_job_executor, one pod per step; GPU steps (trace generation, evaluation, training, and rephrasing
+    when on) ask for GPUs, select GPU nodes and tolerate their taints; CPU steps ask for none."""
+
+    profile: Literal["local", "kubernetes"] = "local"
+    gpu: GpuNodesConfig = GpuNodesConfig()
+
+
 class ScheduleConfig(_Strict):
     start_date: str = Field(default="2025-01-01", pattern=r"^\d{4}-(01|04|07|10)-01$")
 
@@ -284,6 +301,7 @@ class FlywheelConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     gate: GateConfig = GateConfig()
+    compute: ComputeConfig = ComputeConfig()
     schedule: ScheduleConfig = ScheduleConfig()
 
     @model_validator(mode="after")

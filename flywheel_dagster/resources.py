@@ -6,6 +6,7 @@ per deployment profile from one table (`resources_for`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -67,6 +68,15 @@ class TrainingJobResource(dg.ConfigurableResource):
 
     checkpoint_root: str
     python: str = Field(default="", description="interpreter for the job; default: the one running Dagster")
+    launcher: str = Field(
+        default="subprocess",
+        description="subprocess (PipesSubprocessClient) or kubernetes (PipesK8sClient: its own GPU pod)",
+    )
+    image: str = Field(default="", description="kubernetes launcher: the training pod's image")
+    namespace: str = Field(default="", description="kubernetes launcher: namespace (default: the current one)")
+    checkpoint_claim: str = Field(
+        default="", description="kubernetes launcher: PersistentVolumeClaim mounted at checkpoint_root"
+    )
 
     def checkpoint_dir(self, model_name: str, cycle: str, fingerprint: str) -> Path:
         return Path(self.checkpoint_root) / model_name / f"cycle={cycle}" / fingerprint
@@ -82,16 +92,45 @@ class TrainingJobResource(dg.ConfigurableResource):
         if done.exists() and Path(job.out_dir).is_dir():
             context.log.info(f"training job already finished in {job.checkpoint_dir}; registering its model")
             return json.loads(done.read_text())
-        client = dg.PipesSubprocessClient()
-        invocation = client.run(
-            context=context,
-            command=[self.python or sys.executable, "-m", "flywheel_dagster.training.job"],
-            extras={"job": job.as_dict()},
-        )
+        if self.launcher == "kubernetes":
+            from dagster_k8s import PipesK8sClient  # the `k8s` extra
+
+            cfg = FlywheelConfig.model_validate(job.config)
+            invocation = PipesK8sClient().run(
+                context=context,
+                image=self.image or None,
+                command=["python", "-m", "flywheel_dagster.training.job"],
+                namespace=self.namespace or None,
+                base_pod_spec=training_pod_spec(cfg, self.checkpoint_root, self.checkpoint_claim),
+                extras={"job": job.as_dict()},
+            )
+        elif self.launcher == "subprocess":
+            invocation = dg.PipesSubprocessClient().run(
+                context=context,
+                command=[self.python or sys.executable, "-m", "flywheel_dagster.training.job"],
+                extras={"job": job.as_dict()},
+            )
+        else:
+            raise ValueError(f"training launcher {self.launcher!r}: expected 'subprocess' or 'kubernetes'")
         messages = invocation.get_custom_messages()
         if not messages:
             raise RuntimeError(f"the training job for {job.cycle} exited without reporting a result")
         return messages[-1]
+
+
+def training_pod_spec(cfg: FlywheelConfig, checkpoint_root: str, checkpoint_claim: str = "") -> dict:
+    """The training pod's spec for PipesK8sClient: training.gpus GPUs on the GPU nodes of compute.gpu, and the
+    checkpoint volume (a rerun resumes from it, so it must outlive the pod)."""
+    container: dict = {"resources": {"limits": {"nvidia.com/gpu": cfg.training.gpus}}}
+    spec: dict = {"containers": [container]}
+    if cfg.compute.gpu.node_selector:
+        spec["node_selector"] = dict(cfg.compute.gpu.node_selector)
+    if cfg.compute.gpu.tolerations:
+        spec["tolerations"] = [dict(t) for t in cfg.compute.gpu.tolerations]
+    if checkpoint_claim:
+        spec["volumes"] = [{"name": "checkpoints", "persistent_volume_claim": {"claim_name": checkpoint_claim}}]
+        container["volume_mounts"] = [{"name": "checkpoints", "mount_path": checkpoint_root}]
+    return spec
 
 
 def local_resources(home: str | Path | None = None, config_path: str = "") -> dict[str, dg.ConfigurableResource]:
@@ -116,9 +155,19 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "flywheel_config": FlywheelConfigResource(path=dg.EnvVar("FLYWHEEL_CONFIG")),
         "lake": LakeResource(root=dg.EnvVar("FLYWHEEL_LAKE_ROOT")),
-        "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), cache_dir="/tmp/flywheel-models"),
+        # The model cache sits on the checkpoint volume, so a training pod launched through PipesK8sClient
+        # finds the champion's weights where the step that launched it put them.
+        "mlflow": MlflowResource(
+            tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
+            cache_dir=os.environ.get("FLYWHEEL_CHECKPOINT_ROOT", "/tmp") + "/model-cache",
+        ),
         "engine": EngineResource(device="cuda"),
-        "training": TrainingJobResource(checkpoint_root=dg.EnvVar("FLYWHEEL_CHECKPOINT_ROOT")),
+        "training": TrainingJobResource(
+            checkpoint_root=dg.EnvVar("FLYWHEEL_CHECKPOINT_ROOT"),
+            launcher=os.environ.get("FLYWHEEL_TRAINING_LAUNCHER", "subprocess"),
+            image=os.environ.get("FLYWHEEL_TRAINING_IMAGE", ""),
+            checkpoint_claim=os.environ.get("FLYWHEEL_CHECKPOINT_CLAIM", ""),
+        ),
     }
 
 

@@ -1,7 +1,9 @@
 """The code location: every asset, check, job, schedule and the resources of the chosen profile.
 
 FLYWHEEL_PROFILE picks the resources (local: everything under $FLYWHEEL_HOME, default .flywheel/;
-production: tracking server, object storage, GPUs); the definitions themselves never fork.
+production: tracking server, object storage, GPUs); flywheel.yaml's compute.profile picks the executor
+(local: Dagster's default, in-process / multiprocess; kubernetes: dagster-k8s's k8s_job_executor, one pod
+per step, GPU steps on GPU nodes). The asset definitions themselves never fork.
 """
 
 from __future__ import annotations
@@ -10,9 +12,18 @@ import os
 
 import dagster as dg
 
-from assets import audit, deploy, distill, harvest, redeploy
+from assets import _CONFIG, audit, deploy, distill, harvest, redeploy
 from flywheel_dagster.resources import resources_for
 from jobs.cycle import flywheel_cycle_job, quarterly_schedule, release_cycle_job
+
+
+def executor_for(profile: str):  # noqa: ANN201 - dg.ExecutorDefinition | None
+    if profile == "kubernetes":
+        from dagster_k8s import k8s_job_executor  # the `k8s` extra
+
+        return k8s_job_executor
+    return None  # Dagster's default: multiprocess under the daemon, in-process for execute_in_process
+
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([deploy, harvest, distill, redeploy, audit]),
@@ -20,4 +31,5 @@ defs = dg.Definitions(
     jobs=[flywheel_cycle_job, release_cycle_job],
     schedules=[quarterly_schedule],
     resources=resources_for(os.environ.get("FLYWHEEL_PROFILE", "local")),
+    executor=executor_for(_CONFIG.compute.profile),
 )

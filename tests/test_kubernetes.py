@@ -1,0 +1,127 @@
+"""The kubernetes profile: each step's Kubernetes Job as dagster-k8s's own code builds it, without a cluster.
+
+(No cluster runs here, so the pods are rendered, not scheduled: what is checked is what the API would get.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RENDER = """
+import json, sys
+sys.path.insert(0, ".")
+from jobs.definitions import defs
+from flywheel_dagster.k8s import gpu_limit, render_step_jobs
+jobs = render_step_jobs(defs, "flywheel_cycle", image="registry.example/flywheel:1")
+out = {}
+for name, job in jobs.items():
+    pod = job["spec"]["template"]["spec"]
+    out[name] = {
+        "gpu": gpu_limit(job),
+        "node_selector": pod.get("nodeSelector") or {},
+        "tolerations": pod.get("tolerations") or [],
+        "image": pod["containers"][0]["image"],
+    }
+print(json.dumps({"steps": out, "executor": defs.executor.name if defs.executor else None,
+                  "pools": {n: defs.resolve_assets_def(n).op.pool for n in out}}))
+"""
+
+GPU_ASSETS = {"reasoning_traces", "candidate_model", "benchmark_report"}
+
+
+def render(tmp_path, config: dict) -> dict:
+    path = tmp_path / "flywheel.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "FLYWHEEL_CONFIG": str(path), "DAGSTER_HOME": str(tmp_path), "FLYWHEEL_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", RENDER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_gpu_requests_land_on_the_gpu_assets_only(tmp_path):
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    selector = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    config = {
+        "preset": "playground",
+        "compute": {
+            "profile": "kubernetes",
+            "gpu": {"per_step": 1, "node_selector": selector, "tolerations": [toleration]},
+        },
+        "training": {"gpus": 4},
+    }
+    got = render(tmp_path, config)
+    steps = got["steps"]
+    assert got["executor"] == "k8s"
+    assert set(steps) >= GPU_ASSETS | {"harvested_traces", "training_dataset", "champion_model", "cycle_audit"}
+    for name, step in steps.items():
+        assert step["image"] == "registry.example/flywheel:1"
+        if name in GPU_ASSETS:
+            assert step["gpu"] == (4 if name == "candidate_model" else 1), name
+            assert step["node_selector"] == selector and step["tolerations"] == [toleration], name
+            assert got["pools"][name] == "gpu"
+        else:  # CPU steps: no GPU, free to land on any node
+            assert step["gpu"] == 0 and step["node_selector"] == {} and step["tolerations"] == [], name
+            assert got["pools"][name] is None
+
+
+def test_rephrasing_makes_building_the_training_set_a_gpu_step(tmp_path):
+    config = {
+        "preset": "playground",
+        "compute": {"profile": "kubernetes"},
+        "harvest": {"reformat": {"as_is": 1, "rephrase": 1}},
+    }
+    steps = render(tmp_path, config)["steps"]
+    assert steps["training_dataset"]["gpu"] == 1 and steps["harvested_traces"]["gpu"] == 0
+
+
+def test_the_local_profile_keeps_dagsters_default_executor(tmp_path):
+    got = render(tmp_path, {"preset": "playground"})
+    assert got["executor"] is None
+    assert got["steps"]["reasoning_traces"]["gpu"] == 1  # the tags are there; local executors ignore them
+
+
+def test_the_helm_values_example_runs_steps_as_kubernetes_jobs():
+    values = yaml.safe_load((ROOT / "deploy" / "helm" / "values.yaml").read_text())
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    env = {e["name"]: e.get("value") for e in deployment["env"]}
+    assert env["FLYWHEEL_PROFILE"] == "production" and "FLYWHEEL_CONFIG" in env
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "jobs.definitions"]
+    pools = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert pools["maxConcurrentRuns"] >= 1
+
+
+def test_the_training_pod_for_pipes_k8s_asks_for_gpus_and_mounts_the_checkpoints():
+    """training launcher 'kubernetes': the pod PipesK8sClient would create, built by dagster-k8s's build_pod_body."""
+    from dagster_k8s.pipes import build_pod_body
+
+    from flywheel_dagster.config import build_config
+    from flywheel_dagster.resources import training_pod_spec
+
+    cfg = build_config(
+        {
+            "training": {"gpus": 8},
+            "compute": {"gpu": {"node_selector": {"pool": "h100"}, "tolerations": [{"key": "nvidia.com/gpu"}]}},
+        }
+    )
+    spec = training_pod_spec(cfg, "/checkpoints", "flywheel-checkpoints")
+    pod = build_pod_body(
+        "train-2026-01-01",
+        "registry.example/flywheel:1",
+        ["python", "-m", "flywheel_dagster.training.job"],
+        {"DAGSTER_PIPES_CONTEXT": "..."},
+        None,
+        spec,
+    ).to_dict()
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "8"}  # quantities are strings
+    assert container["command"] == ["python", "-m", "flywheel_dagster.training.job"]
+    assert container["volume_mounts"][0]["mount_path"] == "/checkpoints"
+    assert pod["spec"]["volumes"][0]["persistent_volume_claim"]["claim_name"] == "flywheel-checkpoints"
+    assert pod["spec"]["node_selector"] == {"pool": "h100"} and pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
