@@ -11,6 +11,8 @@ from flywheel_dagster import timing
 from flywheel_dagster.curation import ingest
 from flywheel_dagster.registry import weights_sha256
 from flywheel_dagster.resources import EngineResource, FlywheelConfigResource, LakeResource, MlflowResource
+from flywheel_dagster.serving.capture import SERVING_LOGS
+from flywheel_dagster.serving.rollback import rollback_after
 from flywheel_dagster.tasks import load_task
 from flywheel_dagster.traces.lake import DATA_FILE
 
@@ -18,7 +20,7 @@ from flywheel_dagster.traces.lake import DATA_FILE
 @dg.asset(
     partitions_def=PARTITIONS,
     group_name="deploy",
-    code_version="2",
+    code_version="3",
     # Orders cycles: a quarter's deployment is what the quarter before promoted. The model itself
     # travels through the MLflow registry (alias cycle_<previous>), since champion_model -> deployment
     # across partitions would be a dependency loop between two assets, which Dagster forbids.
@@ -36,7 +38,10 @@ def deployment(
     registry = mlflow.registry(cfg.name)
     finished = context.instance.get_materialized_partitions(dg.AssetKey("champion_model"))
     started = context.instance.get_materialized_partitions(dg.AssetKey("deployment"))
-    ref, via = core.resolve_deployment(registry, key, previous_of(key), set(finished), set(started))
+    the_lake = lake.lake()
+    ref, via = core.resolve_deployment(
+        registry, key, previous_of(key), set(finished), set(started), lambda c: rollback_after(the_lake, c)
+    )
     sha = weights_sha256(registry.local_path(ref))
     payload = {
         "cycle": key,
@@ -111,7 +116,9 @@ def reasoning_traces(
 def _ingest_logs(context: dg.AssetExecutionContext, cfg, the_lake, key: str) -> dg.MaterializeResult:  # noqa: ANN001
     window_ = context.partition_time_window
     window = ingest.Window(window_.start.astimezone(UTC), window_.end.astimezone(UTC))
-    files = ingest.find_log_files(cfg.ingest.paths, window)
+    # No paths configured: what `flywheel serve` captured (serving.logs_dir, else the local lake's serving_logs).
+    paths = cfg.ingest.paths or [cfg.serving.logs_dir or f"{the_lake.root}/{SERVING_LOGS}"]
+    files = ingest.find_log_files(paths, window)
     settings = ingest.Settings(key, window, cfg.ingest.max_record_bytes, cfg.ingest.reasoning_markup)
     ingestor = ingest.Ingestor(load_task(cfg), settings)
     with timing.compute("reasoning_traces"):

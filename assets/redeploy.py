@@ -14,7 +14,14 @@ from flywheel_dagster.approval import approval_state
 from flywheel_dagster.evaluation.gate import GateDecision
 from flywheel_dagster.evaluation.plots import accuracy_trend_png
 from flywheel_dagster.registry import CHAMPION, cycle_alias
-from flywheel_dagster.resources import EngineResource, FlywheelConfigResource, LakeResource, MlflowResource
+from flywheel_dagster.resources import (
+    EngineResource,
+    FlywheelConfigResource,
+    LakeResource,
+    MlflowResource,
+    ServingResource,
+)
+from flywheel_dagster.serving.rollback import switch_serving
 from flywheel_dagster.tasks import load_task
 
 
@@ -159,15 +166,20 @@ def human_approval(
     )
 
 
-@dg.asset(partitions_def=PARTITIONS, group_name="redeploy", code_version="2", deps=[benchmark_report])
+@dg.asset(partitions_def=PARTITIONS, group_name="redeploy", code_version="3", deps=[benchmark_report])
 def champion_model(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,
     lake: LakeResource,
     mlflow: MlflowResource,
+    serving: ServingResource,
 ) -> dg.MaterializeResult:
     """Move the `champion` alias to the candidate if and only if it passed the gate (and, with
-    gate.require_approval, a named person approved it); record the decision."""
+    gate.require_approval, a named person approved it); switch a running server (`flywheel serve`) to it after
+    a health check with verified prompts; record the decision.
+
+    A candidate that fails the health check never takes traffic: the previous champion keeps serving and
+    keeps the alias, and this asset fails with the reason (the cycle stays unfinished)."""
     cfg = flywheel_config.load()
     key, index = cycle_of(context)
     the_lake = lake.lake()
@@ -184,6 +196,16 @@ def champion_model(
         decision = GateDecision(True, True, f"{decision.reason}; {approval.reason}")
     champion_v, candidate_v = report["champion"]["version"], report["candidate"]["version"]
     new_champion = candidate_v if decision.promote else champion_v
+    switch = switch_serving(cfg, serving.path(), the_lake, registry, new_champion)
+    if switch.failed:
+        reason = (
+            f"cycle {key}: candidate v{candidate_v} passed the gate but failed its deployment: {switch.reason}. "
+            f"v{champion_v} keeps serving and stays champion; rerun champion_model once the cause is fixed"
+        )
+        registry.set_version_tags(
+            candidate_v, {"flywheel.decision": "deployment_failed", "flywheel.decision_reason": switch.reason[:5000]}
+        )
+        raise dg.Failure(description=reason, metadata={"serving": dg.MetadataValue.json(switch.summary())})
     if decision.promote:
         registry.set_alias(CHAMPION, candidate_v)
     registry.set_alias(cycle_alias(key), new_champion)
@@ -213,6 +235,7 @@ def champion_model(
         "alias": cycle_alias(key),
         "start_date": START_DATE,
         "approval": approval.approval,
+        "serving": switch.summary(),
     }
     sha = core.write_json(the_lake, "champion_model", key, core.DECISION_FILE, payload)
     return dg.MaterializeResult(
@@ -225,5 +248,6 @@ def champion_model(
             "aliases_set": ", ".join(([CHAMPION] if decision.promote else []) + [cycle_alias(key)]),
             "decision_sha256": sha,
             "approval": approval.reason,
+            "serving": f"{switch.state}: {switch.reason}",
         }
     )

@@ -614,5 +614,54 @@ def forget(
         console.print("no model version was trained on data that held these traces")
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="gateway address (default serving.host)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="gateway port (default serving.port)")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="serve this version, not the champion")] = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+) -> None:
+    """Serve the champion: vLLM's OpenAI server behind a gateway that writes every chat completion into the
+    lake (serving_logs/date=YYYY-MM-DD), where the next cycle ingests it (traffic.source: logs)."""
+    from flywheel_dagster.serving.serve import serve as run_server
+    from flywheel_dagster.serving.upstream import UpstreamError
+
+    s = _session(home, config, preset)
+    try:
+        run_server(s.cfg, s.home, s.registry(), host or s.cfg.serving.host, port or s.cfg.serving.port, version)
+    except (UpstreamError, RuntimeError) as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def rollback(
+    to_version: Annotated[str, typer.Option("--to-version", help="the model version to serve again")],
+    by: ByOpt,
+    note: NoteOpt = "",
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+) -> None:
+    """Make an earlier champion the champion again: switch the running server to it (health-checked first),
+    move the `champion` alias, and record it in the audit chain; the next cycle deploys it."""
+    from flywheel_dagster.serving.gateway import state_path
+    from flywheel_dagster.serving.rollback import RollbackError
+    from flywheel_dagster.serving.rollback import rollback as roll_back
+
+    s = _session(home, config, preset)
+    try:
+        entry, switch = roll_back(s.cfg, state_path(s.home), s.lake(), s.registry(), to_version, by, note)
+    except RollbackError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1 if err.switch_failed else 2) from None
+    console.print(
+        f"champion is v{entry['to_version']} again (was v{entry['from_version']}); audit entry #{entry['seq']}, "
+        f"sha256 {entry['sha256'][:16]}; serving: {switch.state}: {switch.reason}"
+    )
+
+
 if __name__ == "__main__":
     app()

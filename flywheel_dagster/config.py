@@ -99,7 +99,7 @@ class IngestConfig(_Strict):
     paths: list[str] = Field(
         default_factory=list,
         description="log files, folders (searched for *.jsonl, *.jsonl.gz, *.parquet) or globs; relative to the "
-        "working directory",
+        "working directory. Empty: what `flywheel serve` captured (serving.logs_dir, default the lake's serving_logs)",
     )
     max_record_bytes: int = Field(default=1_000_000, gt=0, description="longer lines are quarantined")
     reasoning_markup: Literal["plain", "think"] = Field(
@@ -282,6 +282,40 @@ class ComputeConfig(_Strict):
     gpu: GpuNodesConfig = GpuNodesConfig()
 
 
+class HealthCheckConfig(_Strict):
+    """The check a model passes before the running server switches to it (champion_model, flywheel rollback)."""
+
+    prompts: int = Field(default=8, gt=0, description="verified benchmark prompts, answered greedily")
+    min_accuracy: float = Field(
+        default=0.75, ge=0, le=1, description="share of them the staged model must answer correctly"
+    )
+
+
+class ServingConfig(_Strict):
+    """`flywheel serve`: vLLM's OpenAI server for the champion behind the trace-capturing gateway."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, gt=0, lt=65536, description="the gateway's port (clients use this one)")
+    served_model_name: str | None = Field(default=None, description="model name clients see; default: name")
+    workload_id: str = Field(default="default", description="recorded on traces without X-Flywheel-Workload")
+    logs_dir: str | None = Field(
+        default=None, description="where captured traces go; default: the lake's serving_logs folder"
+    )
+    fsync_interval_s: float = Field(default=1.0, gt=0, description="a machine crash loses at most this window")
+    max_unsynced: int = Field(default=1000, gt=0, description="... or at most this many records")
+    max_model_len: int | None = Field(default=None, gt=0)
+    memory_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="vLLM --gpu-memory-utilization (on CPU: share of RAM for KV cache)"
+    )
+    enable_lora: bool = Field(default=False, description="start servers with --enable-lora (adapter champions)")
+    max_lora_rank: int = Field(default=64, gt=0)
+    vllm_args: list[str] = Field(default_factory=list, description="extra `vllm serve` arguments")
+    redeploy: bool = Field(
+        default=True, description="champion_model switches a running gateway to a newly promoted champion"
+    )
+    health_check: HealthCheckConfig = HealthCheckConfig()
+
+
 class ScheduleConfig(_Strict):
     start_date: str = Field(default="2025-01-01", pattern=r"^\d{4}-(01|04|07|10)-01$")
 
@@ -302,6 +336,7 @@ class FlywheelConfig(_Strict):
     benchmark: BenchmarkConfig = BenchmarkConfig()
     gate: GateConfig = GateConfig()
     compute: ComputeConfig = ComputeConfig()
+    serving: ServingConfig = ServingConfig()
     schedule: ScheduleConfig = ScheduleConfig()
 
     @model_validator(mode="after")
@@ -312,8 +347,6 @@ class FlywheelConfig(_Strict):
             raise ValueError(
                 "model.kind 'playground-tiny' only knows the playground alphabet; use task.source 'playground'"
             )
-        if self.traffic.source == "logs" and not self.ingest.paths:
-            raise ValueError("ingest.paths must name the log files or folders when traffic.source is 'logs'")
         if self.model.hidden_size % self.model.num_heads:
             raise ValueError("model.hidden_size must be a multiple of model.num_heads")
         return self

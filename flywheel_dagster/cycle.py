@@ -45,6 +45,7 @@ def resolve_deployment(
     previous: str | None,
     finished_cycles: set[str],
     started_cycles: set[str] = frozenset(),
+    rolled_back=None,  # noqa: ANN001 - (cycle) -> the rollback entry made after that cycle finished, or None
 ) -> tuple[ModelRef, str]:
     """The model that serves during `cycle`: what the previous cycle ended with, or the base for the first.
 
@@ -59,6 +60,9 @@ def resolve_deployment(
             f"Finish cycle {unfinished[-1]} first."
         )
     if previous is not None and previous in finished_cycles:
+        rollback = rolled_back(previous) if rolled_back else None
+        if rollback is not None:  # `flywheel rollback` after the previous cycle: that version served since
+            return registry.version(rollback["to_version"]), f"rollback (audit entry #{rollback['seq']})"
         ref = registry.alias(cycle_alias(previous))
         if ref is None:
             raise CycleOrderError(

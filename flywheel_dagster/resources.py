@@ -59,6 +59,16 @@ class EngineResource(dg.ConfigurableResource):
         return load_engine(cfg.engine.kind, model_dir, device=device, batch_size=cfg.engine.batch_size)
 
 
+class ServingResource(dg.ConfigurableResource):
+    """Where the running gateway (`flywheel serve`) says how to reach it: its state file (URL + operator token).
+    champion_model switches that gateway to a newly promoted champion; no file, no running server."""
+
+    state_file: str
+
+    def path(self) -> Path:
+        return Path(self.state_file)
+
+
 class TrainingJobResource(dg.ConfigurableResource):
     """Where training jobs run: a process launched through Dagster Pipes, with checkpoints under checkpoint_root.
 
@@ -147,6 +157,7 @@ def local_resources(home: str | Path | None = None, config_path: str = "") -> di
         ),
         "engine": EngineResource(),
         "training": TrainingJobResource(checkpoint_root=str(root / "checkpoints")),
+        "serving": ServingResource(state_file=str(root / "serving" / "gateway.json")),
     }
 
 
@@ -167,6 +178,10 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
             launcher=os.environ.get("FLYWHEEL_TRAINING_LAUNCHER", "subprocess"),
             image=os.environ.get("FLYWHEEL_TRAINING_IMAGE", ""),
             checkpoint_claim=os.environ.get("FLYWHEEL_CHECKPOINT_CLAIM", ""),
+        ),
+        # The gateway's state file on a volume shared with it (mounted where the gateway writes it).
+        "serving": ServingResource(
+            state_file=os.environ.get("FLYWHEEL_GATEWAY_STATE", "/flywheel/serving/gateway.json")
         ),
     }
 

@@ -52,7 +52,14 @@ class VllmEngine:
             kwargs["max_lora_rank"] = max_lora_rank
         if on_cpu:
             # On the CPU backend this fraction is of the machine's memory, reserved for the KV cache up front.
-            kwargs |= {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": memory_fraction or 0.2}
+            # No chunked prefill: a seeded request whose prompt is prefilled in chunks makes the CPU worker rewind
+            # its torch generator, which CPU generators cannot do ("CPU Generator does not use offset").
+            kwargs |= {
+                "dtype": "float32",
+                "enforce_eager": True,
+                "gpu_memory_utilization": memory_fraction or 0.2,
+                "enable_chunked_prefill": False,
+            }
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         elif memory_fraction:
             kwargs["gpu_memory_utilization"] = memory_fraction

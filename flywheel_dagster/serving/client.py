@@ -1,0 +1,97 @@
+"""Switching a running gateway to another model version: what champion_model and `flywheel rollback` call."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from flywheel_dagster.config import FlywheelConfig
+from flywheel_dagster.registry import ModelRef, Registry
+from flywheel_dagster.tasks.base import TaskSource
+from flywheel_dagster.traces.lake import Lake
+
+
+@dataclass(frozen=True)
+class RunningGateway:
+    url: str
+    token: str
+    version: str | None
+
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+
+def running_gateway(path: Path) -> tuple[RunningGateway | None, str]:
+    """The gateway whose state file (written by `flywheel serve`) is `path`, or None with why not."""
+    if not path.exists():
+        return None, f"no gateway is running for this flywheel (no {path})"
+    try:
+        state = json.loads(path.read_text())
+        r = httpx.get(
+            f"{state['url']}/flywheel/status", headers={"authorization": f"Bearer {state['token']}"}, timeout=5
+        )
+    except (OSError, ValueError, KeyError, httpx.HTTPError) as err:
+        return None, f"the gateway in {path} does not answer ({type(err).__name__}); treated as not running"
+    if r.status_code != 200:
+        return None, f"the gateway in {path} answered {r.status_code} to /flywheel/status"
+    return RunningGateway(state["url"], state["token"], r.json().get("version")), "running"
+
+
+def question_of(task: TaskSource, prompt: str) -> str:
+    """The user's question inside a task prompt (the inverse of task.prompt_for)."""
+    marker = "\x00QUESTION\x00"
+    prefix, suffix = task.prompt_for(marker).split(marker)
+    if prompt.startswith(prefix) and prompt.endswith(suffix):
+        return prompt[len(prefix) : len(prompt) - len(suffix)].strip()
+    return prompt.strip()
+
+
+def health_prompts(
+    cfg: FlywheelConfig, task: TaskSource, lake: Lake, registry: Registry, ref: ModelRef
+) -> tuple[list[dict], int, str]:
+    """Verified prompts for a version's health check, the number it must answer right, and where they came from.
+
+    The prompts are benchmark problems the version solved in every sample of its own evaluation, so a
+    healthy server answers nearly all of them greedily; min_correct = ceil(min_accuracy * n). A version
+    never evaluated gets benchmark problems and min_correct 0: only that every request is answered.
+    """
+    from flywheel_dagster.cycle import EVALUATIONS_TABLE, benchmark_settings
+    from flywheel_dagster.evaluation.benchmark import benchmark_fingerprint
+
+    n = cfg.serving.health_check.prompts
+    problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
+    key = f"{ref.name}-v{ref.version}-{benchmark_fingerprint(problems, benchmark_settings(cfg), task.verifier_name)}"
+    by_id = {p.problem_id: p for p in problems}
+    if lake.exists(EVALUATIONS_TABLE, key):
+        table = lake.read_table(EVALUATIONS_TABLE, key).to_pylist()
+        solved = [r["problem_id"] for r in table if r["pass_at_1"] >= 1.0]
+        solved.sort(key=lambda pid: hashlib.sha256(pid.encode()).hexdigest())
+        chosen = [by_id[pid] for pid in solved[:n]]
+        source = f"{len(chosen)} benchmark problems v{ref.version} solved in all samples of its evaluation"
+        needed = math.ceil(cfg.serving.health_check.min_accuracy * len(chosen))
+    else:
+        chosen = sorted(problems, key=lambda p: hashlib.sha256(p.problem_id.encode()).hexdigest())[:n]
+        source = f"v{ref.version} has no evaluation: {len(chosen)} benchmark problems, answered at all"
+        needed = 0
+    prompts = [{"question": question_of(task, p.prompt), "reference": p.reference} for p in chosen]
+    return prompts, needed, source
+
+
+def redeploy(
+    gateway: RunningGateway, version: str, prompts: list[dict], min_correct: int, timeout_s: float = 900.0
+) -> dict:
+    """Ask the gateway to stage, health-check and switch to `version`; its answer (ok, reason, health, ...)."""
+    r = httpx.post(
+        f"{gateway.url}/flywheel/deploy",
+        json={"version": version, "health": {"prompts": prompts, "min_correct": min_correct}},
+        headers=gateway.headers(),
+        timeout=timeout_s,
+    )
+    if r.status_code not in (200, 409):
+        return {"ok": False, "version": version, "reason": f"gateway answered {r.status_code}: {r.text[:300]}"}
+    return r.json()
