@@ -77,6 +77,14 @@ async def load(url: str, questions: list[str], concurrency: int, model: str) -> 
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=2000)
@@ -123,10 +131,10 @@ def main() -> None:
     try:
         asyncio.run(load(bare, warmup, args.concurrency, model))
         asyncio.run(load(gateway, warmup, args.concurrency, model))
-        results = {
-            "bare vLLM": asyncio.run(load(bare, questions, args.concurrency, model)),
-            "gateway": asyncio.run(load(gateway, questions, args.concurrency, model)),
-        }
+        results = {"bare vLLM": asyncio.run(load(bare, questions, args.concurrency, model))}
+        cpu_before = cpu_seconds(proc.pid)
+        results["gateway"] = asyncio.run(load(gateway, questions, args.concurrency, model))
+        gateway_cpu = cpu_seconds(proc.pid) - cpu_before
         final = httpx.get(f"{gateway}/flywheel/status", headers=auth).json()
         captured, files = final["captured"], final["trace_files"]
     finally:
@@ -144,6 +152,7 @@ def main() -> None:
         f"gateway overhead: p50 {g['p50_ms'] - b['p50_ms']:+.1f} ms, p99 {g['p99_ms'] - b['p99_ms']:+.1f} ms, "
         f"throughput {100 * (g['rps'] / b['rps'] - 1):+.1f}%"
     )
+    print(f"gateway process CPU: {1000 * gateway_cpu / max(g['completed'], 1):.1f} ms per request")
     print(
         f"completed through the gateway (with {len(warmup)} warm-up): {completed}; captured (status): {captured}; "
         f"trace lines on disk after shutdown: {lines}; equal: {completed == captured == lines}"

@@ -41,7 +41,7 @@ SERVING = {
     # tests deployment, not the gate (test_cycle does).
     "gate": {"min_improvement": -1.0, "max_regression": 1.0},
     "training": {"epochs": 2, "batch_size": 16, "learning_rate": 0.0005},
-    "serving": {"memory_fraction": 0.05, "health_check": {"prompts": 6, "min_accuracy": 0.5}},
+    "serving": {"memory_fraction": 0.05, "enable_lora": True, "health_check": {"prompts": 6, "min_accuracy": 0.5}},
 }
 REQUESTS = 320
 
@@ -232,6 +232,52 @@ def test_rollback_switches_back_and_the_next_cycle_deploys_it(served):  # noqa: 
     assert again.returncode == 2 and "already the champion" in again.stdout
     missing = rollback("999")
     assert missing.returncode == 2 and "does not exist" in missing.stdout
+
+
+def test_a_lora_champion_is_loaded_into_the_running_server(served):  # noqa: ANN001
+    """An adapter of the served base goes in at runtime (/v1/load_lora_adapter): no new process; switching back
+    to the base unloads it, again in the same process."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flywheel_dagster.serving.rollback import switch_serving
+
+    fw, gw, http, _ = served
+    base = fw.base.ref.version
+    assert gw.active.version == base  # after the rollback
+    server = gw.active.server
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(fw.registry.local_path(fw.registry.version(base))),
+        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
+    )
+    with torch.no_grad():  # a real change: PEFT starts B at zero, which would be the base itself
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01, generator=torch.Generator().manual_seed(0))
+    adapter_dir = fw.root / "adapter"
+    model.save_pretrained(adapter_dir)
+    AutoTokenizer.from_pretrained(fw.registry.local_path(fw.registry.version(base))).save_pretrained(adapter_dir)
+    run_id = fw.registry.client.create_run(fw.registry.experiment_id).info.run_id
+    adapter = fw.registry.register_model_dir(run_id, adapter_dir, tags={"flywheel.base_version": base}).version
+
+    switch = switch_serving(fw.cfg, state_path(fw.root / "home"), fw.lake, fw.registry, adapter)
+    assert switch.state == "switched" and switch.result["method"] == "lora", switch
+    assert gw.active.server is server and gw.active.model == f"{fw.cfg.name}-v{adapter}"
+    assert server.adapters == {gw.active.model: str(fw.registry.files_path(fw.registry.version(adapter)))}
+    r = httpx.post(
+        f"{http.url}/v1/chat/completions",
+        timeout=60,
+        json={"model": "any", "messages": [{"role": "user", "content": "12+7"}], "temperature": 0, "max_tokens": 32},
+    )
+    assert r.status_code == 200 and r.headers["x-flywheel-model-version"] == adapter
+    assert r.json()["model"] == f"{fw.cfg.name}-v{adapter}"
+
+    back = switch_serving(fw.cfg, state_path(fw.root / "home"), fw.lake, fw.registry, base)
+    assert back.state == "switched" and back.result["method"] == "base", back
+    assert gw.active.server is server and server.adapters == {} and server.proc.poll() is None
+    status, _, version = chat(http.url, "12+7", temperature=0.0)
+    assert status == 200 and version == base
 
 
 def test_flywheel_serve_end_to_end(tiny_flywheel_factory):  # noqa: ANN001

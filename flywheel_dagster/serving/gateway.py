@@ -422,7 +422,10 @@ class Gateway:
                     "reason": f"could not start version {version}: {err}",
                     "serving": old.version if old else None,
                 }
-            method = "lora" if old is not None and staged.server is old.server else "restart"
+            if old is not None and staged.server is old.server:
+                method = "lora" if staged.model != self.served_name else "base"  # no new process either way
+            else:
+                method = "restart"
             health = health_check(self.task, staged.url, staged.model, prompts, min_correct, self.health_max_tokens)
             if not health.ok:
                 self._retire(staged, keep=old)
@@ -464,6 +467,8 @@ class Gateway:
             name = f"{self.served_name}-v{spec.version}"
             current.server.load_adapter(name, spec.adapter_dir)
             return Target(current.server, name, spec.version)
+        if not spec.adapter_dir and current is not None and current.server.model_dir == spec.model_dir:
+            return Target(current.server, self.served_name, spec.version)  # back from an adapter to its base
         if spec.adapter_dir:
             server = self.server_factory(spec.base_dir, True, free_port())
             server.start()
