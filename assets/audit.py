@@ -114,6 +114,11 @@ def build_record(instance: dg.DagsterInstance, cfg, the_lake, registry, key: str
         }
 
     assets = _materializations(instance, key)
+    sources = (
+        json.loads(the_lake.read_bytes("reasoning_traces", key, audit.SOURCES_FILE))
+        if the_lake.exists("reasoning_traces", key, audit.SOURCES_FILE)
+        else None
+    )
     return {
         "kind": "cycle",
         "flywheel": cfg.name,
@@ -121,6 +126,7 @@ def build_record(instance: dg.DagsterInstance, cfg, the_lake, registry, key: str
         "cycle_index": index,
         "assets": assets,
         "files": audit.lake_files(the_lake, key, evaluations),
+        "inputs": sources,  # the raw log files ingested (None: simulated traffic)
         "checks": _checks(instance, key),
         "training": {
             "method": candidate["method"],
@@ -146,7 +152,7 @@ def build_record(instance: dg.DagsterInstance, cfg, the_lake, registry, key: str
     }
 
 
-@dg.asset(partitions_def=PARTITIONS, group_name="audit", code_version="1", deps=[champion_model])
+@dg.asset(partitions_def=PARTITIONS, group_name="audit", code_version="2", deps=[champion_model])
 def cycle_audit(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,

@@ -6,8 +6,8 @@ from datetime import UTC
 import dagster as dg
 
 from assets import PARTITIONS, cycle_of, gpu_op_tags, lake_file_result, previous_of
+from flywheel_dagster import audit, timing
 from flywheel_dagster import cycle as core
-from flywheel_dagster import timing
 from flywheel_dagster.curation import ingest
 from flywheel_dagster.registry import weights_sha256
 from flywheel_dagster.resources import EngineResource, FlywheelConfigResource, LakeResource, MlflowResource
@@ -70,7 +70,7 @@ def deployment(
 @dg.asset(
     partitions_def=PARTITIONS,
     group_name="deploy",
-    code_version="2",
+    code_version="3",
     deps=[deployment],
     pool="gpu",
     tags={"flywheel/compute": "gpu"},
@@ -119,6 +119,7 @@ def _ingest_logs(context: dg.AssetExecutionContext, cfg, the_lake, key: str) -> 
     # No paths configured: what `flywheel serve` captured (serving.logs_dir, else the local lake's serving_logs).
     paths = cfg.ingest.paths or [cfg.serving.logs_dir or f"{the_lake.root}/{SERVING_LOGS}"]
     files = ingest.find_log_files(paths, window)
+    sources = audit.input_manifest(paths, (window.start.isoformat(), window.end.isoformat()), files)
     settings = ingest.Settings(key, window, cfg.ingest.max_record_bytes, cfg.ingest.reasoning_markup)
     ingestor = ingest.Ingestor(load_task(cfg), settings)
     with timing.compute("reasoning_traces"):
@@ -126,6 +127,7 @@ def _ingest_logs(context: dg.AssetExecutionContext, cfg, the_lake, key: str) -> 
             the_lake.open_partition("reasoning_traces", key) as traces_part,
             the_lake.open_partition(ingest.QUARANTINE_TABLE, key) as quarantine_part,
         ):
+            traces_part.write_bytes(audit.SOURCES_FILE, json.dumps(sources, sort_keys=True).encode())
             traces_out = traces_part.parquet(DATA_FILE, ingest.INGEST_SCHEMA)
             quarantine_out = quarantine_part.parquet(DATA_FILE, ingest.QUARANTINE_SCHEMA)
             for trace_rows, quarantine_rows in ingestor.batches(files):

@@ -39,12 +39,12 @@ def bootstrap_home(home: Path) -> None:
     bootstrap(cfg, registry, home / "models")
 
 
-async def load(url: str, questions: list[str], concurrency: int, model: str) -> dict:
+async def load(url: str, questions: list[str], concurrency: int, model: str, headers: dict | None = None) -> dict:
     latencies: list[float] = []
     failed = 0
     queue = list(reversed(questions))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=120, limits=limits, headers=headers or {}) as client:
 
         async def worker() -> None:
             nonlocal failed
@@ -128,10 +128,11 @@ def main() -> None:
     auth = {"authorization": f"Bearer {state['token']}"}
     status = httpx.get(f"{gateway}/flywheel/status", headers=auth).json()
     bare, model = status["upstream"], status["model"]
+    bare_auth = {"authorization": f"Bearer {state['upstream_api_key']}"}  # vLLM's own key (loopback only)
     try:
-        asyncio.run(load(bare, warmup, args.concurrency, model))
+        asyncio.run(load(bare, warmup, args.concurrency, model, bare_auth))
         asyncio.run(load(gateway, warmup, args.concurrency, model))
-        results = {"bare vLLM": asyncio.run(load(bare, questions, args.concurrency, model))}
+        results = {"bare vLLM": asyncio.run(load(bare, questions, args.concurrency, model, bare_auth))}
         cpu_before = cpu_seconds(proc.pid)
         results["gateway"] = asyncio.run(load(gateway, questions, args.concurrency, model))
         gateway_cpu = cpu_seconds(proc.pid) - cpu_before

@@ -99,7 +99,13 @@ def main() -> None:
     settings = core.benchmark_settings(cfg)
 
     def benchmark(model_dir: Path):  # noqa: ANN202
-        engine = load_engine(cfg.engine.kind, model_dir, device=cfg.engine.device, batch_size=cfg.engine.batch_size)
+        engine = load_engine(
+            cfg.engine.kind,
+            model_dir,
+            device=cfg.engine.device,
+            batch_size=cfg.engine.batch_size,
+            kv_cache_bytes=cfg.engine.kv_cache_bytes,
+        )
         try:
             return evaluate(engine, task, problems, settings)
         finally:

@@ -24,7 +24,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA = "flywheel.audit/1"
+from flywheel_dagster.hashing import legacy_tree_sha256, tree_sha256
+
+# Format 2 hashes folder trees unambiguously and records the raw inputs; format 1 entries still verify.
+SCHEMA = "flywheel.audit/2"
+SCHEMA_1 = "flywheel.audit/1"
 CHAIN_TABLE = "audit_chain"
 AUDIT_TABLE = "cycle_audit"
 RECORD_FILE = "audit.json"
@@ -47,6 +51,9 @@ CYCLE_TABLES = (
     "champion_model",
 )
 EVALUATIONS_TABLE = "evaluations"
+# The raw inputs a cycle ingested (log files outside the lake's cycle tables), kept in its reasoning_traces
+# partition and copied into its record, so `verify` re-hashes them and notices files added since.
+SOURCES_FILE = "sources.json"
 # Entry fields that place an entry in the chain (and the format's name), as opposed to what it says.
 _PLACEMENT = ("schema", "seq", "previous_sha256", "amends")
 
@@ -64,21 +71,40 @@ def content(entry: dict) -> dict:
     return {k: v for k, v in entry.items() if k not in _PLACEMENT}
 
 
-def subject_sha256(user_id: str) -> str:
-    """How an erasure request names its user: a hash, so the chain itself keeps no personal data."""
-    return sha256_bytes(f"flywheel-erasure:{user_id}".encode())
+def subject_sha256(user_id: str, key: bytes) -> str:
+    """How an erasure request names its user: HMAC-SHA256 under the deployment's secret key (erasure_key), so
+    the chain keeps no personal data and a user id cannot be recovered by hashing candidate ids."""
+    import hmac
+
+    return hmac.new(key, f"flywheel-erasure:{user_id}".encode(), hashlib.sha256).hexdigest()
 
 
-def files_sha256(folder: str | Path) -> str:
-    """Hash of every file in a folder tree (relative path and bytes, in path order)."""
-    root = Path(folder)
-    h = hashlib.sha256()
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(root)).encode() + b"\0")
-        with p.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
+ERASURE_KEY_ENV = "FLYWHEEL_ERASURE_KEY"
+
+
+def erasure_key(home: str | Path) -> bytes:
+    """The deployment's secret for erasure subjects: $FLYWHEEL_ERASURE_KEY (hex, from a secret store), else
+    `<home>/secrets/erasure.key`, made on first use (mode 0600). Not in the lake, beside the chain it keys."""
+    import os
+    import secrets
+
+    if os.environ.get(ERASURE_KEY_ENV):
+        try:
+            return bytes.fromhex(os.environ[ERASURE_KEY_ENV])
+        except ValueError:
+            raise ValueError(f"${ERASURE_KEY_ENV}: expected the key as hex digits") from None
+    path = Path(home) / "secrets" / "erasure.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def files_sha256(folder: str | Path, schema: str = SCHEMA) -> str:
+    """Hash of a model's folder tree as the audit format `schema` computes it (format 2: unambiguous)."""
+    return legacy_tree_sha256(folder) if schema == SCHEMA_1 else tree_sha256(folder)
 
 
 @dataclass(frozen=True)
@@ -183,6 +209,71 @@ def lake_files(lake, cycle: str, evaluations: list[str] = ()) -> list[dict]:  # 
     return out
 
 
+def input_manifest(paths: list[str], window: tuple[str, str], files: list[str]) -> dict:
+    """The raw inputs of an ingest: the configured paths, the window they were read for, each file's hash."""
+    from flywheel_dagster.hashing import file_sha256
+
+    listed = []
+    for f in files:
+        digest, size = file_sha256(f)
+        listed.append({"path": str(Path(f).resolve()), "sha256": digest, "bytes": size})
+    return {"paths": list(paths), "window": list(window), "files": listed}
+
+
+def expected_inputs(entries: list[dict]) -> dict[str, dict]:
+    """What the chain says each recorded raw input file holds now: path -> {sha256, cycle, paths, window}, after
+    every erasure that rewrote one."""
+    out: dict[str, dict] = {}
+    searched: dict[str, dict] = {}
+    for e in entries:
+        if e.get("kind") == "cycle":
+            for path, f in list(out.items()):
+                if f["cycle"] == e["cycle"]:
+                    del out[path]
+            inputs = e.get("inputs")
+            if inputs:
+                searched[e["cycle"]] = inputs
+                for f in inputs["files"]:
+                    out[f["path"]] = {"sha256": f["sha256"], "cycle": e["cycle"]}
+        elif e.get("kind") == "erasure":
+            for f in e.get("inputs_rewritten", []):
+                if f["path"] in out:
+                    out[f["path"]]["sha256"] = f["sha256_after"]
+    for f in out.values():
+        f["search"] = searched[f["cycle"]]
+    return out
+
+
+def _verify_inputs(entries: list[dict]) -> list[Mismatch]:
+    from datetime import datetime
+
+    from flywheel_dagster.curation.ingest import Window, find_log_files
+    from flywheel_dagster.hashing import file_sha256
+
+    problems = []
+    expected = expected_inputs(entries)
+    for path, f in sorted(expected.items()):
+        if not Path(path).is_file():
+            problems.append(Mismatch("input", path, f"missing (ingested by cycle {f['cycle']})"))
+            continue
+        got = file_sha256(path)[0]
+        if got != f["sha256"]:
+            problems.append(Mismatch("input", path, f"sha256 {got[:12]}, recorded {f['sha256'][:12]}"))
+    searches = {f["cycle"]: f["search"] for f in expected.values()}
+    for cycle, search in sorted(searches.items()):
+        window = Window(*(datetime.fromisoformat(t) for t in search["window"]))
+        try:
+            now = find_log_files(search["paths"], window)
+        except FileNotFoundError as err:
+            problems.append(
+                Mismatch("input", ", ".join(search["paths"]), f"cycle {cycle}'s ingest path is gone ({err})")
+            )
+            continue
+        for extra in sorted({str(Path(p).resolve()) for p in now} - set(expected)):
+            problems.append(Mismatch("input", extra, f"added to cycle {cycle}'s ingest paths after it was audited"))
+    return problems
+
+
 def expected_state(entries: list[dict]) -> tuple[dict[tuple[str, str, str], str], dict[str, dict]]:
     """What the chain says the lake holds now: (table, partition, file) -> sha256, after every amendment and
     erasure in order; and each cycle's newest record."""
@@ -254,6 +345,16 @@ def verify(lake, registry) -> list[Mismatch]:  # noqa: ANN001 - Lake, Registry
         got = lake.file_sha256(table, cycle, name)[0]
         if got != want:
             problems.append(Mismatch("file", where, f"sha256 {got[:12]}, recorded {want[:12]}"))
+    for cycle in sorted(records):
+        for table in CYCLE_TABLES:
+            for name in sorted(lake.files(table, cycle)):
+                if (table, cycle, name) not in files:
+                    problems.append(
+                        Mismatch(
+                            "file", f"{table}/cycle={cycle}/{name}", "not in the cycle's audit record (added since)"
+                        )
+                    )
+    problems += _verify_inputs(entries)
     for cycle, rec in sorted(records.items()):
         where = f"{AUDIT_TABLE}/cycle={cycle}/{RECORD_FILE}"
         if not lake.exists(AUDIT_TABLE, cycle, RECORD_FILE):
@@ -261,19 +362,19 @@ def verify(lake, registry) -> list[Mismatch]:  # noqa: ANN001 - Lake, Registry
         elif lake.read_bytes(AUDIT_TABLE, cycle, RECORD_FILE) != canonical(rec):
             problems.append(Mismatch("record", where, "differs from the cycle's newest record in the chain"))
 
-    models: dict[str, str] = {}
+    models: dict[str, tuple[str, str]] = {}  # version -> (files sha256, the format that computed it)
     for e in entries:
         if e.get("kind") == "genesis":
-            models[e["model"]["version"]] = e["model"]["files_sha256"]
+            models[e["model"]["version"]] = (e["model"]["files_sha256"], e.get("schema", SCHEMA_1))
     for rec in records.values():
         for role in ("deployed", "candidate"):
             m = rec["models"].get(role)
             if m:
-                models[m["version"]] = m["files_sha256"]
-    for version, want in sorted(models.items(), key=lambda kv: int(kv[0])):
+                models[m["version"]] = (m["files_sha256"], rec.get("schema", SCHEMA_1))
+    for version, (want, schema) in sorted(models.items(), key=lambda kv: int(kv[0])):
         where = f"{registry.model_name} v{version}"
         try:
-            got = files_sha256(registry.files_path(registry.version(version)))
+            got = files_sha256(registry.files_path(registry.version(version)), schema)
         except Exception as err:  # noqa: BLE001 - a deleted version or artifact is a finding, not a crash
             problems.append(Mismatch("model", where, f"cannot read its files ({err})"))
             continue

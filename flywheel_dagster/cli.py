@@ -94,7 +94,7 @@ def _session(home: Path | None, config: Path | None, preset: str | None) -> Sess
     except ConfigError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
-    root = flywheel_home(home)
+    root = _checked_home(home)
     ensure_instance_dir(root / "dagster")
     quiet_libraries()
     os.environ[HOME_ENV] = str(root)
@@ -105,6 +105,33 @@ def _session(home: Path | None, config: Path | None, preset: str | None) -> Sess
     if preset is not None:
         os.environ[PRESET_ENV] = preset
     return Session(cfg, root)
+
+
+def _checked_home(home: Path | None) -> Path:
+    root = flywheel_home(home)
+    for p in (root, *root.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "--home" if p == root else f"--home {root}: {p}"
+                console.print(f"[red]{what} is a file, not a folder: the flywheel's state needs a folder[/red]")
+                raise typer.Exit(2)
+            break
+    return root
+
+
+def _valid_cycle(s: Session, quarter: str) -> None:
+    """Refuse a key that is not a partition before anything runs (no bootstrap, no traceback)."""
+    from flywheel_dagster.partitions import quarterly_partitions
+
+    keys = quarterly_partitions(s.cfg.schedule.start_date).get_partition_keys()
+    if quarter in keys:
+        return
+    shown = ", ".join(keys) if len(keys) <= 8 else ", ".join([*keys[:3], "...", *keys[-3:]])
+    console.print(
+        f"[red]cycle {quarter!r} is not a partition of this flywheel: expected a quarter that has ended since "
+        f"schedule.start_date ({shown or 'none has ended yet'})[/red]"
+    )
+    raise typer.Exit(2)
 
 
 def _code_location():  # noqa: ANN202
@@ -260,10 +287,15 @@ def cycle(
 ) -> None:
     """Run one quarter's cycle through the Dagster job (bootstraps first if needed)."""
     s = _session(home, config, preset)
+    _valid_cycle(s, quarter)
     _bootstrap(s)
     defs = _code_location()
     with console.status(f"[bold]cycle {quarter}[/bold]: deploy -> harvest -> distill -> redeploy"):
-        row = run_cycle(s, defs, quarter)
+        try:
+            row = run_cycle(s, defs, quarter)
+        except RuntimeError as err:
+            console.print(f"[red]{err}[/red]")
+            raise typer.Exit(1) from None
     if "waiting" in row:
         console.print(f"[yellow]cycle {quarter} is waiting[/yellow]: {row['waiting']}")
         return
@@ -303,7 +335,11 @@ def demo(
     rows = []
     for i, q in enumerate(quarters, 1):
         with console.status(f"[bold]cycle {i}/{len(quarters)} ({q})[/bold]: deploy -> harvest -> distill -> redeploy"):
-            row = run_cycle(s, defs, q)
+            try:
+                row = run_cycle(s, defs, q)
+            except RuntimeError as err:
+                console.print(f"[red]{err}[/red]")
+                raise typer.Exit(1) from None
         if "waiting" in row:
             console.print(f"[yellow]cycle {q} is waiting[/yellow]: {row['waiting']}; the next cycles wait for it")
             break
@@ -587,12 +623,23 @@ def forget(
 ) -> None:
     """Erase a user's traces from every cycle's raw, harvested and training tables; record it in the audit
     chain; list the model versions trained on data that held them."""
+    from flywheel_dagster.audit import erasure_key
     from flywheel_dagster.erasure import forget as erase
+    from flywheel_dagster.serving.serve import logs_dir_for
 
     s = _session(home, config, preset)
     try:
-        res = erase(s.lake(), s.registry(), user_id, by, note)
-    except ValueError as err:
+        res = erase(
+            s.lake(),
+            s.registry(),
+            user_id,
+            by,
+            note,
+            key=erasure_key(s.home),
+            log_dirs=[str(logs_dir_for(s.cfg, s.home))],
+            read_only_paths=s.cfg.ingest.paths,
+        )
+    except (ValueError, RuntimeError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
     t = Table(
@@ -612,6 +659,11 @@ def forget(
         )
     else:
         console.print("no model version was trained on data that held these traces")
+    for path, n in sorted(res.logs_rewritten.items()):
+        console.print(f"serving log rewritten: {path} ({n} line(s) removed)")
+    for path, n in sorted(res.erase_at_source.items()):
+        what = "damaged, could not be read line by line" if n < 0 else f"{n} line(s) or row(s) name the user"
+        console.print(f"[yellow]erase at source[/yellow]: {path} ({what}); the flywheel only reads it")
 
 
 @app.command()

@@ -12,12 +12,15 @@ Unknown fields are errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import glob
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PresetName = Literal["playground", "smollm2", "production"]
 CONFIG_ENV = "FLYWHEEL_CONFIG"
@@ -75,10 +78,21 @@ class BootstrapConfig(_Strict):
     )
 
 
+# vLLM's CPU worker sizes its KV cache as a fraction of its NUMA node's memory, which fails on a machine whose
+# node is smaller or busy; in bytes it starts wherever that much memory is free. Enough for the presets' batches.
+CPU_KV_CACHE_BYTES = 512 * 2**20
+
+
 class EngineConfig(_Strict):
     kind: Literal["transformers", "vllm"] = "transformers"
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     batch_size: int = Field(default=256, gt=0, description="prompts per generate() call")
+    kv_cache_bytes: ByteSize | None = Field(
+        default=None,
+        gt=0,
+        description="vLLM's KV cache in bytes (an integer or e.g. '512MiB', '2GiB'); default: 512 MiB on the CPU, "
+        "on GPUs vLLM's own share of GPU memory",
+    )
 
 
 class TrafficConfig(_Strict):
@@ -291,6 +305,55 @@ class HealthCheckConfig(_Strict):
     )
 
 
+class RequestLimitsConfig(_Strict):
+    """What one client request to the gateway may ask for; anything beyond is refused before it reaches vLLM
+    (413 for size, 400 otherwise), and the refusal names the field here that set the limit."""
+
+    max_request_bytes: ByteSize = Field(
+        default=1024 * 1024, gt=0, description="largest request body (an integer or e.g. '1MiB'); larger: 413"
+    )
+    max_tokens: int = Field(
+        default=4096,
+        gt=0,
+        description="most tokens one completion may generate (max_tokens, max_completion_tokens); a request "
+        "that names neither gets this",
+    )
+    max_n: int = Field(default=4, gt=0, description="most choices per request (n; best_of on /v1/completions)")
+    max_top_logprobs: int = Field(
+        default=5, ge=0, description="most log-probabilities per token (top_logprobs; logprobs on /v1/completions)"
+    )
+    # The served chat template renders the task's prompt format, so the traces fit training. Fields that
+    # change the rendering (chat_template, chat_template_kwargs, tools) or constrain decoding (response_format,
+    # guided_*, logit_bias) would yield traces that do not, and cost server time: not accepted by default.
+    allowed_fields: list[str] = Field(
+        default_factory=lambda: [
+            "model",
+            "messages",
+            "stream",
+            "stream_options",
+            "max_tokens",
+            "max_completion_tokens",
+            "temperature",
+            "top_p",
+            "n",
+            "stop",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+            "logprobs",
+            "top_logprobs",
+        ],
+        description="the chat-completion fields a client may send (`user` is the gateway's own, see "
+        "serving.user_id_from); any other field is refused with 400",
+    )
+
+    @model_validator(mode="after")
+    def _messages_allowed(self) -> RequestLimitsConfig:
+        if "messages" not in self.allowed_fields:
+            raise ValueError("serving.limits.allowed_fields must include 'messages' (a chat turn needs it)")
+        return self
+
+
 class ServingConfig(_Strict):
     """`flywheel serve`: vLLM's OpenAI server for the champion behind the trace-capturing gateway."""
 
@@ -305,7 +368,13 @@ class ServingConfig(_Strict):
     max_unsynced: int = Field(default=1000, gt=0, description="... or at most this many records")
     max_model_len: int | None = Field(default=None, gt=0)
     memory_fraction: float | None = Field(
-        default=None, gt=0, le=1, description="vLLM --gpu-memory-utilization (on CPU: share of RAM for KV cache)"
+        default=None, gt=0, le=1, description="vLLM --gpu-memory-utilization on GPUs (ignored on the CPU)"
+    )
+    kv_cache_bytes: ByteSize | None = Field(
+        default=None,
+        gt=0,
+        description="vLLM --kv-cache-memory-bytes (an integer or e.g. '512MiB'); default: 512 MiB on the CPU, "
+        "on GPUs memory_fraction decides",
     )
     enable_lora: bool = Field(default=False, description="start servers with --enable-lora (adapter champions)")
     max_lora_rank: int = Field(default=64, gt=0)
@@ -314,10 +383,45 @@ class ServingConfig(_Strict):
         default=True, description="champion_model switches a running gateway to a newly promoted champion"
     )
     health_check: HealthCheckConfig = HealthCheckConfig()
+    user_id_from: Literal["header", "api_key", "body"] = Field(
+        default="header",
+        description="who a trace is attributed to: 'header' (user_id_header, set by your ingress; clients must "
+        "not be able to set it), 'api_key' (the client's key, mapped to a user by api_keys_file; no valid key: "
+        "401), or 'body' (the request's unauthenticated `user` field; only for trusted clients)",
+    )
+    user_id_header: str = Field(
+        default="X-Flywheel-User-Id",
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="the header that names the user when user_id_from is 'header'",
+    )
+    api_keys_file: str | None = Field(
+        default=None,
+        description="YAML mapping of client API key (or 'sha256:<hex of the key>') to user id; required by "
+        "user_id_from 'api_key', reread when it changes",
+    )
+    limits: RequestLimitsConfig = RequestLimitsConfig()
+
+    @model_validator(mode="after")
+    def _user_id_source(self) -> ServingConfig:
+        if self.user_id_from == "api_key" and not self.api_keys_file:
+            raise ValueError("serving.user_id_from 'api_key' needs serving.api_keys_file (API key -> user id)")
+        if self.api_keys_file and self.user_id_from != "api_key":
+            raise ValueError(
+                f"serving.api_keys_file is set but serving.user_id_from is {self.user_id_from!r}; "
+                "set user_id_from: api_key to use it"
+            )
+        return self
 
 
 class ScheduleConfig(_Strict):
-    start_date: str = Field(default="2025-01-01", pattern=r"^\d{4}-(01|04|07|10)-01$")
+    start_date: str = Field(default="2025-01-01", description="the flywheel's first quarter, e.g. '2026-01-01'")
+
+    @field_validator("start_date")
+    @classmethod
+    def _quarter_start(cls, v: str) -> str:
+        if not re.fullmatch(r"\d{4}-(01|04|07|10)-01", v):
+            raise ValueError("expected the first day of a quarter as 'YYYY-MM-01' with MM 01, 04, 07 or 10")
+        return v
 
 
 class FlywheelConfig(_Strict):
@@ -338,6 +442,22 @@ class FlywheelConfig(_Strict):
     compute: ComputeConfig = ComputeConfig()
     serving: ServingConfig = ServingConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _paths_exist(self) -> FlywheelConfig:
+        # Caught here, when the file is read, not a stage later when the asset runs.
+        if self.task.data_dir and not Path(self.task.data_dir).expanduser().is_dir():
+            raise ValueError(f"task.data_dir: folder {self.task.data_dir!r} does not exist")
+        for p in self.ingest.paths:
+            if "://" in p:  # object storage: checked when read
+                continue
+            expanded = os.path.expanduser(p)
+            if not (glob.glob(expanded, recursive=True) if glob.has_magic(expanded) else Path(expanded).exists()):
+                raise ValueError(
+                    f"ingest.paths: {p!r} matches no file or folder (relative paths start from the working "
+                    f"directory, {os.getcwd()})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _model_fits_task(self) -> FlywheelConfig:
@@ -400,7 +520,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field; check the spelling against flywheel.yaml's documented fields"
-        lines.append(f"  - {where}: {msg}{got_text}")
+        if isinstance(got, dt.date):
+            msg += f"; YAML read an unquoted date: quote it, e.g. '{got.isoformat()}'"
+        lines.append(f"  - {msg}{got_text}" if where == "<root>" else f"  - {where}: {msg}{got_text}")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""Erasure requests: remove one user's traces from every cycle's raw, harvested and training tables.
+"""Erasure requests: remove one user's traces from every copy the flywheel wrote: the serving logs the gateway
+captured, and every cycle's raw, quarantine, harvested and training tables.
 
 Each affected partition is rewritten atomically (the lake's partition writer: the old files stay until the
 new ones are complete). What goes:
@@ -8,7 +9,13 @@ new ones are complete). What goes:
   reference and possibly its teacher solution came from the user's traffic; a prompt other users asked
   too goes as well, which is counted).
 
-The request goes into the audit chain (the user as a hash; each file's hash before and after; rows removed)
+- the serving logs (`flywheel serve`'s JSON Lines, plain or gzipped): every line that names the user, as the
+  record's user or anywhere as a JSON string (a line too broken to parse included), so it is not ingested
+  again when a quarter is rerun. Other log files the flywheel only reads (`ingest.paths`) are not rewritten:
+  the ones holding the user are listed as "erase at source", with their line counts.
+- `ingest_quarantine`: also rows whose user id could not be parsed but whose excerpt or detail names the user.
+
+The request goes into the audit chain (the user as a keyed hash; each file's hash before and after; rows removed)
 and names the model versions trained on data that held the user's traces, and the versions descended from
 them, so an operator can decide on retraining. A journal written before the first rewrite makes a crashed
 request finish on the next run with the right "before" hashes.
@@ -16,9 +23,14 @@ request finish on the next run with the right "before" hashes.
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,6 +38,7 @@ import pyarrow.parquet as pq
 
 from flywheel_dagster import audit
 from flywheel_dagster import cycle as core
+from flywheel_dagster.hashing import file_sha256
 from flywheel_dagster.traces.lake import DATA_FILE
 from flywheel_dagster.traces.schema import PAIRS_FILE, PROMPTS_FILE
 
@@ -41,6 +54,9 @@ class ErasureResult:
     descendants: list[str] = field(default_factory=list)  # versions trained from those
     entry_sha256: str = ""
     seq: int = 0
+    logs_rewritten: dict[str, int] = field(default_factory=dict)  # serving log file -> lines removed
+    # files the request could not rewrite -> lines naming the user (-1: a damaged file, not readable line by line)
+    erase_at_source: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_removed(self) -> int:
@@ -67,6 +83,11 @@ def _plan_cycle(lake, cycle: str, user_id: str) -> dict[tuple[str, str], pa.Tabl
         if "user_id" not in data.column_names:
             continue
         keep = _mask(data, "user_id", {user_id})
+        if table == "ingest_quarantine":  # a line whose user id could not be parsed may still name the user
+            for col in ("excerpt", "detail"):
+                for needle in _needles(user_id):
+                    named = pc.fill_null(pc.match_substring(data.column(col), needle.decode()), False)
+                    keep = pc.and_(keep, pc.invert(named))
         gone = data.filter(pc.invert(keep))
         if gone.num_rows:
             out[(table, DATA_FILE)] = data.filter(keep)
@@ -110,6 +131,77 @@ def _rewrite(lake, table: str, cycle: str, replaced: dict[str, pa.Table]) -> Non
                 part.write_bytes(name, lake.read_bytes(table, cycle, name))
 
 
+def _needles(user_id: str) -> list[bytes]:
+    """The user id as it can appear in a JSON line: as a string token, raw UTF-8 or \\u-escaped."""
+    return sorted({json.dumps(user_id, ensure_ascii=False).encode(), json.dumps(user_id).encode()})
+
+
+def _names_user(line: bytes, needles: list[bytes]) -> bool:
+    return any(n in line for n in needles)
+
+
+def _log_files(folders: Iterable[str]) -> list[Path]:
+    out = []
+    for folder in folders:
+        root = Path(folder)
+        if root.is_dir():
+            out += [p for p in root.rglob("*") if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz"))]
+    return sorted(set(out))
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        return f.readlines()
+
+
+def rewrite_log(path: Path, needles: list[bytes]) -> int:
+    """Drop every line naming the user from one serving log, atomically (a temp file renamed over it, under an
+    exclusive lock that the gateway's writer also takes, so no line it appends in between is lost). Returns the
+    lines removed."""
+    import fcntl
+
+    with open(path, "rb+") as locked:
+        fcntl.flock(locked, fcntl.LOCK_EX)
+        lines = _read_lines(path)
+        kept = [x for x in lines if not _names_user(x, needles)]
+        if len(kept) == len(lines):
+            return 0
+        tmp = path.with_name(f".erasure-{path.name}")
+        data = b"".join(kept)
+        with open(tmp, "wb") as out:
+            out.write(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+        return len(lines) - len(kept)
+
+
+def _count_at_source(paths: Iterable[str], user_id: str) -> dict[str, int]:
+    """Read-only inputs (ingest.paths) that hold lines or rows of the user: file -> how many."""
+    import pyarrow.parquet as pq
+
+    from flywheel_dagster.curation.ingest import find_log_files
+
+    needles, out = _needles(user_id), {}
+    try:
+        files = find_log_files(list(paths))
+    except FileNotFoundError:
+        files = [p for p in paths if Path(p).is_file()]
+    for f in files:
+        try:
+            if f.endswith(".parquet"):
+                n = pq.read_table(f, columns=["user_id"]).column("user_id").to_pylist().count(user_id)
+            else:
+                n = sum(_names_user(x, needles) for x in _read_lines(Path(f)))
+        except Exception:  # noqa: BLE001 - an unreadable input is listed by the ingest, not here
+            continue
+        if n:
+            out[str(Path(f).resolve())] = n
+    return out
+
+
 def _affected_models(lake, cycles: set[str]) -> tuple[list[str], list[str]]:  # noqa: ANN001
     """Candidates trained on those cycles' training sets, and every later candidate trained from one of them."""
     candidates = {}
@@ -126,27 +218,73 @@ def _affected_models(lake, cycles: set[str]) -> tuple[list[str], list[str]]:  # 
 
 
 def forget(
-    lake, registry, user_id: str, requested_by: str, note: str = "", now: datetime | None = None
-) -> ErasureResult:  # noqa: ANN001, E501
-    """Remove `user_id`'s traces everywhere in the lake and record the request in the audit chain."""
+    lake,  # noqa: ANN001 - traces.lake.Lake
+    registry,  # noqa: ANN001 - registry.Registry
+    user_id: str,
+    requested_by: str,
+    note: str = "",
+    now: datetime | None = None,
+    *,
+    key: bytes,
+    log_dirs: Iterable[str] = (),
+    read_only_paths: Iterable[str] = (),
+) -> ErasureResult:
+    """Remove `user_id`'s traces everywhere the flywheel wrote them (the serving logs under `log_dirs`, every
+    cycle's tables in the lake), list the read-only inputs that still hold them, and record the request in the
+    audit chain. `key`: the deployment's erasure key (audit.erasure_key)."""
     if not user_id.strip():
         raise ValueError("--user-id must not be empty")
     if not requested_by.strip():
         raise ValueError("--by: name who handled the request")
-    subject = audit.subject_sha256(user_id)
+    subject = audit.subject_sha256(user_id, key)
+    needles = _needles(user_id)
     audit.ensure_genesis(lake, registry)
     journal_name = f"{subject}.json"
     journal = (
         json.loads(lake.read_object(JOURNAL_TABLE, journal_name)) if journal_name in lake.files(JOURNAL_TABLE) else None
     )
     before: dict[str, dict] = dict(journal["before"]) if journal else {}
+    logs_before: dict[str, dict] = dict(journal.get("logs", {})) if journal else {}
     at = journal["requested_at"] if journal else (now or datetime.now(UTC)).replace(microsecond=0).isoformat()
 
     def save_journal() -> None:
         lake.delete_object(JOURNAL_TABLE, journal_name)
-        lake.write_object(JOURNAL_TABLE, journal_name, json.dumps({"requested_at": at, "before": before}).encode())
+        state = {"requested_at": at, "before": before, "logs": logs_before}
+        lake.write_object(JOURNAL_TABLE, journal_name, json.dumps(state).encode())
 
     save_journal()
+    # The serving logs first: a rerun of any quarter would ingest the user's lines again from them. Each file's
+    # hash before is journaled before it is rewritten, so a crashed request records the right one on its rerun.
+    unreadable: list[str] = []
+    for path in _log_files(log_dirs):
+        name = str(path.resolve())
+        try:
+            if name not in logs_before and not any(_names_user(x, needles) for x in _read_lines(path)):
+                continue
+        except (OSError, EOFError, zlib.error):  # a damaged log cannot be rewritten line by line: say so
+            unreadable.append(name)
+            continue
+        if name not in logs_before:
+            logs_before[name] = {"sha256": file_sha256(path)[0], "lines_removed": 0}
+            save_journal()
+        logs_before[name]["lines_removed"] += rewrite_log(path, needles)
+        save_journal()
+    inputs_rewritten = []
+    logs_rewritten: dict[str, int] = {}
+    for name, b in sorted(logs_before.items()):
+        after = file_sha256(name)[0]
+        if after == b["sha256"]:
+            continue
+        logs_rewritten[name] = b["lines_removed"]
+        inputs_rewritten.append(
+            {"path": name, "lines_removed": b["lines_removed"], "sha256_before": b["sha256"], "sha256_after": after}
+        )
+    written_dirs = {str(Path(d).resolve()) for d in log_dirs}
+    at_source = {f: -1 for f in unreadable} | {
+        f: n
+        for f, n in _count_at_source(read_only_paths, user_id).items()
+        if not any(f.startswith(d + os.sep) for d in written_dirs)
+    }
     for q in sorted(set().union(*(lake.cycles(t) for t in (*USER_TABLES, "training_dataset")))):
         plan = _plan_cycle(lake, q, user_id)
         for table, name in plan:
@@ -160,7 +298,7 @@ def forget(
             if replaced:
                 _rewrite(lake, table, q, replaced)
 
-    result = ErasureResult(subject)
+    result = ErasureResult(subject, logs_rewritten=logs_rewritten, erase_at_source=at_source)
     rewritten = []
     for k, b in sorted(before.items()):
         table, q, name = k.split("|")
@@ -187,6 +325,9 @@ def forget(
         "note": note,
         "rewritten": rewritten,
         "rows_removed": sum(f["rows_before"] - f["rows_after"] for f in rewritten),
+        "inputs_rewritten": inputs_rewritten,
+        # inputs the flywheel only reads: the operator erases the user there (file -> lines naming the user)
+        "erase_at_source": at_source,
         "model_versions_trained_on_data": result.trained_on,
         "model_versions_descended": result.descendants,
     }

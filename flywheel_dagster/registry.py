@@ -205,9 +205,9 @@ class Registry:
 
     def files_sha256(self, ref: ModelRef) -> str:
         """Hash of every file of the version as registered (weights, config, tokenizer; or the adapter)."""
-        from flywheel_dagster.audit import files_sha256
+        from flywheel_dagster.hashing import tree_sha256
 
-        return files_sha256(self.files_path(ref))
+        return tree_sha256(self.files_path(ref))
 
     def is_adapter(self, ref: ModelRef) -> bool:
         return not (self.files_path(ref) / "config.json").exists()

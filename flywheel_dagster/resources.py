@@ -56,7 +56,13 @@ class EngineResource(dg.ConfigurableResource):
         from flywheel_dagster.engines.transformers_engine import load_engine
 
         device = cfg.engine.device if self.device == "auto" else self.device
-        return load_engine(cfg.engine.kind, model_dir, device=device, batch_size=cfg.engine.batch_size)
+        return load_engine(
+            cfg.engine.kind,
+            model_dir,
+            device=device,
+            batch_size=cfg.engine.batch_size,
+            kv_cache_bytes=cfg.engine.kv_cache_bytes,
+        )
 
 
 class ServingResource(dg.ConfigurableResource):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers share two cores: one thread each (and their training subprocesses), so torch's threads
+    # do not spin against the other worker's.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import dagster as dg
 import pytest
@@ -10,7 +16,7 @@ import yaml
 
 from assets import audit, deploy, distill, harvest, redeploy
 from flywheel_dagster.bootstrap import bootstrap
-from flywheel_dagster.config import load_config
+from flywheel_dagster.config import build_config, load_config
 from flywheel_dagster.resources import local_resources
 
 # A cycle in well under a minute on two cores. The base is the demo's (trained once per session, about
@@ -57,10 +63,64 @@ class TinyFlywheel:
         self.base = bootstrap(self.cfg, self.registry, root / "home" / "models")
 
 
+REPO = Path(__file__).resolve().parents[1]
+# What the bootstrapped base depends on: its config and the code that builds and trains it. The key names a
+# cached copy of the trained folder, so a rerun registers that copy instead of training again (about 90 s).
+BOOTSTRAP_SOURCES = (
+    "flywheel_dagster/bootstrap.py",
+    "flywheel_dagster/base_models.py",
+    "flywheel_dagster/tasks/playground.py",
+    "flywheel_dagster/tasks/base.py",
+    "flywheel_dagster/training/sft.py",
+    "flywheel_dagster/training/common.py",
+)
+CACHE_ENV = "FLYWHEEL_TEST_CACHE"
+
+
+def bootstrap_key(cfg) -> str:  # noqa: ANN001 - FlywheelConfig
+    import hashlib
+    import json
+
+    import torch
+    import transformers
+    import trl
+
+    h = hashlib.sha256()
+    for section in ("model", "bootstrap", "task", "training"):
+        h.update(json.dumps(getattr(cfg, section).model_dump(mode="json"), sort_keys=True).encode())
+    for rel in BOOTSTRAP_SOURCES:
+        h.update((REPO / rel).read_bytes())
+    h.update(f"{torch.__version__} {transformers.__version__} {trl.__version__}".encode())
+    return h.hexdigest()[:20]
+
+
 @pytest.fixture(scope="session")
 def trained_flywheel(tmp_path_factory) -> TinyFlywheel:  # noqa: ANN001
-    """A flywheel bootstrapped the real way: build the tiny Llama, SFT it on human solutions, register v1."""
-    return TinyFlywheel(tmp_path_factory.mktemp("trained"))
+    """A flywheel bootstrapped the real way: build the tiny Llama, SFT it on human solutions, register v1.
+
+    The trained folder is cached by content (config, code, library versions) under $FLYWHEEL_TEST_CACHE
+    (default .flywheel/test-cache, ignored by git): a rerun with nothing changed registers the cached copy
+    (model kind hf). A fresh clone trains; FLYWHEEL_TEST_CACHE=off always trains."""
+    import shutil
+
+    cache_root = os.environ.get(CACHE_ENV, str(REPO / ".flywheel" / "test-cache"))
+    if cache_root == "off":
+        return TinyFlywheel(tmp_path_factory.mktemp("trained"))
+    import fcntl
+
+    cached = Path(cache_root) / f"bootstrap-{bootstrap_key(build_config(TINY))}"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with open(cached.with_name(cached.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers: one trains, the others wait and reuse it
+        if (cached / "config.json").exists():
+            model = {"kind": "hf", "hf_path": str(cached)}
+            return TinyFlywheel(tmp_path_factory.mktemp("trained"), {"model": model})
+        fw = TinyFlywheel(tmp_path_factory.mktemp("trained"))
+        tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(fw.registry.local_path(fw.base.ref), tmp)
+        tmp.replace(cached)
+        return fw
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,32 @@ def test_content_ignores_the_entrys_place_in_the_chain():
     assert audit.content(a) != audit.content({**a, "files": [1]})
 
 
-def test_the_erasure_subject_is_a_hash_not_the_user_id():
-    s = audit.subject_sha256("u-17")
-    assert len(s) == 64 and "u-17" not in s and s != audit.subject_sha256("u-18")
+def test_the_erasure_subject_is_a_keyed_hash_not_the_user_id(tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.delenv(audit.ERASURE_KEY_ENV, raising=False)
+    key = audit.erasure_key(tmp_path)
+    assert key == audit.erasure_key(tmp_path) and len(key) == 32  # made once, then read back
+    assert oct((tmp_path / "secrets" / "erasure.key").stat().st_mode & 0o777) == "0o600"
+    s = audit.subject_sha256("u-17", key)
+    assert len(s) == 64 and "u-17" not in s and s != audit.subject_sha256("u-18", key)
+    # Enumerating candidate ids without the deployment's key finds nothing (the unsalted hash once did).
+    assert s not in {hashlib.sha256(f"flywheel-erasure:u-{i}".encode()).hexdigest() for i in range(100)}
+    assert s != audit.subject_sha256("u-17", audit.erasure_key(tmp_path / "other-deployment"))
+    monkeypatch.setenv(audit.ERASURE_KEY_ENV, "ab" * 32)
+    assert audit.erasure_key(tmp_path) == bytes.fromhex("ab" * 32)
+
+
+def test_a_tree_hash_tells_apart_trees_that_the_old_encoding_confused(tmp_path):
+    from flywheel_dagster.hashing import legacy_tree_sha256, tree_sha256
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "x").mkdir(parents=True)
+    (a / "x" / "w").write_bytes(b"")
+    (a / "y").write_bytes(b"data")
+    (b / "x").mkdir(parents=True)
+    (b / "x" / "w").write_bytes(b"y\0data")  # path "x/w", NUL, then the next file's path and bytes
+    assert legacy_tree_sha256(a) == legacy_tree_sha256(b)  # the ambiguity the outside probe found
+    assert tree_sha256(a) != tree_sha256(b)
+    assert audit.files_sha256(a, audit.SCHEMA_1) == legacy_tree_sha256(a)  # format-1 records still verify
+    assert audit.files_sha256(a) == tree_sha256(a)

@@ -65,3 +65,44 @@ def test_status_lists_cycles_and_decisions(trained_flywheel, tmp_path, monkeypat
     assert runner.invoke(app, ["audit", "verify", *home]).exit_code == 0
     out = runner.invoke(app, ["approve", "--cycle", "2026-01-01", "--by", "Ana", *home])
     assert out.exit_code == 2 and "require_approval is false" in out.output
+
+
+@pytest.mark.parametrize("key", ["not-a-date", "1999-01-01", "2026-02-01"])
+def test_a_cycle_key_that_is_no_partition_is_one_line_before_anything_runs(tmp_path, key):
+    home = tmp_path / "home"
+    result = runner.invoke(app, ["cycle", key, "--home", str(home)])
+    assert result.exit_code == 2, result.output
+    assert f"cycle '{key}' is not a partition" in " ".join(result.output.split())
+    assert "2025-01-01" in result.output  # the valid keys are named
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert not (home / "models").exists()  # no bootstrap ran first
+
+
+def test_forget_before_bootstrap_says_what_to_do(tmp_path):
+    result = runner.invoke(app, ["forget", "--user-id", "u-1", "--by", "DPO", "--home", str(tmp_path / "home")])
+    assert result.exit_code == 2, result.output
+    assert "bootstrap the flywheel" in result.output and "Traceback" not in result.output
+
+
+def test_a_home_that_is_a_file_is_refused_by_name(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    result = runner.invoke(app, ["status", "--home", str(f)])
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("traffic: {source: logs}\ningest:\n  paths: [no/such/logs]\n", "ingest.paths: 'no/such/logs' matches no file"),
+        ("task: {source: gsm8k, data_dir: /no/such/gsm8k}\nmodel: {kind: hf, hf_path: x}\n", "task.data_dir"),
+        ("schedule:\n  start_date: 2026-01-01\n", "quote it, e.g. '2026-01-01'"),
+        ("schedule:\n  start_date: '2026-02-01'\n", "first day of a quarter"),
+    ],
+)
+def test_config_errors_found_when_the_file_is_read(tmp_path, yaml_text, expected):
+    cfg = tmp_path / "flywheel.yaml"
+    cfg.write_text(yaml_text)
+    result = runner.invoke(app, ["status", "--config", str(cfg), "--home", str(tmp_path / "home")])
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split()) and "Traceback" not in result.output

@@ -5,8 +5,11 @@ answers the quarter's questions (4 samples each), plus users who paste their con
 ask benchmark questions, records from outside the quarter and broken lines.
 """
 
+import gzip
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pyarrow.compute as pc
@@ -16,6 +19,7 @@ from test_cycle import Q1, materialize
 from flywheel_dagster.curation import ingest, loggen
 from flywheel_dagster.engines.base import SamplingSettings
 from flywheel_dagster.engines.transformers_engine import TransformersEngine
+from flywheel_dagster.serving.capture import SERVING_LOGS
 from flywheel_dagster.tasks.playground import PlaygroundTask
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -62,18 +66,42 @@ def write_logs(model_dir, path) -> dict:  # noqa: ANN001
                 request_id=f"pii-{j}",
             )
         )
+    for j, p in enumerate(problems[10:13]):  # the erasure test's user: contact details in the answer they got
+        records.append(
+            loggen.record(
+                p.prompt.strip(),
+                p.solution,
+                reasoning=f"write to {VICTIM_EMAIL}",
+                timestamp=START + timedelta(days=5, hours=j),
+                user_id=VICTIM,
+                request_id=f"v-{j}",
+            )
+        )
     late = loggen.record(
         "Q:1+2", "A:3", reasoning="1+2=3:3", timestamp=datetime(2026, 4, 2, tzinfo=UTC), request_id="late"
     )
     lines = loggen.write_jsonl(path / "gateway-2026q1.jsonl", [*records, late], broken_every=50)
-    return {"lines": lines, "records": len(records)}
+    with (path / "gateway-2026q1.jsonl").open("ab") as f:
+        # the same user in a line whose user id does not parse (a list): quarantined, the excerpt names them
+        f.write(b'{"user_id": ["' + VICTIM.encode() + b'"], "request": {"messages": []}}\n')
+    return {"lines": lines + 1, "records": len(records)}
+
+
+VICTIM, VICTIM_EMAIL = "u-7f3a", "mara.victim@example.org"
+
+
+def serving_logs(fw) -> Path:  # noqa: ANN001
+    """Where `flywheel serve` writes a day's logs in this flywheel's lake (the default ingest source)."""
+    return fw.root / "home" / "lake" / SERVING_LOGS
 
 
 @pytest.fixture(scope="module")
-def logs_cycle(tiny_flywheel_factory, trained_flywheel, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("logs")
+def logs_cycle(tiny_flywheel_factory, trained_flywheel):
+    """A quarter of the gateway's logs, in the lake's serving_logs (no ingest.paths: the default source)."""
+    fw = tiny_flywheel_factory("logs", {"traffic": {"source": "logs"}})
+    logs = serving_logs(fw) / "date=2026-01-15"
+    logs.mkdir(parents=True)
     written = write_logs(trained_flywheel.registry.local_path(trained_flywheel.base.ref), logs)
-    fw = tiny_flywheel_factory("logs", {"traffic": {"source": "logs"}, "ingest": {"paths": [str(logs)]}})
     with dg.instance_for_test() as instance:
         result = materialize(fw, instance, Q1)
     return fw, result, written
@@ -105,7 +133,8 @@ def test_cycle_on_ingested_logs(logs_cycle):
     prompts = " ".join(harvested.column("prompt").to_pylist())
     assert "jane.doe@example.com" not in prompts and "<EMAIL>" in prompts
     # user ids stay on the trace rows (for erasure requests), never in training text
-    assert pc.count_distinct(harvested.column("user_id")).as_py() == 37  # plus anonymous (null) askers
+    # 37 users of the quarter's questions and the erasure test's user (plus anonymous, null, askers)
+    assert pc.count_distinct(harvested.column("user_id")).as_py() == 38
     training = fw.lake.read_table("training_dataset", Q1)
     assert not any("u-" in t for t in training.column("completion").to_pylist())
 
@@ -162,6 +191,49 @@ def test_a_blocking_monitor_stops_the_cycle_before_training(tiny_flywheel_factor
     assert "below the block level 0.95" in check.description
 
 
+KEY = bytes(range(32))  # the deployment's erasure key (audit.erasure_key makes a random one)
+
+
+def erasure_args(fw) -> dict:  # noqa: ANN001
+    return {"key": KEY, "log_dirs": [str(serving_logs(fw))]}
+
+
+def user_of_lines(raw, user: str) -> int:  # noqa: ANN001
+    """Log lines of `user`: one per record (each record here has one choice, so one trace)."""
+    return raw.column("user_id").to_pylist().count(user)
+
+
+def test_verify_names_a_changed_or_added_raw_input_and_an_added_lake_file(logs_cycle):
+    """The record holds each raw log file's hash; verify re-hashes them and looks for files added since, in the
+    ingest paths (inside the quarter) and in the cycle's lake partitions."""
+    from flywheel_dagster import audit
+
+    fw, result, _ = logs_cycle
+    assert result.success and audit.verify(fw.lake, fw.registry) == []
+    log = serving_logs(fw) / "date=2026-01-15" / "gateway-2026q1.jsonl"
+    record, _ = audit.Chain(fw.lake).latest_cycle_records()[Q1]
+    assert [f["path"] for f in record["inputs"]["files"]] == [str(log.resolve())]
+    original = log.read_bytes()
+
+    log.write_bytes(original.replace(b'"u-1"', b'"u-2"', 1))
+    (problem,) = audit.verify(fw.lake, fw.registry)
+    assert (problem.what, problem.where) == ("input", str(log.resolve())) and "recorded" in problem.detail
+    log.write_bytes(original)
+    added = log.with_name("gateway-b.jsonl")
+    added.write_bytes(original[: original.index(b"\n") + 1])
+    (problem,) = audit.verify(fw.lake, fw.registry)
+    assert problem.where == str(added.resolve()) and "added to cycle 2026-01-01's ingest paths" in problem.detail
+    added.unlink()
+    stray = Path(fw.lake.partition_dir("harvested_traces", Q1)) / "extra.parquet"
+    shutil.copy(Path(fw.lake.partition_dir("harvested_traces", Q1)) / "part-00000.parquet", stray)
+    (problem,) = audit.verify(fw.lake, fw.registry)
+    assert problem.where == f"harvested_traces/cycle={Q1}/extra.parquet" and "not in the cycle's audit record" in str(
+        problem
+    )
+    stray.unlink()
+    assert audit.verify(fw.lake, fw.registry) == []
+
+
 def test_forget_removes_a_user_everywhere_and_records_it(logs_cycle):
     """An erasure request: the user's rows leave the raw, quarantine, harvested and training tables, nobody
     else's do, the audit chain records it, and verify still holds with the rewritten files."""
@@ -182,7 +254,7 @@ def test_forget_removes_a_user_everywhere_and_records_it(logs_cycle):
     mine = {t for t, u in user_of.items() if u == victim}
     assert mine
 
-    res = forget(lake, fw.registry, victim, requested_by="DPO desk", note="ticket 4711")
+    res = forget(lake, fw.registry, victim, requested_by="DPO desk", note="ticket 4711", **erasure_args(fw))
 
     after = {t: lake.read_table(t, Q1) for t in ("reasoning_traces", "harvested_traces")}
     for t, before in (("reasoning_traces", raw), ("harvested_traces", harvested)):
@@ -205,7 +277,9 @@ def test_forget_removes_a_user_everywhere_and_records_it(logs_cycle):
     assert res.trained_on == [lake_candidate(lake)] and res.rows_removed > 0
     entry = audit.Chain(lake).entries()[-1]
     assert entry["kind"] == "erasure" and entry["seq"] == res.seq
-    assert entry["subject_sha256"] == audit.subject_sha256(victim) and victim not in json.dumps(entry)
+    assert entry["subject_sha256"] == audit.subject_sha256(victim, KEY) and victim not in json.dumps(entry)
+    # the serving log lost the user's lines too, and the chain records its hash before and after
+    assert [f["lines_removed"] for f in entry["inputs_rewritten"]] == [user_of_lines(raw, victim)]
     assert entry["requested_by"] == "DPO desk" and entry["note"] == "ticket 4711"
     assert entry["model_versions_trained_on_data"] == res.trained_on
     removed = {(f["table"], f["file"]): f["rows_before"] - f["rows_after"] for f in entry["rewritten"]}
@@ -213,7 +287,7 @@ def test_forget_removes_a_user_everywhere_and_records_it(logs_cycle):
     assert ("training_dataset", "part-00000.parquet") in removed
     # the chain accounts for the rewrite: verify holds; a second request for the same user finds nothing
     assert audit.verify(fw.lake, fw.registry) == []
-    again = forget(lake, fw.registry, victim, requested_by="DPO desk")
+    again = forget(lake, fw.registry, victim, requested_by="DPO desk", **erasure_args(fw))
     assert again.rows_removed == 0 and again.trained_on == []
     assert audit.verify(fw.lake, fw.registry) == []
 
@@ -222,3 +296,50 @@ def lake_candidate(lake) -> str:  # noqa: ANN001
     from flywheel_dagster import cycle as core
 
     return core.read_json(lake, "candidate_model", Q1, core.CANDIDATE_FILE)["version"]
+
+
+def lake_text(root: Path) -> str:
+    """Every file under the lake as text: Parquet tables as their rows, gzip decompressed, the rest as bytes."""
+    import pyarrow.parquet as pq
+
+    parts = []
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        if f.suffix == ".parquet":
+            parts.append(json.dumps(pq.read_table(f).to_pylist(), default=str, ensure_ascii=False))
+        elif f.suffix == ".gz":
+            parts.append(gzip.decompress(f.read_bytes()).decode("utf-8", "replace"))
+        else:
+            parts.append(f.read_bytes().decode("utf-8", "replace"))
+    return "\n".join(parts)
+
+
+def test_forget_leaves_no_byte_of_the_user_under_the_lake(logs_cycle, tmp_path):
+    """The user's id and e-mail are gone from every file under the lake: the serving log (their records and a
+    line whose user id did not parse), raw traces, quarantine, harvested and training tables. A copy of the log
+    outside the lake, which the flywheel only reads, is listed to be erased at source."""
+    from flywheel_dagster import audit
+    from flywheel_dagster.erasure import forget
+
+    fw, result, _ = logs_cycle
+    lake_root = fw.root / "home" / "lake"
+    log = serving_logs(fw) / "date=2026-01-15" / "gateway-2026q1.jsonl"
+    outside = tmp_path / "mirror"
+    outside.mkdir()
+    shutil.copy(log, outside / "copy.jsonl")
+    before = lake_text(lake_root)
+    assert VICTIM in before and VICTIM_EMAIL in before
+    quarantined = fw.lake.read_table(ingest.QUARANTINE_TABLE, Q1).to_pylist()
+    assert any(VICTIM in q["excerpt"] and q["user_id"] is None for q in quarantined)  # the unparsable line
+
+    res = forget(fw.lake, fw.registry, VICTIM, "DPO desk", **erasure_args(fw), read_only_paths=[str(outside)])
+    assert res.logs_rewritten == {str(log.resolve()): 4}  # three records and the broken line
+    assert res.erase_at_source == {str((outside / "copy.jsonl").resolve()): 4}
+    after = lake_text(lake_root)
+    for fragment in (VICTIM, VICTIM_EMAIL, "mara.victim"):
+        assert fragment not in after, fragment
+    assert not (lake_root / "audit_erasure_journal").exists() or not list(
+        (lake_root / "audit_erasure_journal").iterdir()
+    )
+    entry = audit.Chain(fw.lake).entries()[-1]
+    assert entry["erase_at_source"] == res.erase_at_source and entry["inputs_rewritten"][0]["lines_removed"] == 4
+    assert audit.verify(fw.lake, fw.registry) == []

@@ -23,7 +23,7 @@ from flywheel_dagster import audit
 from flywheel_dagster import cycle as core
 from flywheel_dagster.registry import CHAMPION
 from flywheel_dagster.serving.client import question_of, running_gateway
-from flywheel_dagster.serving.gateway import state_path
+from flywheel_dagster.serving.gateway import ApiKeys, state_path
 from flywheel_dagster.serving.rollback import rollback_after
 from flywheel_dagster.serving.serve import GatewayServer, build_gateway
 from flywheel_dagster.serving.upstream import free_port
@@ -35,6 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 FLYWHEEL = str(Path(sys.executable).with_name("flywheel"))
 Q, NEXT_Q = "2026-07-01", "2026-10-01"
 SERVED_AT = datetime(2026, 8, 15, 12, 0, tzinfo=UTC)  # the gateway's clock: a day inside quarter Q
+# Once the cycle has ingested quarter Q, the gateway's clock moves into the next quarter: traffic after a
+# quarter was audited belongs to the next one (audit verify re-hashes the quarter's log files).
+GATEWAY_CLOCK = {"now": SERVED_AT}
+AFTER_Q = datetime(2026, 10, 2, 9, 0, tzinfo=UTC)
 SERVING = {
     "traffic": {"source": "logs"},  # no ingest.paths: what `flywheel serve` captured
     # From the weakened base (conftest) one cycle improves the model, and any improvement passes: this module
@@ -45,23 +49,25 @@ SERVING = {
     # took, so the candidate beats it by a margin the 2-sample benchmark resolves every time (at 320 traces
     # alone one run in three came out at -0.005).
     "harvest": {"min_training_examples": 400},
-    "serving": {"memory_fraction": 0.05, "enable_lora": True, "health_check": {"prompts": 6, "min_accuracy": 0.5}},
+    "serving": {"enable_lora": True, "health_check": {"prompts": 6, "min_accuracy": 0.5}},
 }
 REQUESTS = 320
 
 
 def chat(url: str, question: str, *, stream: bool = False, user: str | None = None, **kw) -> tuple[int, str, str]:
-    """(status, content, model version header) of one chat completion."""
+    """(status, content, model version header) of one chat completion; `user` in the header an ingress sets
+    (serving.user_id_from: header, the default)."""
     body = {"model": "whatever-the-client-calls-it", "messages": [{"role": "user", "content": question}]}
     body |= {"temperature": 1.0, "max_tokens": 64, **kw}
-    if user:
-        body["user"] = user
+    headers = {"x-flywheel-user-id": user} if user else {}
     if not stream:
-        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
         content = r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else r.text
         return r.status_code, content, r.headers.get("x-flywheel-model-version", "")
     parts = []
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=120) as r:
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, headers=headers, timeout=120
+    ) as r:
         for line in r.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
                 for ch in json.loads(line[6:]).get("choices", []):
@@ -85,7 +91,7 @@ def served(tiny_flywheel_factory, weakened_base):  # noqa: ANN001, ANN201
     """The champion (v1) served through the gateway, in this process; a Dagster instance for the cycle."""
     fw = tiny_flywheel_factory("serving", SERVING, base=weakened_base)
     home = fw.root / "home"
-    gw = build_gateway(fw.cfg, home, fw.registry, "127.0.0.1", "test-token", log_clock=lambda: SERVED_AT)
+    gw = build_gateway(fw.cfg, home, fw.registry, "127.0.0.1", "test-token", log_clock=lambda: GATEWAY_CLOCK["now"])
     gw.start(fw.base.ref.version)
     http = GatewayServer(gw, "127.0.0.1", free_port(), state_path(home))
     gw.on_switch = http.write_state
@@ -137,6 +143,7 @@ def test_the_next_cycle_harvests_what_was_served(served):  # noqa: ANN001
     fw, gw, http, instance = served
     selection = sorted(CYCLE_ASSETS - {"champion_model", "cycle_audit"})
     result = materialize(fw, instance, Q, selection=selection)
+    GATEWAY_CLOCK["now"] = AFTER_Q
     assert result.success
     meta = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
     ingest = meta["reasoning_traces"]
@@ -284,10 +291,55 @@ def test_a_lora_champion_is_loaded_into_the_running_server(served):  # noqa: ANN
     assert status == 200 and version == base
 
 
+def test_the_user_is_who_the_deployment_says_not_the_body(served, tmp_path):  # noqa: ANN001
+    """On the real server: the ingress header names the user and a body `user` cannot override it (nor is it
+    forwarded or kept); under API keys a request without a known key gets 401, one with a key is its user's;
+    a field off the allow-list is refused; vLLM runs with the server-wide token cap."""
+    fw, gw, http, _ = served
+    logs = fw.root / "home" / "lake" / "serving_logs"
+    url = f"{http.url}/v1/chat/completions"
+    body = {"model": "any", "messages": [{"role": "user", "content": "12+7"}], "temperature": 0, "max_tokens": 16}
+
+    def recorded(response: httpx.Response) -> dict:
+        assert response.status_code == 200, response.text
+        rid = response.json()["id"]
+        found = [r for f in logs.rglob("*.jsonl") for r in map(json.loads, f.read_text().splitlines())]
+        return next(r for r in found if r["request_id"] == rid)
+
+    spoofed = recorded(
+        httpx.post(url, json={**body, "user": "bob"}, headers={"x-flywheel-user-id": "alice"}, timeout=60)
+    )
+    assert spoofed["user_id"] == "alice" and "user" not in spoofed["request"]
+    refused = httpx.post(url, json={**body, "chat_template": "{{ 7 * 7 }}"}, timeout=60)
+    assert refused.status_code == 400 and "serving.limits.allowed_fields" in refused.json()["error"]["message"]
+    assert "--override-generation-config" in gw.active.server.extra_args
+    # Past the gateway, the model server answers only with its own key: no capture bypass, no adapter loading.
+    server = gw.active.server
+    bare = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "model": gw.active.model}, timeout=60)
+    assert bare.status_code == 401
+    load = httpx.post(f"{server.url}/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/tmp"}, timeout=60)
+    assert load.status_code == 401
+    keyed = httpx.post(
+        f"{server.url}/v1/chat/completions", json={**body, "model": gw.active.model}, headers=server.headers, timeout=60
+    )
+    assert keyed.status_code == 200
+
+    keys = tmp_path / "api_keys.yaml"
+    keys.write_text("key-of-carol: carol\n")
+    gw.user_id_from, gw.api_keys = "api_key", ApiKeys(keys)
+    try:
+        denied = httpx.post(url, json={**body, "user": "carol"}, headers={"x-flywheel-user-id": "carol"}, timeout=60)
+        assert denied.status_code == 401
+        keyed = recorded(httpx.post(url, json=body, headers={"authorization": "Bearer key-of-carol"}, timeout=60))
+        assert keyed["user_id"] == "carol"
+    finally:
+        gw.user_id_from, gw.api_keys = "header", None
+
+
 def test_flywheel_serve_end_to_end(tiny_flywheel_factory):  # noqa: ANN001
     """The command itself: starts vLLM and the gateway, refuses a second gateway on the same home, captures each
     completion, and on SIGTERM flushes, stops vLLM and removes its state file."""
-    fw = tiny_flywheel_factory("serve-cli", {"serving": {"memory_fraction": 0.05}})
+    fw = tiny_flywheel_factory("serve-cli", {"serving": {"kv_cache_bytes": "256MiB"}})
     home = fw.root / "home"
     port = free_port()
     args = ["--home", str(home), "--config", str(fw.config_path)]

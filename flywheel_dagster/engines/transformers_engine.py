@@ -94,8 +94,13 @@ class TransformersEngine:
 
 
 def load_engine(
-    kind: str, model_dir: str | Path, device: str = "auto", batch_size: int = 256, max_model_len: int | None = None
-):  # noqa: ANN201, E501 - InferenceEngine
+    kind: str,
+    model_dir: str | Path,
+    device: str = "auto",
+    batch_size: int = 256,
+    max_model_len: int | None = None,
+    kv_cache_bytes: int | None = None,
+):  # noqa: ANN201 - InferenceEngine
     """The engine named in config: transformers (the CPU default) or vllm (the `vllm` extra)."""
     if kind == "transformers":
         return TransformersEngine(model_dir, device=device, batch_size=batch_size)
@@ -104,5 +109,5 @@ def load_engine(
             from flywheel_dagster.engines.vllm_engine import VllmEngine
         except ImportError as err:  # pragma: no cover - depends on the install
             raise ValueError(f"engine.kind 'vllm' needs the vllm extra (pip install -e '.[vllm]'): {err}") from err
-        return VllmEngine(model_dir, device=device, max_model_len=max_model_len)
+        return VllmEngine(model_dir, device=device, max_model_len=max_model_len, kv_bytes=kv_cache_bytes)
     raise ValueError(f"engine.kind {kind!r}: expected 'transformers' or 'vllm'")

@@ -10,7 +10,62 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from flywheel_dagster.config import CPU_KV_CACHE_BYTES
 from flywheel_dagster.engines.base import Completion, SamplingSettings
+
+
+class KvCacheError(RuntimeError):
+    """vLLM's KV cache does not fit in the memory that is free; the message says which setting to lower."""
+
+
+def on_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device == "cuda":
+        return False
+    return not _cuda()
+
+
+def kv_cache_bytes(device: str, configured: int | None) -> int | None:
+    """The KV cache size to ask vLLM for: the configured bytes, else a fixed size on the CPU (never a fraction of
+    the NUMA node, which fails on a small or busy node), else None (on GPUs vLLM's memory fraction decides)."""
+    if configured:
+        return int(configured)
+    return CPU_KV_CACHE_BYTES if on_cpu(device) else None
+
+
+def free_memory_bytes() -> int:
+    """Memory available to vLLM's CPU worker, as vLLM itself reckons it (its NUMA node's free and reclaimable
+    memory, capped by the cgroup limit)."""
+    try:
+        from vllm.utils.cpu_resource_utils import get_memory_node_info
+    except ImportError:  # another vLLM layout: the machine's figure
+        import psutil
+
+        return psutil.virtual_memory().available
+    return int(get_memory_node_info(0).available_memory)
+
+
+def check_kv_cache_fits(kv_bytes: int | None, device: str, setting: str) -> None:
+    """Refuse, before vLLM starts (30-60 s), a CPU KV cache larger than the free memory; name the setting."""
+    if kv_bytes is None or not on_cpu(device):
+        return
+    free = free_memory_bytes()
+    if kv_bytes > free:
+        raise KvCacheError(kv_cache_hint(setting, kv_bytes, free))
+
+
+def kv_cache_hint(setting: str, kv_bytes: int | None, free: int | None = None) -> str:
+    have = f" but only {free / 2**20:.0f} MiB are free" if free is not None else ""
+    asked = f"{kv_bytes / 2**20:.0f} MiB" if kv_bytes else "its default share of memory"
+    return (
+        f"vLLM's KV cache ({setting} = {asked}) does not fit{have}: set {setting} lower in flywheel.yaml "
+        f"(bytes or e.g. '256MiB'; one sequence of the model's max length must fit), or free memory"
+    )
+
+
+def is_kv_cache_failure(text: str) -> bool:
+    return "kv cache" in text.lower() and ("available memory" in text.lower() or "less than" in text.lower())
 
 
 class VllmEngine:
@@ -33,11 +88,14 @@ class VllmEngine:
         lora_dir: str | Path | None = None,
         max_lora_rank: int = 64,
         memory_fraction: float | None = None,
+        kv_bytes: int | None = None,
     ) -> None:
         from vllm import LLM
 
         self.lora_dir = str(lora_dir) if lora_dir else None
-        on_cpu = device == "cpu" or (device == "auto" and not _cuda())
+        cpu = on_cpu(device)
+        kv_bytes = kv_cache_bytes(device, kv_bytes)
+        check_kv_cache_fits(kv_bytes, device, "engine.kv_cache_bytes")
         kwargs: dict = {
             "model": str(model_dir),
             "max_model_len": max_model_len,
@@ -50,20 +108,21 @@ class VllmEngine:
         }
         if self.lora_dir:
             kwargs["max_lora_rank"] = max_lora_rank
-        if on_cpu:
-            # On the CPU backend this fraction is of the machine's memory, reserved for the KV cache up front.
+        kwargs["kv_cache_memory_bytes"] = kv_bytes
+        if cpu:
             # No chunked prefill: a seeded request whose prompt is prefilled in chunks makes the CPU worker rewind
             # its torch generator, which CPU generators cannot do ("CPU Generator does not use offset").
-            kwargs |= {
-                "dtype": "float32",
-                "enforce_eager": True,
-                "gpu_memory_utilization": memory_fraction or 0.2,
-                "enable_chunked_prefill": False,
-            }
+            kwargs |= {"dtype": "float32", "enforce_eager": True, "enable_chunked_prefill": False}
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         elif memory_fraction:
             kwargs["gpu_memory_utilization"] = memory_fraction
-        self.llm = LLM(**{k: v for k, v in kwargs.items() if v is not None})
+        try:
+            self.llm = LLM(**{k: v for k, v in kwargs.items() if v is not None})
+        except Exception as err:
+            # The engine core's own error names only vLLM's flags; say which flywheel setting to change.
+            if is_kv_cache_failure(f"{err} {err.__cause__}"):
+                raise KvCacheError(kv_cache_hint("engine.kv_cache_bytes", kv_bytes)) from err
+            raise
 
     def generate(self, prompts: list[str], settings: SamplingSettings) -> list[Completion]:
         from vllm import SamplingParams

@@ -12,7 +12,10 @@ Durability, by what fails:
 - the machine crashes (power, kernel): at most the records written since the last fsync are lost. The
   writer fsyncs every `fsync_interval_s` seconds and as soon as `max_unsynced` records wait, whichever
   comes first: that is the open buffer, bounded in time and in records. A line torn by the crash is
-  quarantined by the ingest as `bad_json` (counted), never half-read.
+  quarantined by the ingest as `bad_json` (counted), never half-read;
+- a write fails (disk full, quota, file size limit): append() raises OSError (the gateway answers 503) and
+  the file is cut back to its last whole line first, so the part written is gone and the next record starts
+  on a line of its own.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ SERVING_LOGS = "serving_logs"  # the lake folder `flywheel serve` writes to by d
 class CaptureStats:
     written: int = 0
     fsyncs: int = 0
+    write_failures: int = 0  # appends that raised OSError (their records are not in the file)
     files: list[str] = field(default_factory=list)
 
 
@@ -62,6 +66,7 @@ class TraceLog:
         self._fd: int | None = None
         self._day: str | None = None
         self._unsynced = 0
+        self._torn = False  # a failed write's tail could not be cut off: the next record starts a new line
         self._closed = False
         self._stop = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, name="trace-log-fsync", daemon=True)
@@ -83,26 +88,72 @@ class TraceLog:
             if self._closed:
                 raise RuntimeError("trace log is closed")
             day = ts[:10]
-            if day != self._day:
-                self._open(day)
-            view = memoryview(line)
-            while view:  # a regular file takes the whole line in one write; loop for the letter of the API
-                n = os.write(self._fd, view)
-                view = view[n:]
+            try:
+                if day != self._day:
+                    self._open(day)
+                self._append_locked(day, line)
+            except OSError:
+                self.stats.write_failures += 1
+                raise
             self.stats.written += 1
             self._unsynced += 1
             if self._unsynced >= self.max_unsynced:
                 self._fsync()
 
+    def _append_locked(self, day: str, line: bytes) -> None:
+        """Write under an exclusive flock of the file, the lock `flywheel forget` takes while it rewrites a log
+        without the user's lines (erasure.rewrite_log). A file it replaced meanwhile is reopened first, so the
+        line goes to the new file, not to the unlinked old one."""
+        import fcntl
+
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            try:
+                replaced = os.fstat(self._fd).st_ino != os.stat(self.path_for(day)).st_ino
+            except FileNotFoundError:
+                replaced = True
+            if replaced:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._open(day)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._write(line)
+        finally:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _write(self, line: bytes) -> None:
+        """One whole line or nothing: a failed or short write (ENOSPC, EFBIG, EDQUOT) is cut back to the end of
+        the last record, so no fragment stays to be glued to the next record (one line of bad JSON, a trace
+        lost). Only this writer appends to the file (one per gateway), under the lock: its end is ours."""
+        end = os.fstat(self._fd).st_size
+        if self._torn:
+            line = b"\n" + line  # the earlier fragment is then a line of its own (quarantined), not a prefix
+        view = memoryview(line)
+        try:
+            while view:  # a regular file takes the whole line in one write, unless it is full
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError:
+            try:
+                if os.fstat(self._fd).st_size != end:
+                    os.ftruncate(self._fd, end)
+            except OSError:
+                self._torn = True
+            raise
+        self._torn = False
+
     def _open(self, day: str) -> None:
         if self._fd is not None:
             self._fsync()
             os.close(self._fd)
+            self._fd, self._day = None, None  # an open that fails below must not leave a closed descriptor
+            self._torn = False
         path = self.path_for(day)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self._day = day
-        self.stats.files.append(str(path))
+        if str(path) not in self.stats.files:
+            self.stats.files.append(str(path))
         _fsync_dir(path.parent)  # the new file's directory entry survives a crash too
 
     def _fsync(self) -> None:

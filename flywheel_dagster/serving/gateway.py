@@ -3,9 +3,12 @@
 Clients talk to the gateway as to any OpenAI endpoint:
 - `POST /v1/chat/completions` (plain or `stream: true`) is forwarded to the current champion's server; each
   completed response is written as one trace record (capture.TraceLog) before the client gets it, with who
-  asked (`user` field or `X-Flywheel-User-Id`), the workload (`X-Flywheel-Workload`) and the model version
-  that answered. Whatever model name the client sends, the champion answers: the gateway routes.
+  asked (from `serving.user_id_from`: a header your ingress sets, the client's API key, or, only if chosen,
+  the body's `user`), the workload (`X-Flywheel-Workload`) and the model version that answered. Whatever
+  model name the client sends, the champion answers: the gateway routes.
 - `POST /v1/completions`, `GET /v1/models` are forwarded, not captured (no chat turn to learn from).
+- Every request is held to `serving.limits` (body size, read with a bound; max_tokens, n, logprobs; the chat
+  fields accepted) before it reaches the model server; a refusal names the setting and is counted.
 - `GET /health`: the gateway and its upstream.
 Operators (bearer token from the state file, loopback only by default):
 - `GET /flywheel/status`: version served, counters, log files;
@@ -22,8 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import math
+import os
+import re
 import threading
 import time
 from collections import Counter
@@ -32,11 +38,13 @@ from pathlib import Path
 
 import httpx
 import orjson
+import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from flywheel_dagster.config import RequestLimitsConfig
 from flywheel_dagster.serving.capture import TraceLog, iso_now
 from flywheel_dagster.serving.upstream import UpstreamError, VllmServer, free_port
 from flywheel_dagster.tasks.base import TaskSource
@@ -61,7 +69,9 @@ class GatewayStats:
     requests: int = 0
     captured: int = 0
     retried: int = 0  # sent again after a closed keep-alive connection
-    not_captured: Counter = field(default_factory=Counter)  # reason -> count (upstream errors, aborted streams)
+    not_captured: Counter = field(default_factory=Counter)  # reason -> count (refusals, upstream errors, ...)
+    forward_refused: Counter = field(default_factory=Counter)  # the same for /v1/completions and /v1/models
+    body_user_ignored: int = 0  # chat requests whose `user` field was dropped (user_id_from is not 'body')
     started: float = field(default_factory=time.time)
 
 
@@ -132,12 +142,18 @@ class HealthResult:
 
 
 def health_check(
-    task: TaskSource, target_url: str, model: str, prompts: list[dict], min_correct: int, max_tokens: int
+    task: TaskSource,
+    server: VllmServer,
+    model: str,
+    prompts: list[dict],
+    min_correct: int,
+    max_tokens: int,
 ) -> HealthResult:
     """Greedy answers to verified prompts ({question, reference}) straight from a server; ok if every request
     succeeded and at least min_correct answers verify."""
     answers, correct = [], 0
-    with httpx.Client(timeout=120) as client:
+    target_url = server.url
+    with httpx.Client(timeout=120, headers=server.headers) as client:
         for p in prompts:
             body = {
                 "model": model,
@@ -169,6 +185,118 @@ def health_check(
     return HealthResult(ok, correct, len(prompts), min_correct, reason, answers)
 
 
+class ApiKeysError(RuntimeError):
+    """serving.api_keys_file cannot be read or is malformed; the message names the file and the entry."""
+
+
+_API_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces: what an Authorization header carries
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's own loader keeps the last of two equal keys: a key listed twice would silently change its user."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the same key twice (line {key_node.start_mark.line + 1})", None
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class ApiKeys:
+    """Client API keys -> user ids, from serving.api_keys_file (YAML: `<key>: <user id>`, or
+    `sha256:<hex digest of the key>: <user id>` so the file need not hold the keys themselves).
+
+    Only SHA-256 digests are kept, and a presented key is looked up by its digest: the lookup's timing says
+    nothing about the keys. The file is reread when it changes (key rotation without a restart); a change
+    that does not parse leaves the previous keys in force and is reported in /flywheel/status."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.error: str | None = None
+        self.reloads = 0
+        self._signature = self._stat()
+        self._users = self._load()  # at start a bad file is an error, not a gateway that refuses everyone
+
+    def user_for(self, key: str) -> str | None:
+        self._reload_if_changed()
+        return self._users.get(hashlib.sha256(key.encode("latin-1")).digest())
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def _stat(self) -> tuple[int, int, int]:
+        try:
+            st = os.stat(self.path)
+        except OSError as err:
+            raise ApiKeysError(f"serving.api_keys_file {self.path}: cannot read it: {err}") from None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _reload_if_changed(self) -> None:
+        try:
+            signature = self._stat()
+            if signature == self._signature:
+                return
+            self._signature = signature
+            self._users = self._load()
+            self.error = None
+            self.reloads += 1
+        except ApiKeysError as err:
+            self.error = f"{err}; the keys read before stay in force"
+
+    def _load(self) -> dict[bytes, str]:
+        where = f"serving.api_keys_file {self.path}"
+        try:
+            data = yaml.load(self.path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        except (OSError, UnicodeDecodeError) as err:
+            raise ApiKeysError(f"{where}: cannot read it: {err}") from None
+        except yaml.YAMLError as err:  # the problem and its line, not YAML's excerpt of the file (it holds keys)
+            mark = getattr(err, "problem_mark", None)
+            line = f" (line {mark.line + 1})" if mark is not None else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ApiKeysError(f"{where}: not valid YAML: {problem}{line}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ApiKeysError(f"{where}: expected a mapping of API key -> user id, got {type(data).__name__}")
+        users: dict[bytes, str] = {}
+        for i, (key, user) in enumerate(data.items(), 1):
+            # Errors name the entry by position and user, never echo a key.
+            if not isinstance(user, str) or not user.strip():
+                raise ApiKeysError(f"{where}: entry {i}: the user id must be a non-empty string, got {user!r}")
+            if not isinstance(key, str) or not _API_KEY.match(key):
+                raise ApiKeysError(
+                    f"{where}: entry {i} (user {user!r}): the key must be a string of printable ASCII, no spaces"
+                )
+            if key.startswith("sha256:"):
+                try:
+                    digest = bytes.fromhex(key.removeprefix("sha256:"))
+                except ValueError:
+                    digest = b""
+                if len(digest) != 32:
+                    raise ApiKeysError(f"{where}: entry {i} (user {user!r}): 'sha256:' needs 64 hex digits")
+            else:
+                digest = hashlib.sha256(key.encode()).digest()
+            if digest in users:
+                raise ApiKeysError(f"{where}: entry {i} (user {user!r}): the same key as user {users[digest]!r}")
+            users[digest] = user
+        return users
+
+
+def bearer_token(request: Request) -> str | None:
+    """The credentials of an `Authorization: Bearer <token>` header (scheme case-insensitive, RFC 7235);
+    None for any other scheme or a bare token."""
+    scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() != "bearer" or not credentials:
+        return None
+    return credentials
+
+
 class Gateway:
     """The gateway's state: the active target, the trace log, the registry to resolve versions on deploy."""
 
@@ -185,7 +313,15 @@ class Gateway:
         max_connections: int = 256,
         drain_timeout_s: float = 120.0,
         health_max_tokens: int = 64,
+        limits: RequestLimitsConfig | None = None,
+        user_id_from: str = "header",
+        user_id_header: str = "X-Flywheel-User-Id",
+        api_keys: ApiKeys | None = None,
     ) -> None:
+        if user_id_from not in ("header", "api_key", "body"):
+            raise ValueError(f"user_id_from must be 'header', 'api_key' or 'body', got {user_id_from!r}")
+        if user_id_from == "api_key" and api_keys is None:
+            raise ValueError("user_id_from 'api_key' needs api_keys (serving.api_keys_file)")
         self.task = task
         self.log = trace_log
         self.server_factory = server_factory
@@ -195,6 +331,10 @@ class Gateway:
         self.workload_id = workload_id
         self.drain_timeout_s = drain_timeout_s
         self.health_max_tokens = health_max_tokens
+        self.limits = limits or RequestLimitsConfig()
+        self.user_id_from = user_id_from
+        self.user_id_header = user_id_header
+        self.api_keys = api_keys
         self.stats = GatewayStats()
         self.active: Target | None = None
         self.history: list[dict] = []
@@ -253,34 +393,126 @@ class Gateway:
             return _error(400, f"request body must be a JSON object, got {type(req).__name__}")
         return req
 
+    def _caller(self, request: Request) -> tuple[str | None, Response | None]:
+        """With user_id_from 'api_key': the user of the request's key, or a 401. Runs before the body is read."""
+        if self.user_id_from != "api_key":
+            return None, None
+        key = bearer_token(request)
+        user = self.api_keys.user_for(key) if key else None
+        if user is None:
+            return None, _error(
+                401,
+                "missing or unknown API key: send 'Authorization: Bearer <key>' with a key from serving.api_keys_file",
+                headers={"www-authenticate": "Bearer"},
+            )
+        return user, None
+
+    async def _read(self, request: Request, chat: bool) -> tuple[str, Response] | dict:
+        """The request's JSON object, read with a bound and held to serving.limits; else (reason, refusal)."""
+        limit = int(self.limits.max_request_bytes)
+        too_large = (
+            "refused_max_request_bytes",
+            _error(413, f"request body is larger than {limit} bytes (serving.limits.max_request_bytes)"),
+        )
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            declared = declared.strip()
+            if not (declared.isascii() and declared.isdigit()):
+                return "bad_request", _error(400, f"Content-Length must be a number of bytes, got {declared!r}")
+            if int(declared) > limit:
+                return too_large  # refused before a byte of the body is read
+        chunks, size = [], 0
+        async for chunk in request.stream():  # counted as it comes: a chunked body declares no length
+            size += len(chunk)
+            if size > limit:
+                return too_large
+            chunks.append(chunk)
+        req = self._parse(b"".join(chunks))
+        if isinstance(req, Response):
+            return "bad_request", req
+        refused = self._over_limits(req, chat)
+        return refused or req
+
+    def _over_limits(self, req: dict, chat: bool) -> tuple[str, Response] | None:
+        lim = self.limits
+        if chat:
+            allowed = set(lim.allowed_fields) | {"user"}  # `user` is the gateway's own (serving.user_id_from)
+            extra = sorted(k for k in req if k not in allowed)
+            if extra:
+                return "refused_allowed_fields", _error(
+                    400,
+                    f"request field(s) {', '.join(map(repr, extra))} not accepted by this gateway; accepted: "
+                    f"{', '.join(lim.allowed_fields)} (serving.limits.allowed_fields)",
+                )
+        bounds = [("max_tokens", "max_tokens"), ("max_completion_tokens", "max_tokens"), ("n", "max_n")]
+        if chat:
+            bounds.append(("top_logprobs", "max_top_logprobs"))
+        else:  # /v1/completions: `logprobs` is a count there, `best_of` a number of sequences
+            bounds += [("best_of", "max_n"), ("logprobs", "max_top_logprobs")]
+        for name, setting in bounds:
+            value = req.get(name)
+            if value is None:
+                continue
+            limit = getattr(lim, setting)
+            if not isinstance(value, int) or isinstance(value, bool):
+                return f"refused_{setting}", _error(
+                    400, f"'{name}' must be an integer (at most {limit}, serving.limits.{setting}), got {value!r}"
+                )
+            if value > limit:
+                return f"refused_{setting}", _error(
+                    400, f"'{name}' is {value}, more than this gateway allows: {limit} (serving.limits.{setting})"
+                )
+        return None  # a request that names no max_tokens: the server's own cap (serve.py) is the same limit
+
     async def forward(self, request: Request) -> Response:
+        _, refusal = self._caller(request)
+        if refusal is not None:
+            self.stats.forward_refused["unauthorized"] += 1
+            return refusal
+        req = None
+        if request.method == "POST":
+            req = await self._read(request, chat=False)
+            if isinstance(req, tuple):
+                self.stats.forward_refused[req[0]] += 1
+                return req[1]
         target = self.active
         if target is None:
             return _error(503, "no model is being served yet")
-        if request.method == "GET":
-            r = await self.client.get(f"{target.url}{request.url.path}")
+        if req is None:
+            r = await self.client.get(f"{target.url}{request.url.path}", headers=target.server.headers)
             return Response(r.content, status_code=r.status_code, media_type="application/json")
-        req = self._parse(await request.body())
-        if isinstance(req, Response):
-            return req
         req["model"] = target.model
         r = await self.client.post(
-            f"{target.url}{request.url.path}", content=orjson.dumps(req), headers={"content-type": "application/json"}
+            f"{target.url}{request.url.path}",
+            content=orjson.dumps(req),
+            headers={"content-type": "application/json", **target.server.headers},
         )
         return Response(r.content, status_code=r.status_code, media_type="application/json")
 
     async def chat(self, request: Request) -> Response:
         self.stats.requests += 1
+        user, refusal = self._caller(request)
+        if refusal is not None:
+            self.stats.not_captured["unauthorized"] += 1
+            return refusal
+        req = await self._read(request, chat=True)
+        if isinstance(req, tuple):
+            self.stats.not_captured[req[0]] += 1
+            return req[1]
         target = self.active
         if target is None:
             self.stats.not_captured["no_model"] += 1
             return _error(503, "no model is being served yet")
-        req = self._parse(await request.body())
-        if isinstance(req, Response):
-            self.stats.not_captured["bad_request"] += 1
-            return req
         received = iso_now(self.log.clock)
-        user = req.get("user") or request.headers.get("x-flywheel-user-id")
+        # The body's `user` is whatever the client claims. It names the user only with user_id_from 'body', and is
+        # neither forwarded nor kept in the recorded request: a second, unverified identity erasure would miss.
+        claimed = req.pop("user", None)
+        if self.user_id_from == "header":
+            user = request.headers.get(self.user_id_header) or None
+        elif self.user_id_from == "body":
+            user = claimed if isinstance(claimed, str) and claimed else None
+        if claimed is not None and self.user_id_from != "body":
+            self.stats.body_user_ignored += 1
         workload = request.headers.get("x-flywheel-workload") or self.workload_id
         req["model"] = target.model
         started = time.perf_counter()
@@ -290,7 +522,7 @@ class Gateway:
             "POST",
             f"{target.url}/v1/chat/completions",
             content=orjson.dumps(req),
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", **target.server.headers},
         )
         try:
             r = await self._send(upstream, stream=bool(req.get("stream")))
@@ -367,8 +599,9 @@ class Gateway:
 
     # ---- operator endpoints ------------------------------------------------------------------------------
     def _authorized(self, request: Request) -> bool:
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return bool(given) and hmac.compare_digest(given, self.token)
+        given = bearer_token(request)
+        # bytes: compare_digest refuses a str with non-ASCII characters (a header can carry them)
+        return given is not None and hmac.compare_digest(given.encode("latin-1"), self.token.encode())
 
     def status_payload(self) -> dict:
         t = self.active
@@ -380,6 +613,17 @@ class Gateway:
             "captured": self.stats.captured,
             "retried": self.stats.retried,
             "not_captured": dict(self.stats.not_captured),
+            "forward_refused": dict(self.stats.forward_refused),
+            "body_user_ignored": self.stats.body_user_ignored,
+            "user_id_from": self.user_id_from,
+            "api_keys": None
+            if self.api_keys is None
+            else {
+                "file": str(self.api_keys.path),
+                "keys": len(self.api_keys),
+                "reloads": self.api_keys.reloads,
+                "error": self.api_keys.error,
+            },
             "trace_files": list(self.log.stats.files),
             "history": self.history,
         }
@@ -426,7 +670,7 @@ class Gateway:
                 method = "lora" if staged.model != self.served_name else "base"  # no new process either way
             else:
                 method = "restart"
-            health = health_check(self.task, staged.url, staged.model, prompts, min_correct, self.health_max_tokens)
+            health = health_check(self.task, staged.server, staged.model, prompts, min_correct, self.health_max_tokens)
             if not health.ok:
                 self._retire(staged, keep=old)
                 return {
@@ -505,9 +749,11 @@ class Gateway:
         self.log.close()
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
-        {"error": {"message": message, "type": "flywheel_gateway_error", "code": status}}, status_code=status
+        {"error": {"message": message, "type": "flywheel_gateway_error", "code": status}},
+        status_code=status,
+        headers=headers,
     )
 
 

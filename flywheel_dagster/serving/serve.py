@@ -17,7 +17,7 @@ from pathlib import Path
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.registry import BASE_VERSION_TAG, CHAMPION, Registry
 from flywheel_dagster.serving.capture import SERVING_LOGS, TraceLog
-from flywheel_dagster.serving.gateway import Gateway, ModelSpec, state_path
+from flywheel_dagster.serving.gateway import ApiKeys, Gateway, ModelSpec, state_path
 from flywheel_dagster.serving.upstream import VllmServer, chat_template_for
 from flywheel_dagster.tasks import load_task
 
@@ -48,6 +48,12 @@ def build_gateway(
     s = cfg.serving
     runs = home / "serving" / "servers"
     templates: dict[str, str] = {}
+    vllm_args = list(s.vllm_args)
+    if not any(a.split("=")[0] == "--override-generation-config" for a in vllm_args):
+        # The server-wide cap on generated tokens: it bounds a request that names no max_tokens (the gateway
+        # refuses one that names more), without an error where the context leaves less.
+        vllm_args += ["--override-generation-config", json.dumps({"max_new_tokens": s.limits.max_tokens})]
+    api_keys = ApiKeys(s.api_keys_file) if s.user_id_from == "api_key" else None
 
     def server_factory(model_dir: str, enable_lora: bool, port: int) -> VllmServer:
         if model_dir not in templates:
@@ -58,13 +64,13 @@ def build_gateway(
             port=port,
             chat_template=templates[model_dir],
             log_path=runs / f"vllm-{port}.log",
-            host=host,
             device=cfg.engine.device,
             max_model_len=s.max_model_len,
             memory_fraction=s.memory_fraction,
+            kv_cache_bytes=s.kv_cache_bytes,
             enable_lora=enable_lora or s.enable_lora,
             max_lora_rank=s.max_lora_rank,
-            extra_args=list(s.vllm_args),
+            extra_args=list(vllm_args),
         )
 
     trace_log = TraceLog(
@@ -79,6 +85,10 @@ def build_gateway(
         served_name=s.served_model_name or cfg.name,
         workload_id=s.workload_id,
         health_max_tokens=cfg.benchmark.max_new_tokens,
+        limits=s.limits,
+        user_id_from=s.user_id_from,
+        user_id_header=s.user_id_header,
+        api_keys=api_keys,
     )
 
 
@@ -113,6 +123,8 @@ class GatewayServer:
                     "pid": os.getpid(),
                     "logs_dir": str(self.gateway.log.dir),
                     "upstream_pgids": [active.server.proc.pid] if active and active.server.proc else [],
+                    # the model server's own key, for an operator's direct look (benchmarks/gateway.py)
+                    "upstream_api_key": active.server.api_key if active else None,
                 },
                 f,
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,7 +21,18 @@ from pathlib import Path
 
 import httpx
 
+from flywheel_dagster.engines.vllm_engine import (
+    check_kv_cache_fits,
+    is_kv_cache_failure,
+    kv_cache_bytes,
+    kv_cache_hint,
+    on_cpu,
+)
 from flywheel_dagster.tasks.base import TaskSource
+
+# The model server listens on loopback only, whatever address the gateway binds: it has runtime LoRA loading on,
+# and every request that reaches it past the gateway would bypass the capture.
+UPSTREAM_HOST = "127.0.0.1"
 
 
 class UpstreamError(RuntimeError):
@@ -58,29 +70,39 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass
 class VllmServer:
-    """One `vllm serve` child process."""
+    """One `vllm serve` child process, on loopback, behind an API key of its own (`api_key`, made per process):
+    only the gateway, which holds the key, can reach the model or load adapters into it."""
 
     model_dir: str
     served_name: str
     port: int
     chat_template: str
     log_path: Path
-    host: str = "127.0.0.1"
     device: str = "auto"
     max_model_len: int | None = None
     memory_fraction: float | None = None
+    kv_cache_bytes: int | None = None
     enable_lora: bool = False
     max_lora_rank: int = 64
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     adapters: dict[str, str] = field(default_factory=dict)  # lora name -> path, loaded at runtime
+    api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+
+    host = UPSTREAM_HOST
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a request to this server carries (vLLM checks the key on its /v1 routes)."""
+        return {"authorization": f"Bearer {self.api_key}"}
+
     def command(self) -> list[str]:
         template = self.log_path.with_suffix(".chat_template.jinja")
+        template.parent.mkdir(parents=True, exist_ok=True)
         template.write_text(self.chat_template)
         cmd = [
             # The module rather than the `vllm` script: that one reads the distribution `vllm`'s version, which
@@ -108,7 +130,10 @@ class VllmServer:
             cmd += ["--max-model-len", str(self.max_model_len)]
         if self.enable_lora:
             cmd += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank)]
-        if _on_cpu(self.device):
+        kv_bytes = kv_cache_bytes(self.device, self.kv_cache_bytes)
+        if kv_bytes:
+            cmd += ["--kv-cache-memory-bytes", str(kv_bytes)]
+        if on_cpu(self.device):
             cmd += [
                 "--dtype",
                 "float32",
@@ -116,15 +141,20 @@ class VllmServer:
                 # a seeded request prefilled in chunks makes the CPU worker rewind its torch generator, which
                 # CPU generators cannot do ("CPU Generator does not use offset"): the engine would die
                 "--no-enable-chunked-prefill",
-                "--gpu-memory-utilization",
-                str(self.memory_fraction or 0.1),
             ]
         elif self.memory_fraction:
             cmd += ["--gpu-memory-utilization", str(self.memory_fraction)]
         return cmd + list(self.extra_args)
 
     def start(self, timeout_s: float = 300.0) -> None:
+        kv_bytes = kv_cache_bytes(self.device, self.kv_cache_bytes)
+        try:
+            check_kv_cache_fits(kv_bytes, self.device, "serving.kv_cache_bytes")
+        except RuntimeError as err:
+            raise UpstreamError(str(err)) from None
         env = dict(os.environ)
+        # The key travels in the environment, not on the command line (where `ps` would show it).
+        env["VLLM_API_KEY"] = self.api_key
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -136,9 +166,11 @@ class VllmServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                tail = _tail(self.log_path)
+                hint = f"{kv_cache_hint('serving.kv_cache_bytes', kv_bytes)}. " if is_kv_cache_failure(tail) else ""
                 raise UpstreamError(
-                    f"vLLM server for {self.model_dir} exited with code {self.proc.returncode} while starting; "
-                    f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
+                    f"vLLM server for {self.model_dir} exited with code {self.proc.returncode} while starting. "
+                    f"{hint}Last lines of {self.log_path}:\n{tail}"
                 )
             if self.healthy():
                 return
@@ -155,13 +187,18 @@ class VllmServer:
             return False
 
     def load_adapter(self, name: str, path: str) -> None:
-        r = httpx.post(f"{self.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}, timeout=300)
+        r = httpx.post(
+            f"{self.url}/v1/load_lora_adapter",
+            json={"lora_name": name, "lora_path": path},
+            headers=self.headers,
+            timeout=300,
+        )
         if r.status_code != 200:
             raise UpstreamError(f"loading LoRA adapter {name} from {path} failed ({r.status_code}): {r.text[:500]}")
         self.adapters[name] = path
 
     def unload_adapter(self, name: str) -> None:
-        r = httpx.post(f"{self.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+        r = httpx.post(f"{self.url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=self.headers, timeout=60)
         if r.status_code != 200:
             raise UpstreamError(f"unloading LoRA adapter {name} failed ({r.status_code}): {r.text[:500]}")
         self.adapters.pop(name, None)
@@ -178,16 +215,6 @@ class VllmServer:
             self.proc.wait(10)
         except ProcessLookupError:
             pass
-
-
-def _on_cpu(device: str) -> bool:
-    if device == "cpu":
-        return True
-    if device == "cuda":
-        return False
-    import torch
-
-    return not torch.cuda.is_available()
 
 
 def _tail(path: Path, lines: int = 15) -> str:
