@@ -115,7 +115,14 @@ def trained_flywheel(tmp_path_factory) -> TinyFlywheel:  # noqa: ANN001
         if (cached / "config.json").exists():
             model = {"kind": "hf", "hf_path": str(cached)}
             return TinyFlywheel(tmp_path_factory.mktemp("trained"), {"model": model})
-        fw = TinyFlywheel(tmp_path_factory.mktemp("trained"))
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)  # the other worker mostly waits on this lock meanwhile
+        try:
+            fw = TinyFlywheel(tmp_path_factory.mktemp("trained"))
+        finally:
+            torch.set_num_threads(threads)
         tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(fw.registry.local_path(fw.base.ref), tmp)
