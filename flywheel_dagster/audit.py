@@ -221,8 +221,8 @@ def input_manifest(paths: list[str], window: tuple[str, str], files: list[str]) 
 
 
 def expected_inputs(entries: list[dict]) -> dict[str, dict]:
-    """What the chain says each recorded raw input file holds now: path -> {sha256, cycle, paths, window}, after
-    every erasure that rewrote one."""
+    """What the chain says each recorded raw input file holds now: path -> {sha256, cycle, search}, after every
+    erasure that rewrote one (`search`: the cycle's ingest paths and window, to look for files added since)."""
     out: dict[str, dict] = {}
     searched: dict[str, dict] = {}
     for e in entries:
