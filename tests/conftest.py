@@ -48,16 +48,20 @@ CYCLE_ASSETS = {
 
 
 class TinyFlywheel:
-    """A bootstrapped flywheel in its own folder: config file, lake, MLflow, model cache."""
+    """A bootstrapped flywheel in its own folder: config file, lake, MLflow, model cache.
 
-    def __init__(self, root: Path, overrides: dict | None = None) -> None:
+    Training runs in the test's process (launcher in_process) unless a test asks for the subprocess that
+    production uses: that launch costs about 18 s of imports a cycle, and test_cycle's whole cycle and
+    test_distill's kill-and-resume cover it."""
+
+    def __init__(self, root: Path, overrides: dict | None = None, launcher: str = "in_process") -> None:
         self.root = root
         self.config_path = root / "flywheel.yaml"
         merged = {**TINY, **(overrides or {})}
         root.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(merged))
         self.cfg = load_config(self.config_path)
-        self.resources = local_resources(root / "home", str(self.config_path))
+        self.resources = local_resources(root / "home", str(self.config_path), training_launcher=launcher)
         self.registry = self.resources["mlflow"].registry(self.cfg.name)
         self.lake = self.resources["lake"].lake()
         self.base = bootstrap(self.cfg, self.registry, root / "home" / "models")
@@ -135,9 +139,11 @@ def tiny_flywheel_factory(tmp_path_factory, trained_flywheel):  # noqa: ANN001, 
     """More flywheels in their own folders, starting from the session's trained base (registered as kind hf)."""
     base_dir = trained_flywheel.registry.local_path(trained_flywheel.base.ref)
 
-    def make(name: str, overrides: dict | None = None, base: Path | None = None) -> TinyFlywheel:
+    def make(
+        name: str, overrides: dict | None = None, base: Path | None = None, launcher: str = "in_process"
+    ) -> TinyFlywheel:
         model = {"kind": "hf", "hf_path": str(base or base_dir), "max_length": 128}
-        return TinyFlywheel(tmp_path_factory.mktemp(name), {"model": model, **(overrides or {})})
+        return TinyFlywheel(tmp_path_factory.mktemp(name), {"model": model, **(overrides or {})}, launcher)
 
     return make
 

@@ -26,7 +26,7 @@ def materialize(fw, instance, key, selection=None):
 
 @pytest.fixture(scope="module")
 def one_cycle(tiny_flywheel_factory):
-    fw = tiny_flywheel_factory("cycle")
+    fw = tiny_flywheel_factory("cycle", launcher="subprocess")  # the whole cycle as production runs it
     with dg.instance_for_test() as instance:
         result = materialize(fw, instance, Q1)
         yield fw, instance, result

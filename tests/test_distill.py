@@ -1,6 +1,7 @@
 """The distill stage: every method completes a cycle through Dagster; LoRA adapters; crash and resume.
 
-Training runs in its own process, launched through Dagster Pipes (PipesSubprocessClient), as in production.
+The method cycles train in the test's process (launcher in_process: the methods' wiring is the point); the
+crash-and-resume test runs the job in its own process, as Dagster Pipes launches it in production.
 """
 
 from __future__ import annotations

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,7 +107,7 @@ def test_each_chat_completion_becomes_a_trace_in_the_lake(served):  # noqa: ANN0
     def one(i: int) -> tuple[int, str, str]:
         return chat(http.url, questions[i], stream=i % 10 == 0, user=f"u-{i % 5}", seed=i)  # reproducible traces
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(one, range(REQUESTS)))
     assert all(status == 200 for status, _, _ in answers), [a for a in answers if a[0] != 200][:3]
     assert {version for _, _, version in answers} == {fw.base.ref.version}
@@ -334,60 +331,3 @@ def test_the_user_is_who_the_deployment_says_not_the_body(served, tmp_path):  # 
         assert keyed["user_id"] == "carol"
     finally:
         gw.user_id_from, gw.api_keys = "header", None
-
-
-def test_flywheel_serve_end_to_end(tiny_flywheel_factory):  # noqa: ANN001
-    """The command itself: starts vLLM and the gateway, refuses a second gateway on the same home, captures each
-    completion, and on SIGTERM flushes, stops vLLM and removes its state file."""
-    fw = tiny_flywheel_factory("serve-cli", {"serving": {"kv_cache_bytes": "256MiB"}})
-    home = fw.root / "home"
-    port = free_port()
-    args = ["--home", str(home), "--config", str(fw.config_path)]
-    proc = subprocess.Popen(
-        [FLYWHEEL, "serve", "--port", str(port), *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "flywheel serve did not come up"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        state = json.loads(state_path(home).read_text())
-        assert state["url"] == url and oct(state_path(home).stat().st_mode & 0o777) == "0o600"
-        second = subprocess.run(
-            [FLYWHEEL, "serve", "--port", str(free_port()), *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert second.returncode == 1 and "already serves" in second.stdout
-        answers = [chat(url, f"{i}+{i + 3}", stream=i % 2 == 0, user="u-9") for i in range(12)]
-        assert all(status == 200 for status, _, _ in answers)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out
-    assert "12 traces captured" in out
-    assert not state_path(home).exists()
-    for pgid in state["upstream_pgids"]:
-        with pytest.raises(ProcessLookupError):
-            os.killpg(pgid, 0)
-    records = [
-        json.loads(x) for f in (home / "lake" / "serving_logs").rglob("*.jsonl") for x in f.read_text().splitlines()
-    ]
-    assert len(records) == 12 and {r["user_id"] for r in records} == {"u-9"}
-    day = records[0]["timestamp"][:10]
-    assert all(Path(f).parent.name == f"date={day}" for f in (home / "lake" / "serving_logs").rglob("*.jsonl"))
