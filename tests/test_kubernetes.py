@@ -125,3 +125,22 @@ def test_the_training_pod_for_pipes_k8s_asks_for_gpus_and_mounts_the_checkpoints
     assert container["volume_mounts"][0]["mount_path"] == "/checkpoints"
     assert pod["spec"]["volumes"][0]["persistent_volume_claim"]["claim_name"] == "flywheel-checkpoints"
     assert pod["spec"]["node_selector"] == {"pool": "h100"} and pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_the_training_launcher_comes_from_the_environment_and_an_unknown_one_is_named(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from flywheel_dagster.resources import TRAINING_LAUNCHERS, local_resources
+
+    assert local_resources(tmp_path)["training"].launcher == "subprocess"
+    monkeypatch.setenv("FLYWHEEL_TRAINING_LAUNCHER", "in_process")
+    assert local_resources(tmp_path)["training"].launcher == "in_process"
+    assert local_resources(tmp_path, training_launcher="subprocess")["training"].launcher == "subprocess"
+    monkeypatch.setenv("FLYWHEEL_TRAINING_LAUNCHER", "slurm")
+    training = local_resources(tmp_path)["training"]
+    job = SimpleNamespace(checkpoint_dir=str(tmp_path / "ckpt"), out_dir=str(tmp_path / "out"), cycle="2026-01-01")
+    with pytest.raises(ValueError, match=r"training launcher 'slurm': expected one of") as err:
+        training.train(None, job)
+    assert all(name in str(err.value) for name in TRAINING_LAUNCHERS)
