@@ -255,3 +255,14 @@ def test_human_anchors_are_redacted_too():
     result = build_training_dataset(positives, titled, _cfg(anchor_fraction=0.75, min_training_examples=20), gsm)
     assert result.composition["human_pii_redacted/PERSON"] >= 20
     assert sum(pii.count_detections(result.table.column(c)).total() for c in ("prompt", "completion")) == 0
+
+
+def test_monitor_texts_name_only_the_levels_that_are_set():
+    from flywheel_dagster.config import MonitorConfig, ThresholdConfig
+
+    cfg = MonitorConfig().model_copy(update={"answer_diversity_min": ThresholdConfig(warn=0.2, block=None)})
+    ok = judge("answer_diversity", 0.5, cfg).message
+    assert ok == "answer_diversity = 0.5 (warn below 0.2)" and "None" not in ok
+    off = MonitorConfig().model_copy(update={"answer_diversity_min": ThresholdConfig()})
+    assert judge("answer_diversity", 0.5, off).message == "answer_diversity = 0.5 (no warn or block level set)"
+    assert judge("answer_diversity", 0.1, cfg).message == "answer_diversity = 0.1 is below the warn level 0.2"

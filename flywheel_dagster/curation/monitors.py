@@ -115,4 +115,5 @@ def judge(name: str, value: float | None, cfg: MonitorConfig) -> MonitorVerdict:
         return MonitorVerdict(name, value, "block", f"{name} = {value} is {side} the block level {t.block}")
     if fires(t.warn):
         return MonitorVerdict(name, value, "warn", f"{name} = {value} is {side} the warn level {t.warn}")
-    return MonitorVerdict(name, value, "ok", f"{name} = {value} (warn {side} {t.warn}, block {side} {t.block})")
+    levels = [f"{kind} {side} {level}" for kind, level in (("warn", t.warn), ("block", t.block)) if level is not None]
+    return MonitorVerdict(name, value, "ok", f"{name} = {value} ({', '.join(levels) or 'no warn or block level set'})")
