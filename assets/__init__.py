@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from flywheel_dagster.config import load_config
-from flywheel_dagster.partitions import cycle_index, previous_cycle, quarterly_partitions
+from flywheel_dagster.partitions import cycle_index, not_a_cycle, previous_cycle, quarterly_partitions
 
 _CONFIG = load_config()
 START_DATE = _CONFIG.schedule.start_date
@@ -13,8 +13,14 @@ PARTITIONS = quarterly_partitions(START_DATE)
 
 
 def cycle_of(context) -> tuple[str, int]:  # noqa: ANN001 - any Dagster execution context
-    """The partition key (the quarter's first day) and the cycle's index since the flywheel started."""
+    """The partition key (the quarter's first day) and the cycle's index since the flywheel started.
+
+    Every asset starts here, so a run for a key that is not a partition (typed into the Launchpad, or the
+    current quarter before it ends) fails in its first step, before any training or registry write."""
     key = context.partition_key
+    problem = not_a_cycle(key, START_DATE)
+    if problem is not None:
+        raise dg.Failure(description=problem, allow_retries=False)
     return key, cycle_index(key, START_DATE)
 
 

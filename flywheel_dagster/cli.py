@@ -121,16 +121,12 @@ def _checked_home(home: Path | None) -> Path:
 
 def _valid_cycle(s: Session, quarter: str) -> None:
     """Refuse a key that is not a partition before anything runs (no bootstrap, no traceback)."""
-    from flywheel_dagster.partitions import quarterly_partitions
+    from flywheel_dagster.partitions import not_a_cycle
 
-    keys = quarterly_partitions(s.cfg.schedule.start_date).get_partition_keys()
-    if quarter in keys:
+    problem = not_a_cycle(quarter, s.cfg.schedule.start_date)
+    if problem is None:
         return
-    shown = ", ".join(keys) if len(keys) <= 8 else ", ".join([*keys[:3], "...", *keys[-3:]])
-    console.print(
-        f"[red]cycle {quarter!r} is not a partition of this flywheel: expected a quarter that has ended since "
-        f"schedule.start_date ({shown or 'none has ended yet'})[/red]"
-    )
+    console.print(f"[red]{problem}[/red]")
     raise typer.Exit(2)
 
 

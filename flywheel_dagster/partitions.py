@@ -17,6 +17,19 @@ def quarterly_partitions(start_date: str = "2025-01-01") -> dg.TimeWindowPartiti
     )
 
 
+def not_a_cycle(key: str, start_date: str) -> str | None:
+    """None when `key` is a partition now (a quarter that has ended since start_date), else one line that says
+    what the key is and which quarters can run."""
+    keys = quarterly_partitions(start_date).get_partition_keys()
+    if key in keys:
+        return None
+    shown = ", ".join(keys) if len(keys) <= 8 else ", ".join([*keys[:3], "...", *keys[-3:]])
+    return (
+        f"cycle {key!r} is not a partition of this flywheel: expected a quarter that has ended since "
+        f"schedule.start_date ({shown or 'none has ended yet'})"
+    )
+
+
 def cycle_index(cycle: str, start_date: str) -> int:
     """0 for the first quarter of the flywheel, 1 for the next, ... (the MLflow step of a cycle's metrics)."""
     c = datetime.strptime(cycle, PARTITION_FORMAT)

@@ -371,3 +371,17 @@ def test_a_rejection_keeps_the_champion(tiny_flywheel_factory, weakened_base):
     rec = audit.Chain(fw.lake).latest_cycle_records()[Q1][0]
     assert rec["approval"]["record"]["verdict"] == "rejected" and rec["approval"]["record"]["by"] == "Ana Ruiz"
     assert rec["decision"]["decision"] == "rejected"
+
+
+@pytest.mark.parametrize("key", ["2026-10-01", "2026-02-01", "2024-10-01"])
+def test_every_asset_refuses_a_key_that_is_no_partition(key):
+    """The Launchpad (unlike dg.materialize) launches a run for any key typed in, such as the current quarter
+    before it ends: every asset's first line (assets.cycle_of) refuses it, before it trains or writes."""
+    from assets import cycle_of
+
+    with dg.build_asset_context(partition_key=key) as context, pytest.raises(dg.Failure) as err:
+        cycle_of(context)
+    assert f"cycle '{key}' is not a partition of this flywheel" in err.value.description
+    assert "2026-07-01" in err.value.description  # and it names the quarters that can run
+    with dg.build_asset_context(partition_key=Q1) as context:
+        assert cycle_of(context) == (Q1, 4)
