@@ -46,7 +46,8 @@ def test_every_reason_code_and_the_line_invariant(task, tmp_path):
     assert stats.lines_read == lines + 2 == stats.lines_ingested + stats.lines_quarantined
     assert len(quarantine) == stats.lines_quarantined
     reasons = {q["reason"] for q in quarantine}
-    # unreadable_file: test_truncated_gzip...; unexpected_error (a bug met a line): test_ingest_fuzz.py
+    # unreadable_file: test_truncated_gzip_keeps_the_lines_before_the_damage; unexpected_error (a bug met a
+    # line): test_ingest_fuzz.py
     assert reasons == set(ingest.QUARANTINE_REASONS) - {"unreadable_file", "unexpected_error"}
     assert stats.lines_ingested == len(traces) == 120  # every good line around the bad ones survives
     # the quarantine keeps where each line was and why, with PII redacted from its excerpt

@@ -147,7 +147,7 @@ class VllmServer:
             if in_process_on_cpu():
                 # The model runs inside the engine-core process rather than one more spawned worker: on two
                 # cores that starts about 20 s sooner and serves about three times the requests per second
-                # (benchmarks/vllm_cpu.py: 160 requests, 32 at a time, 44.5 s -> 15.8 s), with the same outputs.
+                # (benchmarks/vllm_cpu.py: 160 requests, 32 at a time, 34.8 s -> 15.3 s), with the same outputs.
                 cmd += ["--distributed-executor-backend", "uni"]
         elif self.memory_fraction:
             cmd += ["--gpu-memory-utilization", str(self.memory_fraction)]

@@ -172,7 +172,8 @@ def trainer_args(
         "bf16": device == "cuda",
         # TRL turns gradient checkpointing on by default: it saves GPU memory on large models by recomputing
         # each layer's forward pass in the backward one. On the CPU it only costs time (the playground base
-        # trains in about 0.7x the time without it, the same weights: no dropout, so the recompute is exact).
+        # trains in 330 s without it against 423 with it, to the same weights: no dropout, so the recompute
+        # is exact).
         "gradient_checkpointing": device == "cuda",
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
