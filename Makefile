@@ -34,7 +34,7 @@ test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
 validate: install
-	mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -c "from pathlib import Path; from flywheel_dagster.cli import ensure_instance_dir; ensure_instance_dir(Path('$(DAGSTER_HOME)'))"
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
 benchmark: install
@@ -45,7 +45,7 @@ lint: install
 	$(BIN)/ruff check flywheel_dagster assets jobs tests benchmarks
 
 ui: install
-	mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -c "from pathlib import Path; from flywheel_dagster.cli import ensure_instance_dir; ensure_instance_dir(Path('$(DAGSTER_HOME)'))"
 	@echo "Dagster UI: http://127.0.0.1:3000   MLflow UI: http://127.0.0.1:5000   (Ctrl-C stops both)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(FLYWHEEL_HOME)/mlflow.db --host 127.0.0.1 --port 5000 & \
 	  trap 'kill %1' EXIT INT TERM; \

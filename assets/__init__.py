@@ -28,6 +28,20 @@ def previous_of(key: str) -> str | None:
     return previous_cycle(key, START_DATE)
 
 
+def dagster_tags(context, cfg) -> dict[str, str]:  # noqa: ANN001 - an execution context, a FlywheelConfig
+    """Tags that lead from an MLflow run or model version back to the Dagster run that made it (ui.dagster_url)."""
+    return {
+        "dagster.run_id": context.run_id,
+        "dagster.run_url": f"{cfg.ui.dagster_url}/runs/{context.run_id}",
+        "dagster.partition": context.partition_key,
+    }
+
+
+def mlflow_run_links(cfg, registry, run_id: str) -> dict[str, object]:  # noqa: ANN001 - FlywheelConfig, Registry
+    """The metadata of an MLflow run: its id (kept in the audit record) and a link that opens it in MLflow's UI."""
+    return {"mlflow_run_id": run_id, "mlflow_run": dg.MetadataValue.url(registry.run_url(cfg.ui.mlflow_url, run_id))}
+
+
 def lake_file_result(written, **metadata) -> dg.MaterializeResult:  # noqa: ANN001 - a traces.lake.LakeFile
     """An asset's result for a lake file: row count, URI, sha256 (also its data version), plus `metadata`."""
     return dg.MaterializeResult(

@@ -10,13 +10,14 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from assets import PARTITIONS, cycle_of
+from assets import PARTITIONS, cycle_of, dagster_tags, mlflow_run_links
 from assets import harvest as harvest_assets
 from assets import redeploy as redeploy_assets
 from assets.redeploy import champion_model
 from flywheel_dagster import audit
 from flywheel_dagster import cycle as core
 from flywheel_dagster.approval import read_approval
+from flywheel_dagster.overview import cycle_row, overview_markdown
 from flywheel_dagster.resources import FlywheelConfigResource, LakeResource, MlflowResource
 
 STAGE_ASSETS = (
@@ -180,7 +181,12 @@ def cycle_audit(
         key,
         {audit.RECORD_FILE: audit.canonical(stored), audit.REPORT_FILE: audit.render_html(stored, sha).encode()},
     )
-    registry.set_tags(registry.cycle_run(key, index), {audit.RECORD_TAG: sha, "flywheel.audit_seq": str(stored["seq"])})
+    audit_tags = {audit.RECORD_TAG: sha, "flywheel.audit_seq": str(stored["seq"])}
+    registry.set_tags(registry.cycle_run(key, index), audit_tags)
+    # The report as an artifact of the cycle's audit run: the MLflow UI serves it over HTTP and renders it.
+    with registry.stage(key, index, "audit", {**dagster_tags(context, cfg), **audit_tags}) as run_id:
+        registry.client.log_artifact(run_id, the_lake.partition_dir(audit.AUDIT_TABLE, key) + "/" + audit.REPORT_FILE)
+    rows = [cycle_row(rec) for _, (rec, _) in sorted(chain.latest_cycle_records().items())]
     failed = [n for n, c in record["checks"].items() if c.get("passed") is False]
     approval = record["approval"]["record"]
     approved = f"{approval['verdict']} by {approval['by']}" if approval else audit.approval_line(record)
@@ -195,7 +201,11 @@ def cycle_audit(
             "checks_failed": ", ".join(failed) or "none",
             "decision": record["decision"]["decision"],
             "approval": approved,
-            "report": dg.MetadataValue.path(files[audit.REPORT_FILE].uri),
+            "summary": next(r.line() for r in rows if r.cycle == key),
+            "report": dg.MetadataValue.url(registry.artifact_url(cfg.ui.mlflow_url, run_id, audit.REPORT_FILE)),
+            "report_uri": dg.MetadataValue.path(files[audit.REPORT_FILE].uri),
+            **mlflow_run_links(cfg, registry, run_id),
+            "cycles": dg.MetadataValue.md(overview_markdown(rows)),
             "record": dg.MetadataValue.json(json.loads(audit.canonical(stored))["decision"]),
         },
         data_version=dg.DataVersion(sha[:16]),

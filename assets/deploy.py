@@ -5,7 +5,16 @@ from datetime import UTC
 
 import dagster as dg
 
-from assets import PARTITIONS, cycle_of, gpu_op_tags, lake_file_result, previous_of
+from assets import (
+    PARTITIONS,
+    START_DATE,
+    cycle_of,
+    dagster_tags,
+    gpu_op_tags,
+    lake_file_result,
+    mlflow_run_links,
+    previous_of,
+)
 from flywheel_dagster import audit, timing
 from flywheel_dagster import cycle as core
 from flywheel_dagster.curation import ingest
@@ -39,10 +48,23 @@ def deployment(
     finished = context.instance.get_materialized_partitions(dg.AssetKey("champion_model"))
     started = context.instance.get_materialized_partitions(dg.AssetKey("deployment"))
     the_lake = lake.lake()
-    ref, via = core.resolve_deployment(
-        registry, key, previous_of(key), set(finished), set(started), lambda c: rollback_after(the_lake, c)
-    )
+    try:
+        ref, via = core.resolve_deployment(
+            registry,
+            key,
+            previous_of(key),
+            set(finished),
+            set(started),
+            lambda c: rollback_after(the_lake, c),
+            first_cycle=START_DATE,
+        )
+    except core.CycleOrderError as err:  # one line in the UI, before anything is trained or written
+        raise dg.Failure(description=str(err), allow_retries=False) from None
     sha = weights_sha256(registry.local_path(ref))
+    with registry.stage(key, index, "deploy", dagster_tags(context, cfg)) as run_id:
+        registry.log_params(
+            run_id, {"model_version": ref.version, "via_alias": via, "weights_sha256": sha, "model_run_id": ref.run_id}
+        )
     payload = {
         "cycle": key,
         "model_name": ref.name,
@@ -59,7 +81,8 @@ def deployment(
             "model": f"{ref.name} v{ref.version}",
             "via_alias": via,
             "previous_cycle": previous_of(key) or "none (first cycle)",
-            "mlflow_run_id": ref.run_id or "",
+            **mlflow_run_links(cfg, registry, run_id),
+            "model_version": dg.MetadataValue.url(registry.model_version_url(cfg.ui.mlflow_url, ref.version)),
             "weights_sha256": sha,
             "model_uri": dg.MetadataValue.path(ref.source),
             "cycle_index": index,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import _CONFIG, PARTITIONS, cycle_of, gpu_op_tags
+from assets import _CONFIG, PARTITIONS, cycle_of, dagster_tags, gpu_op_tags, mlflow_run_links
 from assets.deploy import deployment
 from assets.harvest import training_dataset
 from flywheel_dagster import cycle as core
@@ -49,50 +49,51 @@ def candidate_model(
     # One folder per exact job: a rerun of the same job resumes there; a changed config or dataset starts afresh.
     job_id = fingerprint(cfg.training.model_dump(mode="json"), cfg.model.max_length, champion.version, data_sha)
     checkpoint_dir = training.checkpoint_dir(cfg.name, key, job_id)
-    run_id = registry.stage_run(key, index, "distill", tags={"flywheel.method": method})
-    registry.log_params(
-        run_id,
-        {
-            **{f"training.{k}": v for k, v in cfg.training.model_dump().items()},
-            "parent_version": champion.version,
-            "training_dataset_uri": the_lake.uri("training_dataset", key),
-            "training_dataset_sha256": data_sha,
-            "job_id": job_id,
-        },
-    )
-    job = TrainJob(
-        config=cfg.model_dump(mode="json"),
-        cycle=key,
-        champion_dir=str(registry.local_path(champion)),
-        lake_root=the_lake.location,
-        out_dir=str(checkpoint_dir / "model"),
-        checkpoint_dir=str(checkpoint_dir),
-        tracking_uri=mlflow.tracking_uri,
-        run_id=run_id,
-    )
-    with timing.compute("candidate_model"):  # the job's wall time, process start and model loading included
-        result = training.train(context, job)
-    adapter = bool(result["adapter"])
-    tags = {
-        "flywheel.cycle": key,
-        "flywheel.parent_version": champion.version,
-        "flywheel.method": method,
-        "weights_sha256": result["weights_sha256"],
-        **({BASE_VERSION_TAG: champion.version, "flywheel.adapter": "true"} if adapter else {}),
-    }
-    ref = registry.register_model_dir(run_id, Path(job.out_dir), tags=tags)
-    figures = {
-        "train_loss": result["train_loss"],
-        "tokens_trained": result["tokens_trained"],
-        "tokens_generated": result["tokens_generated"],
-        "train_seconds": result["seconds"],
-        "steps": result["steps"],
-        "resumed_from_step": result["resumed_from_step"],
-        **({"eval_loss": result["eval_loss"]} if result["eval_loss"] is not None else {}),
-        **{f"{method}/{k}": v for k, v in result["extra"].items()},
-    }
-    registry.log_metrics(run_id, figures)
-    registry.end_run(run_id)
+    links = dagster_tags(context, cfg)
+    with registry.stage(key, index, "distill", tags={"flywheel.method": method, **links}) as run_id:
+        registry.log_params(
+            run_id,
+            {
+                **{f"training.{k}": v for k, v in cfg.training.model_dump().items()},
+                "parent_version": champion.version,
+                "training_dataset_uri": the_lake.uri("training_dataset", key),
+                "training_dataset_sha256": data_sha,
+                "job_id": job_id,
+            },
+        )
+        job = TrainJob(
+            config=cfg.model_dump(mode="json"),
+            cycle=key,
+            champion_dir=str(registry.local_path(champion)),
+            lake_root=the_lake.location,
+            out_dir=str(checkpoint_dir / "model"),
+            checkpoint_dir=str(checkpoint_dir),
+            tracking_uri=mlflow.tracking_uri,
+            run_id=run_id,
+        )
+        with timing.compute("candidate_model"):  # the job's wall time, process start and model loading included
+            result = training.train(context, job)
+        adapter = bool(result["adapter"])
+        tags = {
+            "flywheel.cycle": key,
+            "flywheel.parent_version": champion.version,
+            "flywheel.method": method,
+            "weights_sha256": result["weights_sha256"],
+            **({BASE_VERSION_TAG: champion.version, "flywheel.adapter": "true"} if adapter else {}),
+            **links,
+        }
+        ref = registry.register_model_dir(run_id, Path(job.out_dir), tags=tags)
+        figures = {
+            "train_loss": result["train_loss"],
+            "tokens_trained": result["tokens_trained"],
+            "tokens_generated": result["tokens_generated"],
+            "train_seconds": result["seconds"],
+            "steps": result["steps"],
+            "resumed_from_step": result["resumed_from_step"],
+            **({"eval_loss": result["eval_loss"]} if result["eval_loss"] is not None else {}),
+            **{f"{method}/{k}": v for k, v in result["extra"].items()},
+        }
+        registry.log_metrics(run_id, figures)
     payload = {
         "cycle": key,
         "version": ref.version,
@@ -111,7 +112,8 @@ def candidate_model(
             "model": f"{ref.name} v{ref.version}" + (" (LoRA adapter)" if adapter else ""),
             "parent": f"{champion.name} v{champion.version}",
             "method": method,
-            "mlflow_run_id": run_id,
+            **mlflow_run_links(cfg, registry, run_id),
+            "model_version": dg.MetadataValue.url(registry.model_version_url(cfg.ui.mlflow_url, ref.version)),
             "weights_sha256": result["weights_sha256"],
             "examples": result["examples"],
             **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()},

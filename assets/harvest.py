@@ -8,7 +8,16 @@ import json
 
 import dagster as dg
 
-from assets import _CONFIG, PARTITIONS, cycle_of, gpu_op_tags, lake_file_result, previous_of
+from assets import (
+    _CONFIG,
+    PARTITIONS,
+    cycle_of,
+    dagster_tags,
+    gpu_op_tags,
+    lake_file_result,
+    mlflow_run_links,
+    previous_of,
+)
 from assets.deploy import deployment, reasoning_traces
 from flywheel_dagster import cycle as core
 from flywheel_dagster import timing
@@ -61,20 +70,19 @@ def harvested_traces(
     figures = {name: monitors[name] for name in MONITORS if monitors[name] is not None}
 
     registry = mlflow.registry(cfg.name)
-    run_id = registry.stage_run(key, index, "harvest")
-    registry.log_metrics(
-        run_id,
-        {
-            **{f"harvest/{k.replace('/', '_')}": v for k, v in counts.items()},
-            **{f"pii/{k}": v for k, v in harvester.stats.pii.items()},
-            **{f"monitor/{k}": v for k, v in figures.items()},
-        },
-        step=index,
-    )
-    registry.end_run(run_id)
+    with registry.stage(key, index, "harvest", dagster_tags(context, cfg)) as run_id:
+        registry.log_metrics(
+            run_id,
+            {
+                **{f"harvest/{k.replace('/', '_')}": v for k, v in counts.items()},
+                **{f"pii/{k}": v for k, v in harvester.stats.pii.items()},
+                **{f"monitor/{k}": v for k, v in figures.items()},
+            },
+            step=index,
+        )
     return lake_file_result(
         written,
-        mlflow_run_id=run_id,
+        **mlflow_run_links(cfg, registry, run_id),
         **{f"count/{k}": v for k, v in counts.items()},
         **{f"pii/{k}": harvester.stats.pii.get(k, 0) for k in pii.PII_TYPES},
         **{f"monitor/{k}": v for k, v in figures.items()},

@@ -5,7 +5,7 @@ import json
 
 import dagster as dg
 
-from assets import PARTITIONS, START_DATE, cycle_of, gpu_op_tags, previous_of
+from assets import PARTITIONS, START_DATE, cycle_of, dagster_tags, gpu_op_tags, mlflow_run_links, previous_of
 from assets.deploy import deployment
 from assets.distill import candidate_model
 from flywheel_dagster import cycle as core
@@ -70,23 +70,23 @@ def benchmark_report(
         "benchmark_report", key, {core.REPORT_FILE: json.dumps(payload, indent=2).encode(), "accuracy.png": png}
     )
 
-    run_id = registry.stage_run(key, index, "benchmark")
-    metrics = {}
-    for c in comparisons:
-        metrics |= {
-            f"bench/{c.suite}/accuracy": c.candidate,
-            f"bench/{c.suite}/champion_accuracy": c.champion,
-            f"bench/{c.suite}/delta": c.delta,
-            f"bench/{c.suite}/delta_ci_low": c.delta_ci[0],
-            f"bench/{c.suite}/delta_ci_high": c.delta_ci[1],
-        }
-    for target in (run_id, registry.cycle_run(key, index), registry.trend_run()):
-        registry.log_metrics(target, metrics, step=index)
-    registry.client.log_artifact(run_id, str(the_lake.partition_dir("benchmark_report", key) + "/accuracy.png"))
-    registry.set_tags(
-        run_id, {"flywheel.gate": "pass" if decision.promote else "fail", "flywheel.gate_reason": decision.reason}
-    )
-    registry.end_run(run_id)
+    with registry.stage(key, index, "benchmark", dagster_tags(context, cfg)) as run_id:
+        metrics = {}
+        for c in comparisons:
+            metrics |= {
+                f"bench/{c.suite}/accuracy": c.candidate,
+                f"bench/{c.suite}/champion_accuracy": c.champion,
+                f"bench/{c.suite}/delta": c.delta,
+                f"bench/{c.suite}/delta_ci_low": c.delta_ci[0],
+                f"bench/{c.suite}/delta_ci_high": c.delta_ci[1],
+            }
+        for target in (run_id, registry.cycle_run(key, index)):
+            registry.log_metrics(target, metrics, step=index)
+        registry.log_trend(metrics, step=index)
+        registry.client.log_artifact(run_id, str(the_lake.partition_dir("benchmark_report", key) + "/accuracy.png"))
+        registry.set_tags(
+            run_id, {"flywheel.gate": "pass" if decision.promote else "fail", "flywheel.gate_reason": decision.reason}
+        )
 
     overall = next(c for c in comparisons if c.suite == "overall")
     table = "| suite | champion | candidate | delta (95% CI) |\n|---|---|---|---|\n" + "\n".join(
@@ -112,7 +112,7 @@ def benchmark_report(
             "report_sha256": files[core.REPORT_FILE].sha256,
             "champion_eval_cached": champ_eval.cached,
             "eval_seconds": round(champ_eval.seconds + cand_eval.seconds, 1),
-            "mlflow_run_id": run_id,
+            **mlflow_run_links(cfg, registry, run_id),
         }
     )
 
@@ -210,9 +210,17 @@ def champion_model(
         registry.set_alias(CHAMPION, candidate_v)
     registry.set_alias(cycle_alias(key), new_champion)
     verdict = "promoted" if decision.promote else "rejected"
+    links = dagster_tags(context, cfg)
     registry.set_version_tags(
         candidate_v,
-        {"flywheel.decision": verdict, "flywheel.decision_reason": decision.reason, "flywheel.decided_in_cycle": key},
+        {
+            "flywheel.decision": verdict,
+            "flywheel.decision_reason": decision.reason,
+            "flywheel.decided_in_cycle": key,
+            # the Dagster run that decided (dagster.run_id on the version is the one that trained it)
+            "dagster.decision_run_id": links["dagster.run_id"],
+            "dagster.decision_run_url": links["dagster.run_url"],
+        },
     )
     cycle_run = registry.cycle_run(key, index)
     registry.set_tags(
@@ -222,6 +230,7 @@ def champion_model(
             "flywheel.decision_reason": decision.reason,
             "flywheel.champion_version": new_champion,
             "flywheel.candidate_version": candidate_v,
+            **links,
         },
     )
     registry.end_run(cycle_run)
@@ -243,6 +252,9 @@ def champion_model(
             "decision": verdict,
             "reason": decision.reason,
             "champion": f"{registry.model_name} v{new_champion}",
+            "champion_version": dg.MetadataValue.url(registry.model_version_url(cfg.ui.mlflow_url, new_champion)),
+            "candidate_version": dg.MetadataValue.url(registry.model_version_url(cfg.ui.mlflow_url, candidate_v)),
+            "mlflow_cycle_run": dg.MetadataValue.url(registry.run_url(cfg.ui.mlflow_url, cycle_run)),
             "previous_champion": f"v{champion_v}",
             "candidate": f"v{candidate_v}",
             "aliases_set": ", ".join(([CHAMPION] if decision.promote else []) + [cycle_alias(key)]),

@@ -31,9 +31,11 @@ def bootstrap(cfg: FlywheelConfig, registry: Registry, models_dir: Path) -> Boot
     if existing is not None:
         return BootstrapResult(existing, False, weights_sha256(registry.local_path(existing)))
 
-    run_id = registry.stage_run("bootstrap", 0, "bootstrap", tags={"flywheel.cycle": "bootstrap"})
     seconds = loss = None
-    with tempfile.TemporaryDirectory(prefix="flywheel-bootstrap-") as tmp:
+    with (
+        registry.stage("bootstrap", 0, "bootstrap", tags={"flywheel.cycle": "bootstrap"}) as run_id,
+        tempfile.TemporaryDirectory(prefix="flywheel-bootstrap-") as tmp,
+    ):
         if cfg.model.kind == "playground-tiny":
             from flywheel_dagster.tasks.playground import ALPHABET, EASY_SUITES
 
@@ -88,7 +90,6 @@ def bootstrap(cfg: FlywheelConfig, registry: Registry, models_dir: Path) -> Boot
         ref = registry.register_model_dir(
             run_id, model_dir, tags={"flywheel.cycle": "bootstrap", "weights_sha256": sha}
         )
-    registry.set_alias(BASE, ref.version)
-    registry.set_alias(CHAMPION, ref.version)
-    registry.end_run(run_id)
+        registry.set_alias(BASE, ref.version)
+        registry.set_alias(CHAMPION, ref.version)
     return BootstrapResult(ref, True, sha, seconds, loss)

@@ -61,12 +61,18 @@ class Session:
         return Lake(str(self.home / "lake"))
 
 
+# The embedded instance (SQLite): no telemetry; runs launched from the UI wait in a queue and run one at a
+# time, since cycles share the registry's champion alias: a backfill of several quarters then runs them in
+# quarter order (each cycle's deployment waits for the one before it).
+INSTANCE_YAML = "telemetry:\n  enabled: false\nrun_queue:\n  max_concurrent_runs: 1\n"
+
+
 def ensure_instance_dir(dagster_home: Path) -> None:
-    """The embedded Dagster instance's folder, with a dagster.yaml (SQLite storage, telemetry off)."""
+    """The embedded Dagster instance's folder, with a dagster.yaml (INSTANCE_YAML) unless it has one."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     cfg = dagster_home / "dagster.yaml"
     if not cfg.exists():
-        cfg.write_text("telemetry:\n  enabled: false\n")
+        cfg.write_text(INSTANCE_YAML)
 
 
 def quiet_libraries() -> None:
@@ -300,13 +306,13 @@ def cycle(
 
 @app.command()
 def demo(
-    cycles: Annotated[int, typer.Option(help="how many quarters to run (the most recent ones that ended)")] = 3,
+    cycles: Annotated[int, typer.Option(help="how many quarters to run, in order from schedule.start_date")] = 3,
     fresh: Annotated[bool, typer.Option(help="delete the state folder first")] = False,
     home: HomeOpt = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
 ) -> None:
-    """Bootstrap, then run the most recent `cycles` quarters through Dagster and print what each did."""
+    """Bootstrap, then run the flywheel's next `cycles` quarters through Dagster and print what each did."""
     root = flywheel_home(home)
     if fresh and root.exists():
         console.print(f"demo: removing previous state in {root}")
@@ -317,14 +323,14 @@ def demo(
     defs = _code_location()
     import dagster as dg
 
-    from assets import PARTITIONS
+    from flywheel_dagster.partitions import quarterly_partitions
 
     with dg.DagsterInstance.get() as instance:
         done = instance.get_materialized_partitions(dg.AssetKey("champion_model"))
-    quarters = [q for q in PARTITIONS.get_partition_keys() if q not in done][-cycles:]
-    if done and quarters and min(quarters) < max(done):
-        console.print(f"[red]demo: {root} already holds cycles up to {max(done)}; use --fresh to start over[/red]")
-        raise typer.Exit(2)
+    keys = quarterly_partitions(s.cfg.schedule.start_date).get_partition_keys()
+    # Cycles run in quarter order from the first: the demo runs the next ones and leaves the rest to the user.
+    todo = [q for q in keys if q not in done]
+    quarters = todo[:cycles]
     if not quarters:
         console.print(f"demo: every quarter that has ended is already done in {root}; use --fresh to start over")
         raise typer.Exit(0)
@@ -350,10 +356,24 @@ def demo(
         return
     console.print(_cycle_table(rows))
     _final_comparison(s)
-    console.print(
-        f"demo finished in {time.perf_counter() - started:.0f}s. Look around: [bold]make ui[/bold] "
-        "(Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)"
-    )
+    console.print(f"demo finished in {time.perf_counter() - started:.0f}s.")
+    _next_steps(s, todo[len(rows) :])
+
+
+def _next_steps(s: Session, remaining: list[str]) -> None:
+    """What the user can do next: the quarters left to run, from the Dagster UI or the command line."""
+    ui = s.cfg.ui
+    if remaining:
+        nxt = remaining[0]
+        more = f" ({len(remaining)} quarters have ended and wait: {', '.join(remaining)}; they run in order)"
+        console.print(
+            f"Next cycle: [bold]{nxt}[/bold]{more if len(remaining) > 1 else ''}. Run [bold]make ui[/bold], open "
+            f"{ui.dagster_url}/jobs/flywheel_cycle (or any asset), Materialize, pick partition {nxt} and launch; "
+            f"or run `flywheel cycle {nxt}`."
+        )
+    else:
+        console.print("Every quarter that has ended has run; the next one becomes a partition when it ends.")
+    console.print(f"Look around: [bold]make ui[/bold] (Dagster {ui.dagster_url}, MLflow {ui.mlflow_url})")
 
 
 @app.command()

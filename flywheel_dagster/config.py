@@ -293,6 +293,13 @@ class ComputeConfig(_Strict):
     when on) ask for GPUs, select GPU nodes and tolerate their taints; CPU steps ask for none."""
 
     profile: Literal["local", "kubernetes"] = "local"
+    local_executor: Literal["in_process", "multiprocess"] = Field(
+        default="in_process",
+        description="local profile, runs launched from the UI or the schedule: in_process runs a cycle's steps one "
+        "after another in the run's process (a cycle's steps are sequential anyway); multiprocess gives each of "
+        "its 17 steps a process of its own, which re-imports torch, transformers and the code location "
+        "(on two cores a tiny cycle took 194 s that way against 67 s of step work)",
+    )
     gpu: GpuNodesConfig = GpuNodesConfig()
 
 
@@ -424,6 +431,19 @@ class ScheduleConfig(_Strict):
         return v
 
 
+class UiConfig(_Strict):
+    """Where the two UIs are served, for the links between them (Dagster metadata -> MLflow runs, model
+    versions and audit reports; MLflow tags -> Dagster runs). `make ui` serves both at these defaults."""
+
+    dagster_url: str = Field(default="http://127.0.0.1:3000", pattern=r"^https?://\S+$")
+    mlflow_url: str = Field(default="http://127.0.0.1:5000", pattern=r"^https?://\S+$")
+
+    @field_validator("dagster_url", "mlflow_url")
+    @classmethod
+    def _no_trailing_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+
 class FlywheelConfig(_Strict):
     """The whole flywheel: one file, one preset, overridable field by field."""
 
@@ -442,6 +462,7 @@ class FlywheelConfig(_Strict):
     compute: ComputeConfig = ComputeConfig()
     serving: ServingConfig = ServingConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    ui: UiConfig = UiConfig()
 
     @model_validator(mode="after")
     def _paths_exist(self) -> FlywheelConfig:

@@ -46,11 +46,15 @@ def resolve_deployment(
     finished_cycles: set[str],
     started_cycles: set[str] = frozenset(),
     rolled_back=None,  # noqa: ANN001 - (cycle) -> the rollback entry made after that cycle finished, or None
+    first_cycle: str | None = None,
 ) -> tuple[ModelRef, str]:
     """The model that serves during `cycle`: what the previous cycle ended with, or the base for the first.
 
-    Returns the model and where it came from (an alias name). `started_cycles`: cycles whose deployment is
-    materialized; an earlier one that never finished (failed, or waits for approval) holds every later one.
+    Returns the model and where it came from (an alias name). `previous`: the quarter before `cycle`, None for
+    the flywheel's first quarter (schedule.start_date). Cycles run in quarter order from the first: a cycle
+    whose previous one has not finished is refused with the cycle to run first. `started_cycles`: cycles whose
+    deployment is materialized; an earlier one that never finished (failed, or waits for approval) holds
+    every later one.
     """
     unfinished = sorted(c for c in started_cycles if c < cycle and c not in finished_cycles)
     if unfinished:
@@ -59,7 +63,14 @@ def resolve_deployment(
             "champion_model is not materialized: it failed, or its promotion waits for approval). "
             f"Finish cycle {unfinished[-1]} first."
         )
-    if previous is not None and previous in finished_cycles:
+    if previous is not None:
+        if previous not in finished_cycles:
+            done = sorted(c for c in finished_cycles if c < cycle)
+            after = f"the last finished cycle is {done[-1]}" if done else "no cycle has finished yet"
+            raise CycleOrderError(
+                f"cycle {cycle} cannot start: the cycle before it, {previous}, has not finished ({after}; "
+                f"cycles run in quarter order from schedule.start_date). Run {_first_missing(previous, done, first_cycle)} first."
+            )
         rollback = rolled_back(previous) if rolled_back else None
         if rollback is not None:  # `flywheel rollback` after the previous cycle: that version served since
             return registry.version(rollback["to_version"]), f"rollback (audit entry #{rollback['seq']})"
@@ -70,17 +81,6 @@ def resolve_deployment(
                 f"rerun champion_model for {previous}"
             )
         return ref, cycle_alias(previous)
-    if any(c < cycle for c in finished_cycles):
-        raise CycleOrderError(
-            f"cycle {cycle} cannot start: the previous cycle {previous} has not finished "
-            f"(its champion_model is not materialized). Finished cycles: {sorted(finished_cycles)}. "
-            f"Materialize cycle {previous} first."
-        )
-    if cycle not in finished_cycles and any(c > cycle for c in finished_cycles):
-        raise CycleOrderError(
-            f"cycle {cycle} cannot start: later cycles already finished ({sorted(finished_cycles)}); "
-            "a flywheel's cycles run in quarter order"
-        )
     # The flywheel's first cycle (or a rerun of it): the bootstrap base serves.
     ref = registry.alias(BASE)
     if ref is None:
@@ -89,6 +89,15 @@ def resolve_deployment(
             "run `flywheel bootstrap` first"
         )
     return ref, BASE
+
+
+def _first_missing(previous: str, finished_before: list[str], first_cycle: str | None) -> str:
+    """The earliest quarter after the last finished one, up to `previous`: the next cycle that can run."""
+    if not finished_before:
+        return f"cycle {first_cycle} (the flywheel's first)" if first_cycle else "the flywheel's first cycle"
+    year, month = int(finished_before[-1][:4]), int(finished_before[-1][5:7]) + 3
+    nxt = f"{year + (month > 12):04d}-{(month - 1) % 12 + 1:02d}-01"
+    return f"cycle {min(nxt, previous)}"
 
 
 def capture_traffic(

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 CHAMPION = "champion"
 BASE = "base"
@@ -100,14 +102,51 @@ class Registry:
         )
         return run.info.run_id
 
+    @contextmanager
+    def stage(self, cycle: str, cycle_index: int, stage: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+        """A nested run for one stage of a cycle that always ends: FINISHED when the block completes, FAILED
+        when it raises. The cycle's parent run is RUNNING while a stage runs and then takes the stage's final
+        status, so no run is left RUNNING when a step fails or a cycle stops (say, for an approval)."""
+        run_id = self.stage_run(cycle, cycle_index, stage, tags)
+        parent = self.cycle_run(cycle, cycle_index)
+        self.client.update_run(parent, status="RUNNING")
+        if tags:
+            self.set_tags(parent, {k: v for k, v in tags.items() if k.startswith("dagster.")})
+        try:
+            yield run_id
+        except BaseException:
+            self.end_run(run_id, "FAILED")
+            self.end_run(parent, "FAILED")
+            raise
+        self.end_run(run_id)
+        self.end_run(parent)
+
     def trend_run(self) -> str:
-        """One long-lived run holding every cycle's headline metrics at step = cycle index (the trend chart)."""
+        """The run holding every cycle's headline metrics at step = cycle index (the trend chart). It is ended
+        after each cycle's point (log_trend); MLflow keeps taking metrics on a finished run."""
         found = self._find_run(f"tags.`flywheel.kind` = '{TREND_RUN}'")
         if found:
             return found
         return self.client.create_run(
             self.experiment_id, run_name=TREND_RUN, tags={"flywheel.kind": TREND_RUN}
         ).info.run_id
+
+    def log_trend(self, metrics: dict[str, float], step: int) -> None:
+        """One cycle's point on the trend run, which is left FINISHED (not RUNNING) in between."""
+        run_id = self.trend_run()
+        self.log_metrics(run_id, metrics, step)
+        self.end_run(run_id)
+
+    # ---- links into the MLflow UI (its base URL comes from config: ui.mlflow_url) ---------------------
+    def run_url(self, ui_url: str, run_id: str) -> str:
+        return f"{ui_url}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    def artifact_url(self, ui_url: str, run_id: str, path: str) -> str:
+        """The MLflow UI's run page opened at an artifact (HTML artifacts render there)."""
+        return f"{self.run_url(ui_url, run_id)}/artifactPath/{quote(path)}"
+
+    def model_version_url(self, ui_url: str, version: str) -> str:
+        return f"{ui_url}/#/models/{quote(self.model_name)}/versions/{version}"
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         import time

@@ -2,8 +2,8 @@
 
 FLYWHEEL_PROFILE picks the resources (local: everything under $FLYWHEEL_HOME, default .flywheel/;
 production: tracking server, object storage, GPUs); flywheel.yaml's compute.profile picks the executor
-(local: Dagster's default, in-process / multiprocess; kubernetes: dagster-k8s's k8s_job_executor, one pod
-per step, GPU steps on GPU nodes). The asset definitions themselves never fork.
+(local: in-process, or multiprocess with compute.local_executor; kubernetes: dagster-k8s's k8s_job_executor,
+one pod per step, GPU steps on GPU nodes). The asset definitions themselves never fork.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from flywheel_dagster.resources import resources_for
 from jobs.cycle import flywheel_cycle_job, quarterly_schedule, release_cycle_job
 
 
-def executor_for(profile: str):  # noqa: ANN201 - dg.ExecutorDefinition | None
-    if profile == "kubernetes":
+def executor_for(compute) -> dg.ExecutorDefinition:  # noqa: ANN001 - a config.ComputeConfig
+    if compute.profile == "kubernetes":
         from dagster_k8s import k8s_job_executor  # the `k8s` extra
 
         return k8s_job_executor
-    return None  # Dagster's default: multiprocess under the daemon, in-process for execute_in_process
+    if compute.local_executor == "multiprocess":
+        return dg.multiprocess_executor
+    return dg.in_process_executor
 
 
 defs = dg.Definitions(
@@ -31,5 +33,5 @@ defs = dg.Definitions(
     jobs=[flywheel_cycle_job, release_cycle_job],
     schedules=[quarterly_schedule],
     resources=resources_for(os.environ.get("FLYWHEEL_PROFILE", "local")),
-    executor=executor_for(_CONFIG.compute.profile),
+    executor=executor_for(_CONFIG.compute),
 )

@@ -73,7 +73,7 @@ def test_a_cycle_key_that_is_no_partition_is_one_line_before_anything_runs(tmp_p
     result = runner.invoke(app, ["cycle", key, "--home", str(home)])
     assert result.exit_code == 2, result.output
     assert f"cycle '{key}' is not a partition" in " ".join(result.output.split())
-    assert "2025-01-01" in result.output  # the valid keys are named
+    assert "2025-10-01" in result.output  # the valid keys are named (./flywheel.yaml's start_date on)
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     assert not (home / "models").exists()  # no bootstrap ran first
 

@@ -91,3 +91,11 @@ def test_training_method_and_its_settings_are_checked():
     assert settings.method == "opsd" and settings.opsd_clip == 0.05
     assert settings.lora.target_modules == ("q_proj", "v_proj") and settings.lora.registered_as == "merged"
     assert settings.max_new_tokens == cfg.traffic.max_new_tokens  # on_policy.max_new_tokens defaults to traffic's
+
+
+def test_the_ui_addresses_for_links_are_checked():
+    cfg = build_config({"ui": {"dagster_url": "https://dagster.example/", "mlflow_url": "http://10.0.0.5:5000"}})
+    assert cfg.ui.dagster_url == "https://dagster.example" and cfg.ui.mlflow_url == "http://10.0.0.5:5000"
+    assert build_config().ui.dagster_url == "http://127.0.0.1:3000"
+    with pytest.raises(ConfigError, match="ui.mlflow_url"):
+        build_config({"ui": {"mlflow_url": "localhost:5000"}})

@@ -83,11 +83,20 @@ def test_full_cycle_materializes_every_stage(one_cycle):
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["promotion_gate"].passed == report["gate"]["promote"]
     # MLflow: bench metrics at step = cycle index on the cycle's parent run
-    cycle_run = fw.registry.cycle_run(Q1, 4)
+    cycle_run = fw.registry.cycle_run(Q1, 0)
     hist = fw.registry.client.get_metric_history(cycle_run, "bench/overall/delta")
-    assert [m.step for m in hist] == [4]
+    assert [m.step for m in hist] == [0]  # the flywheel's first cycle
     assert fw.registry.client.get_run(cycle_run).data.tags["flywheel.decision"] == decision["decision"]
     assert "accuracy_per_cycle" in meta("benchmark_report")
+    # where the flywheel stands, on cycle_audit: the cycle in a sentence and every cycle as a table row
+    summary, cycles = meta("cycle_audit")["summary"].value, meta("cycle_audit")["cycles"].value
+    o = next(s for s in report["suites"] if s["suite"] == "overall")
+    assert summary.startswith(f"{Q1}: candidate v{candidate['version']} {o['candidate']:.3f} against champion")
+    assert (
+        f"delta {o['delta']:+.3f} [{o['delta_ci'][0]:+.3f}, {o['delta_ci'][1]:+.3f}]: {decision['decision']}" in summary
+    )
+    assert f"(sft; {traces.num_rows:,} traces, {training.num_rows:,} training examples" in summary
+    assert cycles.count(f"| {Q1} |") == 1 and decision["decision"] in cycles
 
 
 def test_audit_record_covers_the_cycle(one_cycle):
@@ -132,7 +141,7 @@ def test_audit_record_covers_the_cycle(one_cycle):
     assert rec["decision"]["decision"] == decision["decision"]
     assert rec["approval"] == {"required": False, "record": None}
     # anchored outside the lake, copied beside the HTML report
-    cycle_run = fw.registry.client.get_run(fw.registry.cycle_run(Q1, 4))
+    cycle_run = fw.registry.client.get_run(fw.registry.cycle_run(Q1, 0))
     assert cycle_run.data.tags[audit.RECORD_TAG] == sha
     assert fw.registry.experiment_tag(audit.HEAD_TAG) == sha
     assert fw.lake.read_bytes(audit.AUDIT_TABLE, Q1, audit.RECORD_FILE) == chain.raw()[1][1]
@@ -176,7 +185,9 @@ def test_cycle_cannot_start_before_the_previous_one_finished(one_cycle):
         if failure.event_specific_data.error.cause
         else failure.event_specific_data.error.message
     )
-    assert f"cycle {Q3} cannot start: the previous cycle {Q2} has not finished" in message
+    assert f"cycle {Q3} cannot start: the cycle before it, {Q2}, has not finished" in message
+    assert f"the last finished cycle is {Q1}" in message and f"Run cycle {Q2} first." in message
+    assert "Traceback" not in message and "\n" not in message.strip()  # one line, named in the UI as it is
 
 
 def test_broken_candidate_is_not_promoted(tiny_flywheel_factory):
@@ -211,9 +222,12 @@ def test_first_cycle_deploys_base_and_later_cycles_deploy_what_the_previous_prom
     fw, instance, _ = one_cycle
     finished = {Q1}
     assert core.resolve_deployment(fw.registry, Q2, Q1, finished)[1] == cycle_alias(Q1)
-    assert core.resolve_deployment(fw.registry, Q1, "2025-10-01", finished)[1] == BASE  # rerun of the first
-    with pytest.raises(core.CycleOrderError, match="later cycles already finished"):
-        core.resolve_deployment(fw.registry, "2025-10-01", "2025-07-01", finished)
+    assert core.resolve_deployment(fw.registry, Q1, None, finished)[1] == BASE  # rerun of the first
+    # A skipped quarter is refused with the one to run first, whatever has run: never a second genesis.
+    with pytest.raises(core.CycleOrderError, match=rf"Run cycle {Q1} \(the flywheel's first\) first"):
+        core.resolve_deployment(fw.registry, Q3, Q2, set(), first_cycle=Q1)
+    with pytest.raises(core.CycleOrderError, match=f"the last finished cycle is {Q1}.*Run cycle {Q2} first"):
+        core.resolve_deployment(fw.registry, Q3, Q2, finished, first_cycle=Q1)
 
 
 def test_a_rerun_after_the_audit_is_caught_then_amended(one_cycle):
@@ -348,7 +362,7 @@ def test_promotion_waits_for_a_named_approval(tiny_flywheel_factory, weakened_ba
     assert approval["by"] == "Bo Chen" and approval["note"] == "reviewed the report"
     assert approval["report_sha256"] == fw.lake.sha256("benchmark_report", Q1, core.REPORT_FILE)
     assert rec["checks"]["human_approval"]["passed"]
-    tags = fw.registry.client.get_run(fw.registry.cycle_run(Q1, 4)).data.tags
+    tags = fw.registry.client.get_run(fw.registry.cycle_run(Q1, 0)).data.tags
     assert tags["flywheel.approval"] == "approved" and tags["flywheel.approval_by"] == "Bo Chen"
     mv = fw.registry.client.get_model_version(fw.registry.model_name, candidate)
     assert mv.tags["flywheel.approval_by"] == "Bo Chen"
@@ -384,4 +398,4 @@ def test_every_asset_refuses_a_key_that_is_no_partition(key):
     assert f"cycle '{key}' is not a partition of this flywheel" in err.value.description
     assert "2026-07-01" in err.value.description  # and it names the quarters that can run
     with dg.build_asset_context(partition_key=Q1) as context:
-        assert cycle_of(context) == (Q1, 4)
+        assert cycle_of(context) == (Q1, 0)

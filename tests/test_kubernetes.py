@@ -9,53 +9,83 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# One process renders every config below: the code location reads flywheel.yaml when `assets` is imported, so
+# the script imports it afresh per config (one interpreter start and one torch import instead of one a config).
 RENDER = """
-import json, sys
+import json, os, sys
 sys.path.insert(0, ".")
-from jobs.definitions import defs
-from flywheel_dagster.k8s import gpu_limit, render_step_jobs
-jobs = render_step_jobs(defs, "flywheel_cycle", image="registry.example/flywheel:1")
-out = {}
-for name, job in jobs.items():
-    pod = job["spec"]["template"]["spec"]
-    out[name] = {
-        "gpu": gpu_limit(job),
-        "node_selector": pod.get("nodeSelector") or {},
-        "tolerations": pod.get("tolerations") or [],
-        "image": pod["containers"][0]["image"],
-    }
-print(json.dumps({"steps": out, "executor": defs.executor.name if defs.executor else None,
-                  "pools": {n: defs.resolve_assets_def(n).op.pool for n in out}}))
+results = {}
+for name, path in json.loads(sys.argv[1]).items():
+    os.environ["FLYWHEEL_CONFIG"] = path
+    for mod in [m for m in sys.modules if m in ("assets", "jobs") or m.startswith(("assets.", "jobs."))]:
+        del sys.modules[mod]
+    from jobs.definitions import defs
+    from flywheel_dagster.k8s import gpu_limit, render_step_jobs
+    jobs = render_step_jobs(defs, "flywheel_cycle", image="registry.example/flywheel:1")
+    out = {}
+    for step, job in jobs.items():
+        pod = job["spec"]["template"]["spec"]
+        out[step] = {
+            "gpu": gpu_limit(job),
+            "node_selector": pod.get("nodeSelector") or {},
+            "tolerations": pod.get("tolerations") or [],
+            "image": pod["containers"][0]["image"],
+        }
+    results[name] = {"steps": out, "executor": defs.executor.name if defs.executor else None,
+                     "pools": {n: defs.resolve_assets_def(n).op.pool for n in out}}
+print(json.dumps(results))
 """
 
 GPU_ASSETS = {"reasoning_traces", "candidate_model", "benchmark_report"}
+TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+CONFIGS = {
+    "gpu_nodes": {
+        "preset": "playground",
+        "compute": {
+            "profile": "kubernetes",
+            "gpu": {"per_step": 1, "node_selector": SELECTOR, "tolerations": [TOLERATION]},
+        },
+        "training": {"gpus": 4},
+    },
+    "rephrasing": {
+        "preset": "playground",
+        "compute": {"profile": "kubernetes"},
+        "harvest": {"reformat": {"as_is": 1, "rephrase": 1}},
+    },
+    "local": {"preset": "playground"},
+    "local_multiprocess": {"preset": "playground", "compute": {"local_executor": "multiprocess"}},
+}
 
 
-def render(tmp_path, config: dict) -> dict:
-    path = tmp_path / "flywheel.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "FLYWHEEL_CONFIG": str(path), "DAGSTER_HOME": str(tmp_path), "FLYWHEEL_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", RENDER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict:  # noqa: ANN001
+    """Each config's step Jobs, executor and pools, as the code location loaded with that flywheel.yaml has them."""
+    tmp = tmp_path_factory.mktemp("k8s")
+    paths = {}
+    for name, config in CONFIGS.items():
+        paths[name] = str(tmp / f"{name}.yaml")
+        Path(paths[name]).write_text(yaml.safe_dump(config))
+    env = {**os.environ, "DAGSTER_HOME": str(tmp), "FLYWHEEL_HOME": str(tmp)}
+    out = subprocess.run(
+        [sys.executable, "-c", RENDER, json.dumps(paths)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_gpu_requests_land_on_the_gpu_assets_only(tmp_path):
-    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-    selector = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
-    config = {
-        "preset": "playground",
-        "compute": {
-            "profile": "kubernetes",
-            "gpu": {"per_step": 1, "node_selector": selector, "tolerations": [toleration]},
-        },
-        "training": {"gpus": 4},
-    }
-    got = render(tmp_path, config)
+def test_gpu_requests_land_on_the_gpu_assets_only(rendered):  # noqa: ANN001
+    got = rendered["gpu_nodes"]
     steps = got["steps"]
     assert got["executor"] == "k8s"
     assert set(steps) >= GPU_ASSETS | {"harvested_traces", "training_dataset", "champion_model", "cycle_audit"}
@@ -63,27 +93,23 @@ def test_gpu_requests_land_on_the_gpu_assets_only(tmp_path):
         assert step["image"] == "registry.example/flywheel:1"
         if name in GPU_ASSETS:
             assert step["gpu"] == (4 if name == "candidate_model" else 1), name
-            assert step["node_selector"] == selector and step["tolerations"] == [toleration], name
+            assert step["node_selector"] == SELECTOR and step["tolerations"] == [TOLERATION], name
             assert got["pools"][name] == "gpu"
         else:  # CPU steps: no GPU, free to land on any node
             assert step["gpu"] == 0 and step["node_selector"] == {} and step["tolerations"] == [], name
             assert got["pools"][name] is None
 
 
-def test_rephrasing_makes_building_the_training_set_a_gpu_step(tmp_path):
-    config = {
-        "preset": "playground",
-        "compute": {"profile": "kubernetes"},
-        "harvest": {"reformat": {"as_is": 1, "rephrase": 1}},
-    }
-    steps = render(tmp_path, config)["steps"]
+def test_rephrasing_makes_building_the_training_set_a_gpu_step(rendered):  # noqa: ANN001
+    steps = rendered["rephrasing"]["steps"]
     assert steps["training_dataset"]["gpu"] == 1 and steps["harvested_traces"]["gpu"] == 0
 
 
-def test_the_local_profile_keeps_dagsters_default_executor(tmp_path):
-    got = render(tmp_path, {"preset": "playground"})
-    assert got["executor"] is None
+def test_the_local_profile_runs_a_cycles_steps_in_the_runs_process(rendered):  # noqa: ANN001
+    got = rendered["local"]
+    assert got["executor"] == "in_process"  # runs from the UI: one process a run, not one a step
     assert got["steps"]["reasoning_traces"]["gpu"] == 1  # the tags are there; local executors ignore them
+    assert rendered["local_multiprocess"]["executor"] == "multiprocess"
 
 
 def test_the_helm_values_example_runs_steps_as_kubernetes_jobs():

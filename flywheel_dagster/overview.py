@@ -1,0 +1,82 @@
+"""Where the flywheel stands: one row per audited cycle (accuracy with CIs, delta, decision, method, trace
+counts, audit entry), read from the audit chain. Shown on cycle_audit in the Dagster UI and by the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CycleRow:
+    cycle: str
+    champion: str
+    candidate: str
+    champion_accuracy: float
+    champion_ci: tuple[float, float]
+    candidate_accuracy: float
+    candidate_ci: tuple[float, float]
+    delta: float
+    delta_ci: tuple[float, float]
+    decision: str
+    method: str
+    traces: int | None
+    training_examples: int | None
+    audit_seq: int
+    checks_failed: tuple[str, ...]
+
+    def line(self) -> str:
+        """The cycle in one sentence."""
+        lo, hi = self.delta_ci
+        failed = f"; checks failed: {', '.join(self.checks_failed)}" if self.checks_failed else ""
+        return (
+            f"{self.cycle}: candidate v{self.candidate} {self.candidate_accuracy:.3f} against champion "
+            f"v{self.champion} {self.champion_accuracy:.3f}, delta {self.delta:+.3f} [{lo:+.3f}, {hi:+.3f}]: "
+            f"{self.decision} ({self.method}; {_n(self.traces)} traces, {_n(self.training_examples)} training "
+            f"examples; audit entry #{self.audit_seq}{failed})"
+        )
+
+
+def _n(v: int | None) -> str:
+    return "?" if v is None else f"{v:,}"
+
+
+def cycle_row(record: dict) -> CycleRow:
+    """One audit record (a `kind: cycle` entry of the chain) as an overview row."""
+    overall = next(s for s in record["benchmark"]["suites"] if s["suite"] == "overall")
+    counts = {name: a.get("counts", {}) for name, a in record["assets"].items()}
+    return CycleRow(
+        cycle=record["cycle"],
+        champion=str(record["decision"]["previous_champion"]),
+        candidate=str(record["decision"]["candidate"]),
+        champion_accuracy=overall["champion"],
+        champion_ci=tuple(overall["champion_ci"]),
+        candidate_accuracy=overall["candidate"],
+        candidate_ci=tuple(overall["candidate_ci"]),
+        delta=overall["delta"],
+        delta_ci=tuple(overall["delta_ci"]),
+        decision=record["decision"]["decision"],
+        method=record["training"]["method"],
+        traces=counts.get("reasoning_traces", {}).get("dagster/row_count"),
+        training_examples=counts.get("training_dataset", {}).get("dagster/row_count"),
+        audit_seq=record["seq"],
+        checks_failed=tuple(sorted(n for n, c in record["checks"].items() if c.get("passed") is False)),
+    )
+
+
+def overview_markdown(rows: list[CycleRow]) -> str:
+    """Every cycle so far as a Markdown table, oldest first."""
+    head = (
+        "| cycle | champion | candidate | delta (95% CI) | decision | method | traces | training examples | audit |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+
+    def acc(v: float, ci: tuple[float, float]) -> str:
+        return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    return head + "\n".join(
+        f"| {r.cycle} | v{r.champion} {acc(r.champion_accuracy, r.champion_ci)} "
+        f"| v{r.candidate} {acc(r.candidate_accuracy, r.candidate_ci)} "
+        f"| {r.delta:+.3f} [{r.delta_ci[0]:+.3f}, {r.delta_ci[1]:+.3f}] | {r.decision} | {r.method} "
+        f"| {_n(r.traces)} | {_n(r.training_examples)} | #{r.audit_seq} |"
+        for r in rows
+    )
