@@ -5,18 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flywheel_dagster.evaluation.stats import SuiteComparison
+
 
 @dataclass(frozen=True)
 class CycleRow:
     cycle: str
     champion: str
     candidate: str
-    champion_accuracy: float
-    champion_ci: tuple[float, float]
-    candidate_accuracy: float
-    candidate_ci: tuple[float, float]
-    delta: float
-    delta_ci: tuple[float, float]
+    overall: SuiteComparison  # held-out pass@1 of both, the delta, their 95% CIs
     decision: str
     method: str
     traces: int | None
@@ -26,11 +23,12 @@ class CycleRow:
 
     def line(self) -> str:
         """The cycle in one sentence."""
-        lo, hi = self.delta_ci
+        o = self.overall
+        lo, hi = o.delta_ci
         failed = f"; checks failed: {', '.join(self.checks_failed)}" if self.checks_failed else ""
         return (
-            f"{self.cycle}: candidate v{self.candidate} {self.candidate_accuracy:.3f} against champion "
-            f"v{self.champion} {self.champion_accuracy:.3f}, delta {self.delta:+.3f} [{lo:+.3f}, {hi:+.3f}]: "
+            f"{self.cycle}: candidate v{self.candidate} {o.candidate:.3f} against champion "
+            f"v{self.champion} {o.champion:.3f}, delta {o.delta:+.3f} [{lo:+.3f}, {hi:+.3f}]: "
             f"{self.decision} ({self.method}; {_n(self.traces)} traces, {_n(self.training_examples)} training "
             f"examples; audit entry #{self.audit_seq}{failed})"
         )
@@ -48,12 +46,7 @@ def cycle_row(record: dict) -> CycleRow:
         cycle=record["cycle"],
         champion=str(record["decision"]["previous_champion"]),
         candidate=str(record["decision"]["candidate"]),
-        champion_accuracy=overall["champion"],
-        champion_ci=tuple(overall["champion_ci"]),
-        candidate_accuracy=overall["candidate"],
-        candidate_ci=tuple(overall["candidate_ci"]),
-        delta=overall["delta"],
-        delta_ci=tuple(overall["delta_ci"]),
+        overall=SuiteComparison(**overall),
         decision=record["decision"]["decision"],
         method=record["training"]["method"],
         traces=counts.get("reasoning_traces", {}).get("dagster/row_count"),
@@ -74,9 +67,9 @@ def overview_markdown(rows: list[CycleRow]) -> str:
         return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
     return head + "\n".join(
-        f"| {r.cycle} | v{r.champion} {acc(r.champion_accuracy, r.champion_ci)} "
-        f"| v{r.candidate} {acc(r.candidate_accuracy, r.candidate_ci)} "
-        f"| {r.delta:+.3f} [{r.delta_ci[0]:+.3f}, {r.delta_ci[1]:+.3f}] | {r.decision} | {r.method} "
+        f"| {r.cycle} | v{r.champion} {acc(r.overall.champion, r.overall.champion_ci)} "
+        f"| v{r.candidate} {acc(r.overall.candidate, r.overall.candidate_ci)} "
+        f"| {r.overall.delta:+.3f} [{r.overall.delta_ci[0]:+.3f}, {r.overall.delta_ci[1]:+.3f}] | {r.decision} | {r.method} "
         f"| {_n(r.traces)} | {_n(r.training_examples)} | #{r.audit_seq} |"
         for r in rows
     )
