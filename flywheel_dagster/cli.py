@@ -693,11 +693,13 @@ def serve(
 ) -> None:
     """Serve the champion: vLLM's OpenAI server behind a gateway that writes every chat completion into the
     lake (serving_logs/date=YYYY-MM-DD), where the next cycle ingests it (traffic.source: logs)."""
+    from flywheel_dagster.serving.serve import refuse_a_second_gateway
     from flywheel_dagster.serving.serve import serve as run_server
     from flywheel_dagster.serving.upstream import UpstreamError
 
     s = _session(home, config, preset)
     try:
+        refuse_a_second_gateway(s.home)  # before the registry and its imports
         run_server(s.cfg, s.home, s.registry(), host or s.cfg.serving.host, port or s.cfg.serving.port, version)
     except (UpstreamError, RuntimeError) as err:
         console.print(f"[red]{err}[/red]")

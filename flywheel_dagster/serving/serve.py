@@ -194,6 +194,19 @@ def _stop_signal(signum, frame) -> None:  # noqa: ANN001
     raise _Stopped(signal.Signals(signum).name)
 
 
+def refuse_a_second_gateway(home: Path) -> Path:
+    """The gateway's state file, after stopping what a crashed gateway left; RuntimeError while one still runs
+    for this home. Cheap (no registry, no model): the CLI asks it first, so a second `flywheel serve` is refused
+    in about a second instead of after loading MLflow."""
+    state = state_path(home)
+    reaped = reap_stale(state)
+    if reaped:
+        print(f"stopped {len(reaped)} vLLM server(s) left by a gateway that crashed", flush=True)
+    if state.exists():
+        raise RuntimeError(f"a gateway already serves this flywheel (see {state}); stop it first")
+    return state
+
+
 def serve(cfg: FlywheelConfig, home: Path, registry: Registry, host: str, port: int, version: str | None) -> None:
     """Run until SIGINT/SIGTERM: start the champion's server, then the gateway in front of it."""
     if version is None:
@@ -201,12 +214,7 @@ def serve(cfg: FlywheelConfig, home: Path, registry: Registry, host: str, port: 
         if ref is None:
             raise RuntimeError("the registry has no champion yet; run `flywheel bootstrap` first")
         version = ref.version
-    state = state_path(home)
-    reaped = reap_stale(state)
-    if reaped:
-        print(f"stopped {len(reaped)} vLLM server(s) left by a gateway that crashed", flush=True)
-    if state.exists():
-        raise RuntimeError(f"a gateway already serves this flywheel (see {state}); stop it first")
+    state = refuse_a_second_gateway(home)
     gateway = build_gateway(cfg, home, registry, host, secrets.token_urlsafe(24))
     try:
         gateway.start(version)
