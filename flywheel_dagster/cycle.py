@@ -23,10 +23,6 @@ from flywheel_dagster.tasks.base import TaskSource
 from flywheel_dagster.traces.lake import Lake
 from flywheel_dagster.traces.schema import PAIRS_FILE, PROMPTS_FILE, TRACE_SCHEMA, trace_id
 from flywheel_dagster.training.common import LoraSettings, TrainResult, TrainSettings
-from flywheel_dagster.training.grpo import run_grpo
-from flywheel_dagster.training.opsd import run_opsd
-from flywheel_dagster.training.redi import run_redi
-from flywheel_dagster.training.sft import run_sft
 
 DEPLOYMENT_FILE = "deployment.json"
 CANDIDATE_FILE = "candidate.json"
@@ -213,6 +209,12 @@ def train_candidate(
     Reads the cycle's training_dataset partition: the examples (sft, redi stage 1; the validation split
     gives sft's eval loss), the pairs (redi) or the prompts (opsd, grpo).
     """
+    # The methods import torch and TRL: here, not at module level, so the code location loads without them.
+    from flywheel_dagster.training.grpo import run_grpo
+    from flywheel_dagster.training.opsd import run_opsd
+    from flywheel_dagster.training.redi import run_redi
+    from flywheel_dagster.training.sft import run_sft
+
     settings = train_settings(cfg)
     shutil.rmtree(out_dir, ignore_errors=True)
     common = {"out_dir": out_dir, "settings": settings, "on_log": on_log, "checkpoint_dir": checkpoint_dir}

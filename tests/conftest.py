@@ -128,14 +128,11 @@ def trained_flywheel(tmp_path_factory) -> TinyFlywheel:  # noqa: ANN001
         if (cached / "config.json").exists():
             model = {"kind": "hf", "hf_path": str(cached)}
             return TinyFlywheel(tmp_path_factory.mktemp("trained"), {"model": model})
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(os.cpu_count() or 1)  # the other worker mostly waits on this lock meanwhile
-        try:
-            fw = TinyFlywheel(tmp_path_factory.mktemp("trained"))
-        finally:
-            torch.set_num_threads(threads)
+        # On the worker's one thread: the other worker runs the modules that need no trained base meanwhile
+        # (its vLLM and Dagster processes), and two torch threads on two busy cores train slower than one. In
+        # a suite without the cache, test_serving's first setup (this training, then the weakened base and a
+        # vLLM start) took 470 s with two threads and 288 s with one; the suite 796 s and 695 s.
+        fw = TinyFlywheel(tmp_path_factory.mktemp("trained"))
         tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(fw.registry.local_path(fw.base.ref), tmp)
@@ -183,8 +180,10 @@ def untrained_flywheel_factory(tmp_path_factory, untrained_model):  # noqa: ANN0
 # The order the two workers take modules in (pytest-xdist --dist loadfile, --no-loadscope-reorder): the
 # longest module that needs the trained base first, so that its worker starts training the base at once; then
 # the modules that need no trained base, which the other worker runs meanwhile; then the rest, longest first
-# (measured seconds on two workers). Within a module, the tests that need no trained base run first.
-LONGEST_FIRST = ("test_serving", "test_cycle", "test_vllm_engine", "test_distill", "test_cli", "test_harvest_cycle")
+# (measured seconds on two workers), short ones last: xdist hands a worker its next module when two tests of
+# its current one are left, so a long module queued late ends alone (test_distill after test_vllm_engine left
+# one worker idle for the last 123 s). Within a module, the tests that need no trained base run first.
+LONGEST_FIRST = ("test_serving", "test_cycle", "test_distill", "test_vllm_engine", "test_harvest_cycle", "test_cli")
 LIGHT_LONGEST_FIRST = ("test_serve_cli", "test_webserver", "test_kubernetes")  # need no trained base
 
 

