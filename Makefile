@@ -43,6 +43,7 @@ benchmark: install
 
 lint: install
 	$(BIN)/ruff check flywheel_dagster assets jobs tests benchmarks
+	PYTHONPATH=. $(BIN)/lint-imports
 
 ui: install
 	$(BIN)/python -c "from pathlib import Path; from flywheel_dagster.cli import ensure_instance_dir; ensure_instance_dir(Path('$(DAGSTER_HOME)'))"

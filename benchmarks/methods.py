@@ -58,6 +58,7 @@ def main() -> None:
     from flywheel_dagster.evaluation.benchmark import compare_evaluations, evaluate
     from flywheel_dagster.resources import local_resources
     from flywheel_dagster.tasks import load_task
+    from flywheel_dagster.training.candidate import train_candidate
     from jobs.definitions import defs
 
     cfg = load_config(args.config)
@@ -123,7 +124,7 @@ def main() -> None:
         )
         with tempfile.TemporaryDirectory(prefix=f"flywheel-{method}-") as tmp:
             started = time.perf_counter()
-            result = core.train_candidate(mcfg, task, champion_dir, lake, quarter, Path(tmp) / "model")
+            result = train_candidate(mcfg, task, champion_dir, lake, quarter, Path(tmp) / "model")
             wall = time.perf_counter() - started
             model_dir = registry_free_model(result, champion_dir, Path(tmp))
             candidate_eval = benchmark(model_dir)
@@ -156,7 +157,7 @@ def registry_free_model(result, champion_dir: Path, tmp: Path) -> Path:  # noqa:
     """The trained model as full weights (a LoRA adapter is merged onto the champion)."""
     if not result.adapter:
         return result.model_dir
-    from flywheel_dagster.training.common import merged_model
+    from flywheel_dagster.base_models import merged_model
 
     return merged_model(result.model_dir, champion_dir, tmp / "merged")
 

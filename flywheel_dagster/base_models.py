@@ -1,4 +1,5 @@
-"""Cycle-0 base models: the playground's tiny Llama with a character tokenizer, and SmolLM2 from GGUF."""
+"""Model folders: the cycle-0 bases (the playground's tiny Llama with a character tokenizer, SmolLM2 from GGUF)
+and a LoRA adapter merged into its base (what engines and the next cycle's training load)."""
 
 from __future__ import annotations
 
@@ -101,5 +102,22 @@ def convert_smollm2(out_dir: Path) -> Path:
     cfg = json.loads(cfg_path.read_text())
     cfg.pop("quantization_config", None)
     cfg_path.write_text(json.dumps(cfg, indent=2))
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def merged_model(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
+    """Full weights for a LoRA adapter on its base: what engines and the next cycle's training load."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,20 +136,14 @@ def _valid_cycle(s: Session, quarter: str) -> None:
 
 
 def _code_location():  # noqa: ANN202
-    """Import the Dagster code location (assets/, jobs/) from the repository root."""
-    root = Path.cwd()
-    while not (root / "workspace.yaml").exists():
-        if root.parent == root:
-            console.print(
-                "[red]run flywheel from the repository root (no workspace.yaml found above the current folder)[/red]"
-            )
-            raise typer.Exit(2)
-        root = root.parent
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from jobs import definitions
+    """The Dagster definitions of the code location workspace.yaml names (assets/, jobs/ in this repository)."""
+    from flywheel_dagster.code_location import CodeLocationError, find_workspace, load_definitions
 
-    return definitions.defs
+    try:
+        return load_definitions(find_workspace(Path.cwd()))
+    except CodeLocationError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
 
 
 def _bootstrap(s: Session) -> None:

@@ -63,7 +63,7 @@ if __name__ == "__main__":
 
     import yaml
 
-    sys.path.insert(0, str(Path.cwd()))
-    from jobs.definitions import defs
+    from flywheel_dagster.code_location import find_workspace, load_definitions
 
+    defs = load_definitions(find_workspace(Path.cwd()))
     print(yaml.safe_dump_all(render_step_jobs(defs, *(sys.argv[1:2] or ["flywheel_cycle"])).values()))

@@ -236,7 +236,7 @@ class Registry:
             raise RuntimeError(f"model version {ref.version} is an adapter; a cache_dir is needed to merge it")
         target = self.cache_dir / f"{self.model_name}-v{ref.version}-merged"
         if not (target / "config.json").exists():
-            from flywheel_dagster.training.common import merged_model
+            from flywheel_dagster.base_models import merged_model
 
             target.parent.mkdir(parents=True, exist_ok=True)
             merged_model(files, self.local_path(self.version(base_version)), target)

@@ -85,7 +85,7 @@ def test_training_method_and_its_settings_are_checked():
     with pytest.raises(ConfigError, match=r"training\.lora\.registered_as"):
         build_config({"training": {"lora": {"registered_as": "both"}}})
     cfg = build_config({"training": {"method": "opsd", "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}}})
-    from flywheel_dagster.cycle import train_settings
+    from flywheel_dagster.training.candidate import train_settings
 
     settings = train_settings(cfg)
     assert settings.method == "opsd" and settings.opsd_clip == 0.05

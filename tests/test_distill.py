@@ -20,11 +20,12 @@ import pytest
 from conftest import ASSETS, CHECKS, CYCLE_ASSETS
 
 from flywheel_dagster import cycle as core
+from flywheel_dagster.base_models import merged_model
 from flywheel_dagster.registry import BASE_VERSION_TAG, weights_sha256
 from flywheel_dagster.tasks.playground import PlaygroundTask
 from flywheel_dagster.traces.lake import Lake
 from flywheel_dagster.traces.schema import TRAINING_SCHEMA
-from flywheel_dagster.training.common import COUNTERS_FILE, TrainSettings, merged_model
+from flywheel_dagster.training.common import COUNTERS_FILE, TrainSettings
 from flywheel_dagster.training.job import RESULT_FILE, TrainJob
 
 Q1 = "2026-01-01"

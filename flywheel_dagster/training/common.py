@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -295,20 +294,3 @@ def save_model(model, tokenizer, out_dir: Path, lora: LoraSettings | None) -> bo
         model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return adapter
-
-
-def merged_model(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
-    """Full weights for a LoRA adapter on its base: what engines and the next cycle's training load."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir

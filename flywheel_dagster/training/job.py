@@ -56,11 +56,11 @@ def mlflow_curve_logger(tracking_uri: str, run_id: str):  # noqa: ANN201 - Calla
 
 def run_job(job: TrainJob, log=None) -> dict[str, Any]:  # noqa: ANN001 - log: Callable[[str], None]
     """Train the candidate; returns (and writes to the checkpoint folder) the result as JSON."""
-    from flywheel_dagster import cycle as core
     from flywheel_dagster.config import FlywheelConfig
     from flywheel_dagster.registry import weights_sha256
     from flywheel_dagster.tasks import load_task
     from flywheel_dagster.traces.lake import Lake
+    from flywheel_dagster.training.candidate import train_candidate
 
     cfg = FlywheelConfig.model_validate(job.config)
     checkpoint_dir = Path(job.checkpoint_dir)
@@ -73,7 +73,7 @@ def run_job(job: TrainJob, log=None) -> dict[str, Any]:  # noqa: ANN001 - log: C
         if log is not None and "loss" in point:
             log(f"step {step}: loss {point['loss']:.4f}")
 
-    result = core.train_candidate(
+    result = train_candidate(
         cfg,
         load_task(cfg),
         Path(job.champion_dir),
