@@ -115,7 +115,7 @@ def main() -> None:
         pages = [
             ("asset_graph", f"{dagster_url}/asset-groups"),
             ("benchmark_report", f"{dagster_url}/assets/benchmark_report?partition={cycle}"),
-            ("benchmark_report_plots", f"{dagster_url}/assets/benchmark_report?view=plots"),
+            ("benchmark_report_plots", f"{dagster_url}/assets/benchmark_report"),  # its metadata's Plots view
             ("cycle_audit", f"{dagster_url}/assets/cycle_audit?partition={cycle}"),
             ("flywheel_cycle_job", f"{dagster_url}/locations/flywheel/jobs/flywheel_cycle/partitions"),
             ("mlflow_experiment", f"{mlflow_url}/#/experiments/{registry.experiment_id}"),
@@ -131,21 +131,26 @@ def main() -> None:
                 executable_path=CHROMIUM,
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
             )
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
             for name, url in pages:
-                page.goto(url, wait_until="networkidle", timeout=120_000)
-                page.wait_for_timeout(2500)
+                # A fresh page each time: MLflow's pages differ only after '#', which is no navigation.
+                page = browser.new_page(viewport={"width": 1600, "height": 1800})
+                page.goto(url, wait_until="load", timeout=120_000)
+                page.wait_for_timeout(4000 if url.startswith(dagster_url) else 10000)
+                skip = page.get_by_role("button", name="Skip")  # Dagster's one-time "Join the community" dialog
+                if skip.count():
+                    skip.first.click()
+                    page.wait_for_timeout(500)
+                if name.endswith("_plots"):
+                    page.get_by_role("button", name="Plots").first.click()
+                    page.wait_for_timeout(2500)
                 path = out / f"{name}.png"
-                page.screenshot(path=str(path), full_page=False)
-                links = sorted(
-                    {
-                        h
-                        for h in page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
-                        if h.startswith(("http://", "https://"))
-                        and not h.startswith(url.split("#")[0].rsplit("/", 1)[0])
-                    }
-                )
-                print(json.dumps({"page": name, "url": url, "screenshot": str(path), "links_out": links[:12]}))
+                page.screenshot(path=str(path), full_page=True)
+                hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
+                on_dagster = url.startswith(dagster_url)
+                other = (cfg.ui.mlflow_url, mlflow_url) if on_dagster else (cfg.ui.dagster_url, dagster_url)
+                links = sorted({h for h in hrefs if h.startswith(other)})
+                print(json.dumps({"page": name, "url": url, "screenshot": str(path), "links_to_other_ui": links}))
+                page.close()
             browser.close()
     finally:
         for p in procs:

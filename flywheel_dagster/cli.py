@@ -361,7 +361,8 @@ def _next_steps(s: Session, remaining: list[str]) -> None:
         more = f" ({len(remaining)} quarters have ended and wait: {', '.join(remaining)}; they run in order)"
         console.print(
             f"Next cycle: [bold]{nxt}[/bold]{more if len(remaining) > 1 else ''}. Run [bold]make ui[/bold], open "
-            f"{ui.dagster_url}/jobs/flywheel_cycle (or any asset), Materialize, pick partition {nxt} and launch; "
+            f"{ui.dagster_url}/locations/flywheel/jobs/flywheel_cycle/partitions (or any asset), Materialize, pick "
+            f"partition {nxt} and launch; "
             f"or run `flywheel cycle {nxt}`."
         )
     else:
