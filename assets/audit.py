@@ -173,8 +173,7 @@ def cycle_audit(
     if previous is not None and audit.content(previous[0]) == record:
         stored, sha, appended = previous[0], previous[1], False
     else:
-        stored, sha = chain.append({**record, "amends": previous[1] if previous else None})
-        registry.set_experiment_tag(audit.HEAD_TAG, sha)
+        stored, sha = audit.append_and_anchor(chain, registry, {**record, "amends": previous[1] if previous else None})
         appended = True
     files = the_lake.write_partition(
         audit.AUDIT_TABLE,

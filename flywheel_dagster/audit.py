@@ -23,8 +23,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flywheel_dagster.hashing import legacy_tree_sha256, tree_sha256
+
+if TYPE_CHECKING:
+    from flywheel_dagster.registry import Registry
 
 # Format 2 hashes folder trees unambiguously and records the raw inputs; format 1 entries still verify.
 SCHEMA = "flywheel.audit/2"
@@ -187,8 +191,15 @@ def ensure_genesis(lake, registry) -> None:  # noqa: ANN001 - Lake, Registry
         registry.files_sha256(base),
         base.run_id,
     )
-    _, sha = chain.append(entry)
+    append_and_anchor(chain, registry, entry)
+
+
+def append_and_anchor(chain: Chain, registry: Registry, entry: dict) -> tuple[dict, str]:
+    """Append an entry to the chain and anchor the new head in MLflow (the experiment tag `verify` checks the
+    head against): the one way anything is written to the audit chain, so no writer forgets the anchor."""
+    stored, sha = chain.append(entry)
     registry.set_experiment_tag(HEAD_TAG, sha)
+    return stored, sha
 
 
 def lake_files(lake, cycle: str, evaluations: list[str] = ()) -> list[dict]:  # noqa: ANN001

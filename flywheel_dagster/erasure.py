@@ -331,9 +331,7 @@ def forget(
         "model_versions_trained_on_data": result.trained_on,
         "model_versions_descended": result.descendants,
     }
-    chain = audit.Chain(lake)
-    stored, sha = chain.append(entry)
-    registry.set_experiment_tag(audit.HEAD_TAG, sha)
+    stored, sha = audit.append_and_anchor(audit.Chain(lake), registry, entry)
     lake.delete_object(JOURNAL_TABLE, journal_name)
     result.entry_sha256, result.seq = sha, stored["seq"]
     return result

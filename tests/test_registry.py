@@ -1,5 +1,6 @@
 """MLflow runs always end (a real SQLite store): a stage that raises is FAILED, its cycle run too; the trend run
-is FINISHED between cycles; the UI links name the experiment, run and model version."""
+is FINISHED between cycles; the UI links name the experiment, run and model version; an audit append anchors
+the chain head in MLflow."""
 
 import pytest
 
@@ -48,3 +49,17 @@ def test_links_into_the_mlflow_ui(registry):  # noqa: ANN001
         registry.artifact_url(ui, "abc", "audit.html") == f"{ui}/#/experiments/{exp}/runs/abc/artifactPath/audit.html"
     )
     assert registry.model_version_url(ui, "3") == f"{ui}/#/models/flywheel-test/versions/3"
+
+
+def test_every_audit_append_anchors_the_chain_head_in_mlflow(registry, tmp_path):  # noqa: ANN001
+    """The one way entries reach the audit chain (cycle_audit, rollback, forget and genesis all use it): the head
+    it leaves is the MLflow experiment tag that `audit verify` checks."""
+    from flywheel_dagster import audit
+    from flywheel_dagster.traces.lake import Lake
+
+    chain = audit.Chain(Lake(str(tmp_path / "lake")))
+    first, sha1 = audit.append_and_anchor(chain, registry, {"kind": "note", "text": "one"})
+    assert registry.experiment_tag(audit.HEAD_TAG) == sha1
+    second, sha2 = audit.append_and_anchor(chain, registry, {"kind": "note", "text": "two"})
+    assert registry.experiment_tag(audit.HEAD_TAG) == sha2 != sha1
+    assert second["seq"] == first["seq"] + 1 and second["previous_sha256"] == sha1

@@ -126,8 +126,7 @@ def rollback(
         "after_cycle": latest_finished_cycle(lake),
         "serving": switch.summary(),
     }
-    stored, sha = audit.Chain(lake).append(entry)
-    registry.set_experiment_tag(audit.HEAD_TAG, sha)
+    stored, sha = audit.append_and_anchor(audit.Chain(lake), registry, entry)
     return {**stored, "sha256": sha}, switch
 
 
