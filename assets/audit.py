@@ -1,8 +1,9 @@
 """Audit: one record per cycle of which data, code and decisions produced the model, in a hash chain.
 
-The record is built from what Dagster, the lake and MLflow hold after the cycle: every stage asset's
-materialization (run, code version, data version, time), every file of the cycle's partitions with its
-sha256, the checks' results, the training run, the models' hashes, the benchmark and the decision.
+The record (flywheel_dagster.audit.record.cycle_record) is built from what Dagster, the lake and MLflow hold
+after the cycle: every stage asset's materialization (run, code version, data version, time), every file of
+the cycle's partitions with its sha256, the checks' results, the training run, the models' hashes, the
+benchmark and the decision. The Dagster queries are here; the record is built in the library.
 """
 
 import json
@@ -10,36 +11,42 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from assets import PARTITIONS, cycle_of, dagster_tags, mlflow_run_links
-from assets import harvest as harvest_assets
-from assets import redeploy as redeploy_assets
-from assets.redeploy import champion_model
+from assets import Stage, dagster_tags, mlflow_run_links, open_cycle
 from flywheel_dagster import audit
-from flywheel_dagster import cycle as core
-from flywheel_dagster.approval import read_approval
+from flywheel_dagster.audit.record import cycle_record
+from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.overview import cycle_row, overview_markdown
+from flywheel_dagster.records import CHAMPION_MODEL, STAGE_ASSETS
+from flywheel_dagster.registry import Registry
 from flywheel_dagster.resources import FlywheelConfigResource, LakeResource, MlflowResource
+from flywheel_dagster.traces.lake import Lake
 
-STAGE_ASSETS = (
-    "deployment",
-    "reasoning_traces",
-    "harvested_traces",
-    "training_dataset",
-    "candidate_model",
-    "benchmark_report",
-    "champion_model",
-)
-CHECK_KEYS = [
-    key
-    for checks in (
-        *harvest_assets.harvest_monitor_checks,
-        harvest_assets.no_pii,
-        harvest_assets.no_benchmark_overlap,
-        redeploy_assets.promotion_gate,
-        redeploy_assets.human_approval,
-    )
-    for key in checks.check_keys
-]
+
+def build(stage: Stage, checks: list[dg.AssetChecksDefinition]) -> list[dg.AssetsDefinition]:
+    """cycle_audit, which records the results of `checks` (every check of the cycle) with the stages."""
+    check_keys = [key for c in checks for key in c.check_keys]
+
+    def cycle_audit(
+        context: dg.AssetExecutionContext,
+        flywheel_config: FlywheelConfigResource,
+        lake: LakeResource,
+        mlflow: MlflowResource,
+    ) -> dg.MaterializeResult:
+        """The cycle's audit record (JSON, in the hash chain) and its HTML report: which data, code and decisions
+        produced this quarter's champion. `flywheel audit verify` re-checks every hash in it."""
+        cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
+        record = cycle_record(
+            cfg,
+            the_lake,
+            registry,
+            key,
+            index,
+            _materializations(context.instance, key),
+            _checks(context.instance, key, check_keys),
+        )
+        return _append(context, cfg, the_lake, registry, key, index, record)
+
+    return [stage.asset("audit", "2", deps=[CHAMPION_MODEL])(cycle_audit)]
 
 
 def _materializations(instance: dg.DagsterInstance, key: str) -> dict[str, dict]:
@@ -68,11 +75,12 @@ def _materializations(instance: dg.DagsterInstance, key: str) -> dict[str, dict]
     return out
 
 
-def _checks(instance: dg.DagsterInstance, key: str) -> dict[str, dict]:
+def _checks(instance: dg.DagsterInstance, key: str, check_keys: list[dg.AssetCheckKey]) -> dict[str, dict]:
+    # Dagster has no public query for a partition's latest check results; this is the one private import.
     from dagster._core.event_api import PartitionKeyFilter
 
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        CHECK_KEYS, partition_filter=PartitionKeyFilter(key=key)
+        check_keys, partition_filter=PartitionKeyFilter(key=key)
     )
     out = {}
     for check_key, rec in sorted(latest.items(), key=lambda kv: kv[0].name):
@@ -90,85 +98,19 @@ def _checks(instance: dg.DagsterInstance, key: str) -> dict[str, dict]:
     return out
 
 
-def build_record(instance: dg.DagsterInstance, cfg, the_lake, registry, key: str, index: int) -> dict:  # noqa: ANN001
-    deployed = core.read_json(the_lake, "deployment", key, core.DEPLOYMENT_FILE)
-    candidate = core.read_json(the_lake, "candidate_model", key, core.CANDIDATE_FILE)
-    report = core.read_json(the_lake, "benchmark_report", key, core.REPORT_FILE)
-    decision = core.read_json(the_lake, "champion_model", key, core.DECISION_FILE)
-    params = registry.client.get_run(candidate["run_id"]).data.params
-    evaluations = [
-        p
-        for p in the_lake.cycles(core.EVALUATIONS_TABLE)
-        for v in (deployed["version"], candidate["version"])
-        if p.startswith(f"{registry.model_name}-v{v}-")
-    ]
-
-    def model(version: str, weights: str | None, run_id: str | None) -> dict:
-        ref = registry.version(version)
-        return {
-            "name": registry.model_name,
-            "version": version,
-            "run_id": run_id,
-            "weights_sha256": weights,
-            "files_sha256": registry.files_sha256(ref),
-            "adapter": registry.is_adapter(ref),
-        }
-
-    assets = _materializations(instance, key)
-    sources = (
-        json.loads(the_lake.read_bytes("reasoning_traces", key, audit.SOURCES_FILE))
-        if the_lake.exists("reasoning_traces", key, audit.SOURCES_FILE)
-        else None
-    )
-    return {
-        "kind": "cycle",
-        "flywheel": cfg.name,
-        "cycle": key,
-        "cycle_index": index,
-        "assets": assets,
-        "files": audit.lake_files(the_lake, key, evaluations),
-        "inputs": sources,  # the raw log files ingested (None: simulated traffic)
-        "checks": _checks(instance, key),
-        "training": {
-            "method": candidate["method"],
-            "mlflow_run_id": candidate["run_id"],
-            "job_id": candidate["job_id"],
-            "config": {k.removeprefix("training."): v for k, v in sorted(params.items()) if k.startswith("training.")},
-            "training_dataset_sha256": params.get("training_dataset_sha256"),
-            **{k: candidate[k] for k in ("steps", "train_loss", "eval_loss", "tokens_trained", "tokens_generated")},
-        },
-        "models": {
-            "deployed": model(deployed["version"], deployed["weights_sha256"], deployed["run_id"]),
-            "candidate": model(candidate["version"], candidate["weights_sha256"], candidate["run_id"]),
-        },
-        "benchmark": {
-            "problems_per_suite": cfg.benchmark.problems_per_suite,
-            "samples_per_problem": cfg.benchmark.samples_per_problem,
-            "suites": report["suites"],
-            "mlflow_run_id": assets["benchmark_report"]["mlflow_run_id"],
-        },
-        "gate": report["gate"],
-        "decision": {k: decision[k] for k in ("decision", "reason", "previous_champion", "candidate", "champion")},
-        "approval": {"required": cfg.gate.require_approval, "record": read_approval(the_lake, key)},
-    }
-
-
-@dg.asset(partitions_def=PARTITIONS, group_name="audit", code_version="2", deps=[champion_model])
-def cycle_audit(
+def _append(
     context: dg.AssetExecutionContext,
-    flywheel_config: FlywheelConfigResource,
-    lake: LakeResource,
-    mlflow: MlflowResource,
+    cfg: FlywheelConfig,
+    the_lake: Lake,
+    registry: Registry,
+    key: str,
+    index: int,
+    record: dict,
 ) -> dg.MaterializeResult:
-    """The cycle's audit record (JSON, in the hash chain) and its HTML report: which data, code and decisions
-    produced this quarter's champion. `flywheel audit verify` re-checks every hash in it."""
-    cfg = flywheel_config.load()
-    key, index = cycle_of(context)
-    the_lake = lake.lake()
-    registry = mlflow.registry(cfg.name)
+    """Append the record to the chain (unless the latest one for the cycle says the same), write it and its HTML
+    page to the lake, and serve the page as an artifact of the cycle's audit run in MLflow."""
     chain = audit.Chain(the_lake)
     audit.ensure_genesis(the_lake, registry)
-    record = build_record(context.instance, cfg, the_lake, registry, key, index)
     previous = chain.latest_cycle_records().get(key)
     if previous is not None and audit.content(previous[0]) == record:
         stored, sha, appended = previous[0], previous[1], False
@@ -184,7 +126,7 @@ def cycle_audit(
     registry.set_tags(registry.cycle_run(key, index), audit_tags)
     # The report as an artifact of the cycle's audit run: the MLflow UI serves it over HTTP and renders it.
     with registry.stage(key, index, "audit", {**dagster_tags(context, cfg), **audit_tags}) as run_id:
-        registry.client.log_artifact(run_id, the_lake.partition_dir(audit.AUDIT_TABLE, key) + "/" + audit.REPORT_FILE)
+        registry.log_artifact(run_id, the_lake.partition_dir(audit.AUDIT_TABLE, key) + "/" + audit.REPORT_FILE)
     rows = [cycle_row(rec) for _, (rec, _) in sorted(chain.latest_cycle_records().items())]
     failed = [n for n, c in record["checks"].items() if c.get("passed") is False]
     approval = record["approval"]["record"]

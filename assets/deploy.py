@@ -5,36 +5,32 @@ from datetime import UTC
 
 import dagster as dg
 
-from assets import (
-    PARTITIONS,
-    START_DATE,
-    cycle_of,
-    dagster_tags,
-    gpu_op_tags,
-    lake_file_result,
-    mlflow_run_links,
-    previous_of,
-)
+from assets import Stage, dagster_tags, lake_file_result, mlflow_run_links, open_cycle, previous_of
 from flywheel_dagster import audit, timing
 from flywheel_dagster import cycle as core
+from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.curation import ingest
+from flywheel_dagster.records import CHAMPION_MODEL, DEPLOYMENT, REASONING_TRACES, Deployment, TraceSet
 from flywheel_dagster.registry import weights_sha256
 from flywheel_dagster.resources import EngineResource, FlywheelConfigResource, LakeResource, MlflowResource
 from flywheel_dagster.serving.capture import SERVING_LOGS
 from flywheel_dagster.serving.rollback import rollback_after
 from flywheel_dagster.tasks import load_task
-from flywheel_dagster.traces.lake import DATA_FILE
+from flywheel_dagster.traces.lake import DATA_FILE, Lake
+from flywheel_dagster.traces.schema import TRACE_SCHEMA
 
 
-@dg.asset(
-    partitions_def=PARTITIONS,
-    group_name="deploy",
-    code_version="3",
-    # Orders cycles: a quarter's deployment is what the quarter before promoted. The model itself
-    # travels through the MLflow registry (alias cycle_<previous>), since champion_model -> deployment
-    # across partitions would be a dependency loop between two assets, which Dagster forbids.
-    deps=[dg.AssetDep("deployment", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))],
-)
+def build(stage: Stage) -> list[dg.AssetsDefinition]:
+    # Orders cycles: a quarter's deployment is what the quarter before promoted. The model itself travels
+    # through the MLflow registry (alias cycle_<previous>), since champion_model -> deployment across partitions
+    # would be a dependency loop between two assets, which Dagster forbids.
+    previous = dg.AssetDep(DEPLOYMENT, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))
+    return [
+        stage.asset("deploy", "3", deps=[previous])(deployment),
+        stage.asset("deploy", "3", deps=[DEPLOYMENT], gpu=True)(reasoning_traces),
+    ]
+
+
 def deployment(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,
@@ -42,21 +38,18 @@ def deployment(
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """The champion that served this quarter's traffic (from the registry), with where it came from."""
-    cfg = flywheel_config.load()
-    key, index = cycle_of(context)
-    registry = mlflow.registry(cfg.name)
-    finished = context.instance.get_materialized_partitions(dg.AssetKey("champion_model"))
-    started = context.instance.get_materialized_partitions(dg.AssetKey("deployment"))
-    the_lake = lake.lake()
+    cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
+    finished = context.instance.get_materialized_partitions(dg.AssetKey(CHAMPION_MODEL))
+    started = context.instance.get_materialized_partitions(dg.AssetKey(DEPLOYMENT))
     try:
         ref, via = core.resolve_deployment(
             registry,
             key,
-            previous_of(key),
+            previous_of(key, cfg),
             set(finished),
             set(started),
             lambda c: rollback_after(the_lake, c),
-            first_cycle=START_DATE,
+            first_cycle=cfg.schedule.start_date,
         )
     except core.CycleOrderError as err:  # one line in the UI, before anything is trained or written
         raise dg.Failure(description=str(err), allow_retries=False) from None
@@ -65,22 +58,21 @@ def deployment(
         registry.log_params(
             run_id, {"model_version": ref.version, "via_alias": via, "weights_sha256": sha, "model_run_id": ref.run_id}
         )
-    payload = {
-        "cycle": key,
-        "model_name": ref.name,
-        "version": ref.version,
-        "run_id": ref.run_id,
-        "source": ref.source,
-        "via_alias": via,
-        "weights_sha256": sha,
-        "previous_cycle": previous_of(key),
-    }
-    core.write_json(lake.lake(), "deployment", key, core.DEPLOYMENT_FILE, payload)
+    Deployment(
+        cycle=key,
+        model_name=ref.name,
+        version=ref.version,
+        run_id=ref.run_id,
+        source=ref.source,
+        via_alias=via,
+        weights_sha256=sha,
+        previous_cycle=previous_of(key, cfg),
+    ).write(the_lake)
     return dg.MaterializeResult(
         metadata={
             "model": f"{ref.name} v{ref.version}",
             "via_alias": via,
-            "previous_cycle": previous_of(key) or "none (first cycle)",
+            "previous_cycle": previous_of(key, cfg) or "none (first cycle)",
             **mlflow_run_links(cfg, registry, run_id),
             "model_version": dg.MetadataValue.url(registry.model_version_url(cfg.ui.mlflow_url, ref.version)),
             "weights_sha256": sha,
@@ -90,15 +82,6 @@ def deployment(
     )
 
 
-@dg.asset(
-    partitions_def=PARTITIONS,
-    group_name="deploy",
-    code_version="3",
-    deps=[deployment],
-    pool="gpu",
-    tags={"flywheel/compute": "gpu"},
-    op_tags=gpu_op_tags(),
-)
 def reasoning_traces(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,
@@ -108,22 +91,18 @@ def reasoning_traces(
 ) -> dg.MaterializeResult:
     """The quarter's traffic: production logs ingested for the partition's time window (traffic.source
     'logs', bad lines quarantined with a reason), or simulated traffic through the deployed model."""
-    cfg = flywheel_config.load()
-    key, index = cycle_of(context)
+    cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
     if cfg.traffic.source == "logs":
-        return _ingest_logs(context, cfg, lake.lake(), key)
-    the_lake = lake.lake()
-    deployed = json.loads(the_lake.read_bytes("deployment", key, core.DEPLOYMENT_FILE))
-    registry = mlflow.registry(cfg.name)
-    ref = registry.version(deployed["version"])
+        return _ingest_logs(context, cfg, the_lake, key)
+    ref = registry.version(Deployment.read(the_lake, key).version)
     task = load_task(cfg)
     eng = engine.load(cfg, registry.local_path(ref))
     try:
-        with timing.compute("reasoning_traces"):
+        with timing.compute(REASONING_TRACES):
             traces = core.capture_traffic(cfg, task, eng, key, index, ref)
     finally:
         eng.close()
-    written = the_lake.write_table("reasoning_traces", key, traces)
+    written = the_lake.write_table(TraceSet.TABLE, key, traces)
     tokens = sum(traces.column("tokens").to_pylist())
     return lake_file_result(
         written,
@@ -136,7 +115,9 @@ def reasoning_traces(
     )
 
 
-def _ingest_logs(context: dg.AssetExecutionContext, cfg, the_lake, key: str) -> dg.MaterializeResult:  # noqa: ANN001
+def _ingest_logs(
+    context: dg.AssetExecutionContext, cfg: FlywheelConfig, the_lake: Lake, key: str
+) -> dg.MaterializeResult:
     window_ = context.partition_time_window
     window = ingest.Window(window_.start.astimezone(UTC), window_.end.astimezone(UTC))
     # No paths configured: what `flywheel serve` captured (serving.logs_dir, else the local lake's serving_logs).
@@ -145,13 +126,13 @@ def _ingest_logs(context: dg.AssetExecutionContext, cfg, the_lake, key: str) -> 
     sources = audit.input_manifest(paths, (window.start.isoformat(), window.end.isoformat()), files)
     settings = ingest.Settings(key, window, cfg.ingest.max_record_bytes, cfg.ingest.reasoning_markup)
     ingestor = ingest.Ingestor(load_task(cfg), settings)
-    with timing.compute("reasoning_traces"):
+    with timing.compute(REASONING_TRACES):
         with (
-            the_lake.open_partition("reasoning_traces", key) as traces_part,
+            the_lake.open_partition(TraceSet.TABLE, key) as traces_part,
             the_lake.open_partition(ingest.QUARANTINE_TABLE, key) as quarantine_part,
         ):
-            traces_part.write_bytes(audit.SOURCES_FILE, json.dumps(sources, sort_keys=True).encode())
-            traces_out = traces_part.parquet(DATA_FILE, ingest.INGEST_SCHEMA)
+            traces_part.write_bytes(TraceSet.SOURCES, json.dumps(sources, sort_keys=True).encode())
+            traces_out = traces_part.parquet(TraceSet.DATA, TRACE_SCHEMA)
             quarantine_out = quarantine_part.parquet(DATA_FILE, ingest.QUARANTINE_SCHEMA)
             for trace_rows, quarantine_rows in ingestor.batches(files):
                 traces_out.write_table(ingest.to_table(trace_rows))
@@ -159,7 +140,7 @@ def _ingest_logs(context: dg.AssetExecutionContext, cfg, the_lake, key: str) -> 
     stats = ingestor.stats
     if stats.lines_read != stats.lines_ingested + stats.lines_quarantined:  # the invariant the tests check
         raise RuntimeError(f"ingest lost lines: {stats.as_metadata()}")
-    written = traces_part.files[DATA_FILE]
+    written = traces_part.files[TraceSet.DATA]
     return lake_file_result(
         written,
         source="logs",

@@ -10,26 +10,20 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import _CONFIG, PARTITIONS, cycle_of, dagster_tags, gpu_op_tags, mlflow_run_links
-from assets.deploy import deployment
-from assets.harvest import training_dataset
-from flywheel_dagster import cycle as core
+from assets import Stage, dagster_tags, mlflow_run_links, open_cycle
 from flywheel_dagster import timing
+from flywheel_dagster.records import CANDIDATE_MODEL, DEPLOYMENT, TRAINING_DATASET, Candidate, Deployment, TrainingSet
 from flywheel_dagster.registry import BASE_VERSION_TAG
 from flywheel_dagster.resources import FlywheelConfigResource, LakeResource, MlflowResource, TrainingJobResource
-from flywheel_dagster.training.common import fingerprint
+from flywheel_dagster.training import candidate
 from flywheel_dagster.training.job import TrainJob
 
 
-@dg.asset(
-    partitions_def=PARTITIONS,
-    group_name="distill",
-    code_version="2",
-    deps=[training_dataset, deployment],
-    pool="gpu",
-    tags={"flywheel/compute": "gpu"},
-    op_tags=gpu_op_tags(_CONFIG.training.gpus),
-)
+def build(stage: Stage) -> list[dg.AssetsDefinition]:
+    deps = [TRAINING_DATASET, DEPLOYMENT]
+    return [stage.asset("distill", "2", deps, gpu=True, gpus=stage.cfg.training.gpus)(candidate_model)]
+
+
 def candidate_model(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,
@@ -39,28 +33,14 @@ def candidate_model(
 ) -> dg.MaterializeResult:
     """The next model: the champion trained with `training.method` (sft, redi, opsd or grpo), registered as a
     new version (full weights, or a LoRA adapter on the champion)."""
-    cfg = flywheel_config.load()
-    key, index = cycle_of(context)
-    the_lake = lake.lake()
-    registry = mlflow.registry(cfg.name)
-    champion = registry.version(core.read_json(the_lake, "deployment", key, core.DEPLOYMENT_FILE)["version"])
+    cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
+    champion = registry.version(Deployment.read(the_lake, key).version)
     method = cfg.training.method
-    data_sha = the_lake.sha256("training_dataset", key)
-    # One folder per exact job: a rerun of the same job resumes there; a changed config or dataset starts afresh.
-    job_id = fingerprint(cfg.training.model_dump(mode="json"), cfg.model.max_length, champion.version, data_sha)
+    job_id = candidate.job_id(cfg, champion.version, TrainingSet.sha256(the_lake, key))
     checkpoint_dir = training.checkpoint_dir(cfg.name, key, job_id)
     links = dagster_tags(context, cfg)
     with registry.stage(key, index, "distill", tags={"flywheel.method": method, **links}) as run_id:
-        registry.log_params(
-            run_id,
-            {
-                **{f"training.{k}": v for k, v in cfg.training.model_dump().items()},
-                "parent_version": champion.version,
-                "training_dataset_uri": the_lake.uri("training_dataset", key),
-                "training_dataset_sha256": data_sha,
-                "job_id": job_id,
-            },
-        )
+        registry.log_params(run_id, candidate.training_params(cfg, champion.version, the_lake, key, job_id))
         job = TrainJob(
             config=cfg.model_dump(mode="json"),
             cycle=key,
@@ -71,7 +51,7 @@ def candidate_model(
             tracking_uri=mlflow.tracking_uri,
             run_id=run_id,
         )
-        with timing.compute("candidate_model"):  # the job's wall time, process start and model loading included
+        with timing.compute(CANDIDATE_MODEL):  # the job's wall time, process start and model loading included
             result = training.train(context, job)
         adapter = bool(result["adapter"])
         tags = {
@@ -94,18 +74,17 @@ def candidate_model(
             **{f"{method}/{k}": v for k, v in result["extra"].items()},
         }
         registry.log_metrics(run_id, figures)
-    payload = {
-        "cycle": key,
-        "version": ref.version,
-        "run_id": run_id,
-        "parent_version": champion.version,
-        "weights_sha256": result["weights_sha256"],
-        "method": method,
-        "adapter": adapter,
-        "job_id": job_id,
-        **{k: result[k] for k in ("steps", "train_loss", "eval_loss", "tokens_trained", "tokens_generated")},
-    }
-    core.write_json(the_lake, "candidate_model", key, core.CANDIDATE_FILE, payload)
+    Candidate(
+        cycle=key,
+        version=ref.version,
+        run_id=run_id,
+        parent_version=champion.version,
+        weights_sha256=result["weights_sha256"],
+        method=method,
+        adapter=adapter,
+        job_id=job_id,
+        **{k: result[k] for k in Candidate.TRAINING_FIGURES},
+    ).write(the_lake)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # registered: the checkpoints have done their job
     return dg.MaterializeResult(
         metadata={

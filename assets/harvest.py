@@ -5,47 +5,68 @@ training_dataset, are blocking checks: an ERROR stops the cycle before anything 
 """
 
 import json
+from collections.abc import Callable
 
 import dagster as dg
 
-from assets import (
-    _CONFIG,
-    PARTITIONS,
-    cycle_of,
-    dagster_tags,
-    gpu_op_tags,
-    lake_file_result,
-    mlflow_run_links,
-    previous_of,
-)
-from assets.deploy import deployment, reasoning_traces
-from flywheel_dagster import cycle as core
+from assets import Stage, dagster_tags, lake_file_result, mlflow_run_links, open_cycle, previous_of
 from flywheel_dagster import timing
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.curation import pii
 from flywheel_dagster.curation.decontam import BenchmarkIndex
 from flywheel_dagster.curation.harvest import Harvester, anchors_needed, build_training_dataset
 from flywheel_dagster.curation.monitors import MONITORS, judge
+from flywheel_dagster.records import (
+    DEPLOYMENT,
+    HARVESTED_TRACES,
+    REASONING_TRACES,
+    TRAINING_DATASET,
+    Deployment,
+    HarvestedSet,
+    TraceSet,
+    TrainingSet,
+)
 from flywheel_dagster.resources import EngineResource, FlywheelConfigResource, LakeResource, MlflowResource
 from flywheel_dagster.tasks import load_task
-from flywheel_dagster.traces.lake import DATA_FILE
-from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, PAIRS_FILE, PROMPTS_FILE
+from flywheel_dagster.tasks.base import TaskSource
+from flywheel_dagster.traces.lake import Lake
+from flywheel_dagster.traces.schema import HARVESTED_SCHEMA
 
-MONITORS_FILE = "monitors.json"
 
-
-def benchmark_prompts(cfg: FlywheelConfig, task) -> list[str]:  # noqa: ANN001
+def benchmark_prompts(cfg: FlywheelConfig, task: TaskSource) -> list[str]:
     return [p.prompt for p in task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)]
 
 
-def _previous_lengths(the_lake, key: str) -> list[int] | None:  # noqa: ANN001
-    prev = previous_of(key)
-    if prev is None or not the_lake.exists("harvested_traces", prev, MONITORS_FILE):
-        return None
-    return json.loads(the_lake.read_bytes("harvested_traces", prev, MONITORS_FILE)).get("reasoning_lengths")
+def _previous_lengths(cfg: FlywheelConfig, the_lake: Lake, key: str) -> list[int] | None:
+    prev = previous_of(key, cfg)
+    monitors = HarvestedSet.monitors(the_lake, prev) if prev is not None else None
+    return monitors.get("reasoning_lengths") if monitors else None
 
 
-@dg.asset(partitions_def=PARTITIONS, group_name="harvest", code_version="2", deps=[reasoning_traces])
+def build(stage: Stage) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    """harvested_traces and training_dataset, the monitors' checks and the training set's PII and overlap checks."""
+    # With the model-based rephraser on, building the training set runs the deployed model: a GPU step.
+    rephrases = stage.cfg.harvest.reformat.get("rephrase", 0) > 0
+    assets = [
+        stage.asset("harvest", "2", deps=[REASONING_TRACES])(harvested_traces),
+        stage.asset("harvest", "3", deps=[HARVESTED_TRACES, DEPLOYMENT], gpu=rephrases)(training_dataset),
+    ]
+    # Collapse and drift monitors, one blocking check each.
+    monitors = [
+        stage.check(
+            HARVESTED_TRACES,
+            name,
+            f"Loop-health monitor {name}: WARN past the warn level, ERROR (blocks training) past the block level.",
+        )(_monitor_check(name))
+        for name in MONITORS
+    ]
+    training_checks = [
+        stage.check(TRAINING_DATASET, "no_pii")(no_pii),
+        stage.check(TRAINING_DATASET, "no_benchmark_overlap")(no_benchmark_overlap),
+    ]
+    return assets, [*monitors, *training_checks]
+
+
 def harvested_traces(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,
@@ -53,23 +74,20 @@ def harvested_traces(
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Every trace with its label and, when unused, the reason; PII redacted; loop-health monitors."""
-    cfg = flywheel_config.load()
-    key, index = cycle_of(context)
-    the_lake = lake.lake()
+    cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
     task = load_task(cfg)
     harvester = Harvester(task, cfg.harvest, benchmark_prompts(cfg, task))
-    with timing.compute("harvested_traces"):
-        with the_lake.open_partition("harvested_traces", key) as part:
-            out = part.parquet(DATA_FILE, HARVESTED_SCHEMA)
-            for batch in the_lake.iter_batches("reasoning_traces", key):
+    with timing.compute(HARVESTED_TRACES):
+        with the_lake.open_partition(HarvestedSet.TABLE, key) as part:
+            out = part.parquet(HarvestedSet.DATA, HARVESTED_SCHEMA)
+            for batch in the_lake.iter_batches(TraceSet.TABLE, key):
                 out.write_table(harvester.process(batch))
-            monitors = harvester.monitors.result(_previous_lengths(the_lake, key))
-            part.write_bytes(MONITORS_FILE, json.dumps(monitors).encode())
-    written = part.files[DATA_FILE]
+            monitors = harvester.monitors.result(_previous_lengths(cfg, the_lake, key))
+            part.write_bytes(HarvestedSet.MONITORS, json.dumps(monitors).encode())
+    written = part.files[HarvestedSet.DATA]
     counts = harvester.stats.as_counts()
     figures = {name: monitors[name] for name in MONITORS if monitors[name] is not None}
 
-    registry = mlflow.registry(cfg.name)
     with registry.stage(key, index, "harvest", dagster_tags(context, cfg)) as run_id:
         registry.log_metrics(
             run_id,
@@ -89,18 +107,11 @@ def harvested_traces(
     )
 
 
-def _monitor_check(name: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=harvested_traces,
-        blocking=True,
-        partitions_def=PARTITIONS,
-        name=name,
-        description=f"Loop-health monitor {name}: WARN past the warn level, ERROR (blocks training) past the block level.",
-    )
+def _monitor_check(name: str) -> Callable[..., dg.AssetCheckResult]:
     def check(
         context: dg.AssetCheckExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource
     ) -> dg.AssetCheckResult:
-        figures = json.loads(lake.lake().read_bytes("harvested_traces", context.partition_key, MONITORS_FILE))
+        figures = HarvestedSet.monitors(lake.lake(), context.partition_key)
         v = judge(name, figures[name], flywheel_config.load().harvest.monitors)
         return dg.AssetCheckResult(
             passed=v.level in ("ok", "n/a"),
@@ -112,22 +123,6 @@ def _monitor_check(name: str) -> dg.AssetChecksDefinition:
     return check
 
 
-# Collapse and drift monitors, one blocking check each.
-harvest_monitor_checks = [_monitor_check(name) for name in MONITORS]
-
-
-# With the model-based rephraser on, building the training set runs the deployed model: a GPU step.
-_REPHRASES = _CONFIG.harvest.reformat.get("rephrase", 0) > 0
-
-
-@dg.asset(
-    partitions_def=PARTITIONS,
-    group_name="harvest",
-    code_version="3",
-    deps=[harvested_traces, deployment],
-    pool="gpu" if _REPHRASES else None,
-    op_tags=gpu_op_tags() if _REPHRASES else None,
-)
 def training_dataset(
     context: dg.AssetExecutionContext,
     flywheel_config: FlywheelConfigResource,
@@ -137,27 +132,24 @@ def training_dataset(
 ) -> dg.MaterializeResult:
     """Verified positives (reformatted by the configured strategies) plus human anchors at the configured
     share, split train/validation by problem; and positive/negative pairs of the same prompt."""
-    cfg = flywheel_config.load()
-    key, index = cycle_of(context)
-    the_lake = lake.lake()
+    cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
     task = load_task(cfg)
     # The anchor pool covers the most any outcome can need: the share at the most positives this quarter can
     # yield, or the floor when it yields none (plus one spare).
     most_positives = sum(
         int((b.column(0).to_numpy(zero_copy_only=False) == "positive").sum())
-        for b in the_lake.iter_batches("harvested_traces", key, columns=["label"])
+        for b in the_lake.iter_batches(HarvestedSet.TABLE, key, columns=["label"])
     )
     pool = max(anchors_needed(most_positives, cfg.harvest.anchor_fraction), cfg.harvest.min_training_examples) + 1
     anchors = task.anchors(pool, seed=1000 + index)
     eng = None
     if cfg.harvest.reformat.get("rephrase", 0) > 0:
-        registry = mlflow.registry(cfg.name)
-        deployed = registry.version(core.read_json(the_lake, "deployment", key, core.DEPLOYMENT_FILE)["version"])
+        deployed = registry.version(Deployment.read(the_lake, key).version)
         eng = engine.load(cfg, registry.local_path(deployed))
     try:
-        with timing.compute("training_dataset"):
+        with timing.compute(TRAINING_DATASET):
             result = build_training_dataset(
-                the_lake.iter_batches("harvested_traces", key),
+                the_lake.iter_batches(HarvestedSet.TABLE, key),
                 anchors,
                 cfg.harvest,
                 task,
@@ -169,34 +161,33 @@ def training_dataset(
         if eng is not None:
             eng.close()
     files = the_lake.write_partition(
-        "training_dataset", key, {DATA_FILE: result.table, PAIRS_FILE: result.pairs, PROMPTS_FILE: result.prompts}
+        TrainingSet.TABLE,
+        key,
+        {TrainingSet.EXAMPLES: result.table, TrainingSet.PAIRS: result.pairs, TrainingSet.PROMPTS: result.prompts},
     )
-    written = files[DATA_FILE]
+    written = files[TrainingSet.EXAMPLES]
     return lake_file_result(
         written,
-        pairs_uri=dg.MetadataValue.path(files[PAIRS_FILE].uri),
-        pairs_sha256=files[PAIRS_FILE].sha256,
-        prompts_uri=dg.MetadataValue.path(files[PROMPTS_FILE].uri),
-        prompts_sha256=files[PROMPTS_FILE].sha256,
+        pairs_uri=dg.MetadataValue.path(files[TrainingSet.PAIRS].uri),
+        pairs_sha256=files[TrainingSet.PAIRS].sha256,
+        prompts_uri=dg.MetadataValue.path(files[TrainingSet.PROMPTS].uri),
+        prompts_sha256=files[TrainingSet.PROMPTS].sha256,
         **{f"composition/{k}": v for k, v in sorted(result.composition.items())},
         anchor_fraction=round(result.composition["human"] / max(written.rows, 1), 4),
     )
 
 
-@dg.asset_check(asset=training_dataset, blocking=True, partitions_def=PARTITIONS, name="no_pii")
-def no_pii(context: dg.AssetCheckExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource):  # noqa: ANN201
+def no_pii(
+    context: dg.AssetCheckExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource
+) -> dg.AssetCheckResult:
     """Zero PII detections in the training set's prompts and completions, the pairs and the on-policy prompts."""
     cfg = flywheel_config.load()
     the_lake = lake.lake()
     found = {}
-    for name, columns in (
-        (DATA_FILE, ["prompt", "completion"]),
-        (PAIRS_FILE, ["prompt", "chosen", "rejected"]),
-        (PROMPTS_FILE, ["prompt", "solution"]),
-    ):
-        if name != DATA_FILE and not the_lake.exists("training_dataset", context.partition_key, name):
+    for name, columns in TrainingSet.TEXT_COLUMNS.items():
+        table = TrainingSet.read(the_lake, context.partition_key, name)
+        if table is None:
             continue  # a partition written before the file existed
-        table = the_lake.read_table("training_dataset", context.partition_key, name)
         for col in columns:
             for kind, n in pii.count_detections(table.column(col), cfg.harvest.redact_names).items():
                 found[f"{name}:{col}:{kind}"] = n
@@ -208,24 +199,23 @@ def no_pii(context: dg.AssetCheckExecutionContext, flywheel_config: FlywheelConf
     )
 
 
-@dg.asset_check(asset=training_dataset, blocking=True, partitions_def=PARTITIONS, name="no_benchmark_overlap")
 def no_benchmark_overlap(
     context: dg.AssetCheckExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource
-):  # noqa: ANN201
+) -> dg.AssetCheckResult:
     """No training prompt shares an n-gram with a problem of the benchmark that judges the candidate."""
     cfg = flywheel_config.load()
     task = load_task(cfg)
     index = BenchmarkIndex.for_task(task, benchmark_prompts(cfg, task), cfg.harvest.decontamination_ngram)
     the_lake = lake.lake()
-    table = the_lake.read_table("training_dataset", context.partition_key)
+    table = TrainingSet.read(the_lake, context.partition_key)
     hits = [
         e
         for e, p in zip(table.column("example_id").to_pylist(), table.column("prompt").to_pylist(), strict=True)
         if index.contaminated(p)
     ]
-    if the_lake.exists("training_dataset", context.partition_key, PROMPTS_FILE):
-        prompts = the_lake.read_table("training_dataset", context.partition_key, PROMPTS_FILE).column("prompt")
-        hits += [f"prompt/{p}" for p in prompts.to_pylist() if index.contaminated(p)]
+    prompts = TrainingSet.read(the_lake, context.partition_key, TrainingSet.PROMPTS)
+    if prompts is not None:
+        hits += [f"prompt/{p}" for p in prompts.column("prompt").to_pylist() if index.contaminated(p)]
     return dg.AssetCheckResult(
         passed=not hits,
         severity=dg.AssetCheckSeverity.ERROR,

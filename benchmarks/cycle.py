@@ -49,11 +49,11 @@ def main() -> None:
     bootstrap(cfg, registry, home / "models")
     print(f"bootstrap: {time.perf_counter() - t0:.1f}s")
 
-    from assets import PARTITIONS
-    from jobs.definitions import defs
+    from flywheel_dagster.partitions import quarterly_partitions
+    from jobs.definitions import build_defs
 
-    job = defs.resolve_job_def("flywheel_cycle")
-    for quarter in PARTITIONS.get_partition_keys()[-args.cycles :]:
+    job = build_defs(cfg).resolve_job_def("flywheel_cycle")
+    for quarter in quarterly_partitions(cfg.schedule.start_date).get_partition_keys()[-args.cycles :]:
         timing.reset()
         started = time.perf_counter()
         with dg.DagsterInstance.get() as instance:

@@ -23,7 +23,7 @@ from flywheel_dagster.config import ModelConfig  # noqa: E402
 from flywheel_dagster.engines.base import SamplingSettings  # noqa: E402
 from flywheel_dagster.engines.transformers_engine import TransformersEngine, pick_device  # noqa: E402
 from flywheel_dagster.tasks.playground import ALPHABET, PlaygroundTask  # noqa: E402
-from flywheel_dagster.training.common import TrainSettings
+from flywheel_dagster.training.settings import TrainSettings
 from flywheel_dagster.training.sft import run_sft  # noqa: E402
 
 MODELS = {

@@ -50,23 +50,24 @@ def main() -> None:
 
     import dagster as dg
 
-    from assets import PARTITIONS
     from flywheel_dagster import cycle as core
     from flywheel_dagster.bootstrap import bootstrap
     from flywheel_dagster.config import build_config, load_config
     from flywheel_dagster.engines.transformers_engine import load_engine
     from flywheel_dagster.evaluation.benchmark import compare_evaluations, evaluate
+    from flywheel_dagster.partitions import quarterly_partitions
     from flywheel_dagster.resources import local_resources
     from flywheel_dagster.tasks import load_task
     from flywheel_dagster.training.candidate import train_candidate
-    from jobs.definitions import defs
+    from jobs.definitions import build_defs
 
     cfg = load_config(args.config)
     resources = local_resources(home)
     registry = resources["mlflow"].registry(cfg.name)
     lake = resources["lake"].lake()
     task = load_task(cfg)
-    quarter = PARTITIONS.get_partition_keys()[0]
+    quarter = quarterly_partitions(cfg.schedule.start_date).get_partition_keys()[0]
+    defs = build_defs(cfg)
     started = time.perf_counter()
     base = bootstrap(cfg, registry, home / "models")
     print(f"home {home}; bootstrap {time.perf_counter() - started:.0f}s")

@@ -8,14 +8,13 @@ produces a new report needs a new decision.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flywheel_dagster import cycle as core
-from flywheel_dagster.audit import APPROVAL_FILE, APPROVAL_TABLE
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.partitions import cycle_index
+from flywheel_dagster.records import ApprovalRecord, ApprovalState, BenchmarkReport
+from flywheel_dagster.registry import Registry
+from flywheel_dagster.traces.lake import Lake
 
 VERDICTS = ("approved", "rejected")
 
@@ -24,29 +23,25 @@ class ApprovalError(ValueError):
     """An approval that cannot be recorded; the message says why."""
 
 
-@dataclass(frozen=True)
-class ApprovalState:
-    state: str  # not_required | nothing_to_approve | pending | approved | rejected
-    approval: dict | None
-    reason: str
+__all__ = ["VERDICTS", "ApprovalError", "ApprovalState", "approval_state", "read_approval", "record_decision"]
 
 
-def read_approval(lake, cycle: str) -> dict | None:  # noqa: ANN001
-    if not lake.exists(APPROVAL_TABLE, cycle, APPROVAL_FILE):
-        return None
-    return json.loads(lake.read_bytes(APPROVAL_TABLE, cycle, APPROVAL_FILE))
+def read_approval(lake: Lake, cycle: str) -> dict | None:
+    """The verdict on record for the cycle (an ApprovalRecord's JSON), or None."""
+    record = ApprovalRecord.find(lake, cycle)
+    return record.to_json() if record else None
 
 
-def approval_state(cfg: FlywheelConfig, lake, cycle: str) -> ApprovalState:  # noqa: ANN001
+def approval_state(cfg: FlywheelConfig, lake: Lake, cycle: str) -> ApprovalState:
     """Whether the cycle's promotion may go ahead as far as people are concerned."""
     if not cfg.gate.require_approval:
         return ApprovalState("not_required", None, "approval not required (gate.require_approval is false)")
-    report = core.read_json(lake, "benchmark_report", cycle, core.REPORT_FILE)
-    if not (report["gate"]["sound"] and report["gate"]["promote"]):
+    report = BenchmarkReport.read(lake, cycle)
+    if not (report.gate.sound and report.gate.promote):
         return ApprovalState("nothing_to_approve", None, "nothing to approve: the gate keeps the champion")
     approval = read_approval(lake, cycle)
-    report_sha = lake.sha256("benchmark_report", cycle, core.REPORT_FILE)
-    candidate = report["candidate"]["version"]
+    report_sha = BenchmarkReport.sha256(lake, cycle)
+    candidate = report.candidate.version
     if approval is None or approval["report_sha256"] != report_sha:
         stale = " (the decision on record was made on an earlier report)" if approval else ""
         return ApprovalState(
@@ -65,8 +60,8 @@ def approval_state(cfg: FlywheelConfig, lake, cycle: str) -> ApprovalState:  # n
 
 def record_decision(
     cfg: FlywheelConfig,
-    lake,  # noqa: ANN001 - traces.lake.Lake
-    registry,  # noqa: ANN001 - registry.Registry
+    lake: Lake,
+    registry: Registry,
     cycle: str,
     verdict: str,
     by: str,
@@ -80,26 +75,27 @@ def record_decision(
         raise ApprovalError("--by: the approver's name must not be empty")
     if not cfg.gate.require_approval:
         raise ApprovalError("gate.require_approval is false in this configuration: promotions need no approval")
-    if not lake.exists("benchmark_report", cycle, core.REPORT_FILE):
+    if not BenchmarkReport.exists(lake, cycle):
         raise ApprovalError(f"cycle {cycle}: no benchmark report yet (run the cycle first)")
     state = approval_state(cfg, lake, cycle)
     if state.state == "nothing_to_approve":
         raise ApprovalError(f"cycle {cycle}: {state.reason}")
     if state.state in VERDICTS:
         raise ApprovalError(f"cycle {cycle} was already {state.reason}; a decision on a report is final")
-    report = core.read_json(lake, "benchmark_report", cycle, core.REPORT_FILE)
+    report = BenchmarkReport.read(lake, cycle)
     at = (now or datetime.now(UTC)).replace(microsecond=0).isoformat()
-    approval = {
-        "cycle": cycle,
-        "verdict": verdict,
-        "by": by.strip(),
-        "note": note,
-        "at": at,
-        "candidate_version": report["candidate"]["version"],
-        "champion_version": report["champion"]["version"],
-        "report_sha256": lake.sha256("benchmark_report", cycle, core.REPORT_FILE),
-    }
-    core.write_json(lake, APPROVAL_TABLE, cycle, APPROVAL_FILE, approval)
+    record = ApprovalRecord(
+        cycle=cycle,
+        verdict=verdict,
+        by=by.strip(),
+        note=note,
+        at=at,
+        candidate_version=report.candidate.version,
+        champion_version=report.champion.version,
+        report_sha256=BenchmarkReport.sha256(lake, cycle),
+    )
+    record.write(lake)
+    approval = record.to_json()
     tags = {
         "flywheel.approval": verdict,
         "flywheel.approval_by": approval["by"],

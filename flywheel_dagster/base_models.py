@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flywheel_dagster.config import ModelConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 
 
-def build_char_tokenizer(alphabet: list[str]):  # noqa: ANN201 - PreTrainedTokenizerFast
+def build_char_tokenizer(alphabet: list[str]) -> PreTrainedTokenizerFast:
     """A character-level tokenizer saved as a Hugging Face PreTrainedTokenizerFast (BOS added, EOS by trainers)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast

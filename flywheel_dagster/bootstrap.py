@@ -10,7 +10,7 @@ from flywheel_dagster.base_models import build_playground_model, convert_smollm2
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.registry import BASE, CHAMPION, ModelRef, Registry, weights_sha256
 from flywheel_dagster.tasks import load_task
-from flywheel_dagster.training.common import TrainSettings
+from flywheel_dagster.training.settings import TrainSettings
 from flywheel_dagster.training.sft import run_sft
 
 BOOTSTRAP_ANCHOR_SEED = 0

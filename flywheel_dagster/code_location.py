@@ -7,8 +7,12 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 WORKSPACE = "workspace.yaml"
 
@@ -25,7 +29,7 @@ def find_workspace(start: Path) -> Path:
     raise CodeLocationError(f"no {WORKSPACE} in {start} or above it: run flywheel from the repository root")
 
 
-def load_definitions(workspace: Path):  # noqa: ANN201 - dagster.Definitions
+def load_definitions(workspace: Path) -> dg.Definitions:
     """The `Definitions` object of the workspace's first python_module code location."""
     import dagster as dg
 

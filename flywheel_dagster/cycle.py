@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 
 from flywheel_dagster import timing
 from flywheel_dagster.config import FlywheelConfig
-from flywheel_dagster.engines.base import SamplingSettings
+from flywheel_dagster.engines.base import InferenceEngine, SamplingSettings
 from flywheel_dagster.evaluation.benchmark import benchmark_fingerprint, compare_evaluations, evaluate
-from flywheel_dagster.evaluation.gate import GateDecision, decide_promotion
+from flywheel_dagster.evaluation.gate import decide_promotion
 from flywheel_dagster.evaluation.stats import SuiteComparison
-from flywheel_dagster.registry import BASE, ModelRef, Registry, cycle_alias, weights_sha256
+from flywheel_dagster.records import BENCHMARK_REPORT, EVALUATIONS, BenchmarkReport, GateDecision, ModelId
+from flywheel_dagster.registry import BASE, ModelRef, Registry, cycle_alias
 from flywheel_dagster.tasks.base import TaskSource
 from flywheel_dagster.traces.lake import Lake
 from flywheel_dagster.traces.schema import TRACE_SCHEMA, trace_id
-
-DEPLOYMENT_FILE = "deployment.json"
-CANDIDATE_FILE = "candidate.json"
-REPORT_FILE = "report.json"
-DECISION_FILE = "decision.json"
-EVALUATIONS_TABLE = "evaluations"
 
 
 class CycleOrderError(RuntimeError):
@@ -37,7 +33,7 @@ def resolve_deployment(
     previous: str | None,
     finished_cycles: set[str],
     started_cycles: set[str] = frozenset(),
-    rolled_back=None,  # noqa: ANN001 - (cycle) -> the rollback entry made after that cycle finished, or None
+    rolled_back: Callable[[str], dict | None] | None = None,  # cycle -> the rollback entry made after it, or None
     first_cycle: str | None = None,
 ) -> tuple[ModelRef, str]:
     """The model that serves during `cycle`: what the previous cycle ended with, or the base for the first.
@@ -95,10 +91,10 @@ def _first_missing(previous: str, finished_before: list[str], first_cycle: str |
 def capture_traffic(
     cfg: FlywheelConfig,
     task: TaskSource,
-    engine,
+    engine: InferenceEngine,
     cycle: str,
     index: int,
-    ref: ModelRef,  # noqa: ANN001
+    ref: ModelRef,
 ) -> pa.Table:
     """Run the quarter's simulated production traffic through the deployed model; one row per sample."""
     problems = task.traffic(index, cfg.traffic.problems_per_cycle)
@@ -164,7 +160,7 @@ def evaluate_version(
     lake: Lake,
     registry: Registry,
     ref: ModelRef,
-    load_engine,  # noqa: ANN001
+    load_engine: Callable[[Path], InferenceEngine],
 ) -> ModelEvaluation:
     """A model version's results on the fixed benchmark, computed once and kept in the lake.
 
@@ -174,16 +170,16 @@ def evaluate_version(
     problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
     settings = benchmark_settings(cfg)
     key = f"{ref.name}-v{ref.version}-{benchmark_fingerprint(problems, settings, task.verifier_name)}"
-    if lake.exists(EVALUATIONS_TABLE, key):
-        return ModelEvaluation(lake.read_table(EVALUATIONS_TABLE, key), True, 0.0)
+    if lake.exists(EVALUATIONS, key):
+        return ModelEvaluation(lake.read_table(EVALUATIONS, key), True, 0.0)
     started = time.perf_counter()
     engine = load_engine(registry.local_path(ref))
     try:
-        with timing.compute("benchmark_report"):
+        with timing.compute(BENCHMARK_REPORT):
             table = evaluate(engine, task, problems, settings)
     finally:
         engine.close()
-    lake.write_table(EVALUATIONS_TABLE, key, table)
+    lake.write_table(EVALUATIONS, key, table)
     return ModelEvaluation(table, False, time.perf_counter() - started)
 
 
@@ -194,31 +190,19 @@ def compare_and_decide(
     return comparisons, decide_promotion(comparisons, cfg.gate, task.suites())
 
 
-def report_payload(
+def benchmark_report(
     cycle: str,
     index: int,
     champion: ModelRef,
     candidate: ModelRef,
     comparisons: list[SuiteComparison],
     decision: GateDecision,
-) -> dict:
-    return {
-        "cycle": cycle,
-        "cycle_index": index,
-        "champion": {"name": champion.name, "version": champion.version},
-        "candidate": {"name": candidate.name, "version": candidate.version},
-        "suites": [c.as_dict() for c in comparisons],
-        "gate": {"promote": decision.promote, "sound": decision.sound, "reason": decision.reason},
-    }
-
-
-def write_json(lake: Lake, table: str, cycle: str, name: str, payload: dict) -> str:
-    return lake.write_partition(table, cycle, {name: json.dumps(payload, indent=2).encode()})[name].sha256
-
-
-def read_json(lake: Lake, table: str, cycle: str, name: str) -> dict:
-    return json.loads(lake.read_bytes(table, cycle, name))
-
-
-def model_weights_sha(registry: Registry, ref: ModelRef) -> str:
-    return weights_sha256(registry.local_path(ref))
+) -> BenchmarkReport:
+    return BenchmarkReport(
+        cycle=cycle,
+        cycle_index=index,
+        champion=ModelId(champion.name, champion.version),
+        candidate=ModelId(candidate.name, candidate.version),
+        suites=[c.as_dict() for c in comparisons],
+        gate=decision,
+    )

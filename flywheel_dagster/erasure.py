@@ -37,13 +37,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel_dagster import audit
-from flywheel_dagster import cycle as core
 from flywheel_dagster.hashing import file_sha256
-from flywheel_dagster.traces.lake import DATA_FILE
-from flywheel_dagster.traces.schema import PAIRS_FILE, PROMPTS_FILE
+from flywheel_dagster.records import (
+    HARVESTED_TRACES,
+    INGEST_QUARANTINE,
+    REASONING_TRACES,
+    TRAINING_DATASET,
+    Candidate,
+    TrainingSet,
+)
+from flywheel_dagster.registry import Registry
+from flywheel_dagster.traces.lake import DATA_FILE, Lake
 
 JOURNAL_TABLE = "audit_erasure_journal"
-USER_TABLES = ("reasoning_traces", "ingest_quarantine", "harvested_traces")
+USER_TABLES = (REASONING_TRACES, INGEST_QUARANTINE, HARVESTED_TRACES)
 
 
 @dataclass
@@ -71,7 +78,7 @@ def _mask(table: pa.Table, column: str, values: set[str]) -> pa.Array:
     return pc.invert(hit)
 
 
-def _plan_cycle(lake, cycle: str, user_id: str) -> dict[tuple[str, str], pa.Table]:  # noqa: ANN001
+def _plan_cycle(lake: Lake, cycle: str, user_id: str) -> dict[tuple[str, str], pa.Table]:
     """(table, file) -> the file's rows without the user's, for each file of the cycle that loses rows."""
     out: dict[tuple[str, str], pa.Table] = {}
     trace_ids: set[str] = set()
@@ -83,7 +90,7 @@ def _plan_cycle(lake, cycle: str, user_id: str) -> dict[tuple[str, str], pa.Tabl
         if "user_id" not in data.column_names:
             continue
         keep = _mask(data, "user_id", {user_id})
-        if table == "ingest_quarantine":  # a line whose user id could not be parsed may still name the user
+        if table == INGEST_QUARANTINE:  # a line whose user id could not be parsed may still name the user
             for col in ("excerpt", "detail"):
                 for needle in _needles(user_id):
                     named = pc.fill_null(pc.match_substring(data.column(col), needle.decode()), False)
@@ -93,33 +100,36 @@ def _plan_cycle(lake, cycle: str, user_id: str) -> dict[tuple[str, str], pa.Tabl
             out[(table, DATA_FILE)] = data.filter(keep)
             if "trace_id" in gone.column_names:
                 trace_ids |= set(gone.column("trace_id").to_pylist())
-            if table == "harvested_traces":  # the prompts as the training set saw them (redacted)
+            if table == HARVESTED_TRACES:  # the prompts as the training set saw them (redacted)
                 prompts |= set(gone.column("prompt").to_pylist())
     if not trace_ids:
         return out
-    for name, columns in ((DATA_FILE, ["trace_id"]), (PAIRS_FILE, ["chosen_trace_id", "rejected_trace_id"])):
-        if not lake.exists("training_dataset", cycle, name):
+    for name, columns in (
+        (TrainingSet.EXAMPLES, ["trace_id"]),
+        (TrainingSet.PAIRS, ["chosen_trace_id", "rejected_trace_id"]),
+    ):
+        data = TrainingSet.read(lake, cycle, name)
+        if data is None:
             continue
-        data = lake.read_table("training_dataset", cycle, name)
         keep = pa.array([True] * data.num_rows)
         for col in columns:
             keep = pc.and_(keep, _mask(data, col, trace_ids))
         if not pc.all(keep).as_py():
-            out[("training_dataset", name)] = data.filter(keep)
-    if lake.exists("training_dataset", cycle, PROMPTS_FILE):
-        data = lake.read_table("training_dataset", cycle, PROMPTS_FILE)
+            out[(TRAINING_DATASET, name)] = data.filter(keep)
+    data = TrainingSet.read(lake, cycle, TrainingSet.PROMPTS)
+    if data is not None:
         keep = _mask(data, "prompt", prompts)
         if not pc.all(keep).as_py():
-            out[("training_dataset", PROMPTS_FILE)] = data.filter(keep)
+            out[(TRAINING_DATASET, TrainingSet.PROMPTS)] = data.filter(keep)
     return out
 
 
-def _rows(lake, table: str, cycle: str, name: str) -> int:  # noqa: ANN001
+def _rows(lake: Lake, table: str, cycle: str, name: str) -> int:
     with lake.fs.open_input_file(f"{lake.partition_dir(table, cycle)}/{name}") as f:
         return pq.ParquetFile(f).metadata.num_rows
 
 
-def _rewrite(lake, table: str, cycle: str, replaced: dict[str, pa.Table]) -> None:  # noqa: ANN001
+def _rewrite(lake: Lake, table: str, cycle: str, replaced: dict[str, pa.Table]) -> None:
     """Rewrite one partition atomically: `replaced` files get their new rows, the others are copied as they are."""
     with lake.open_partition(table, cycle) as part:
         for name in lake.files(table, cycle):
@@ -202,24 +212,21 @@ def _count_at_source(paths: Iterable[str], user_id: str) -> dict[str, int]:
     return out
 
 
-def _affected_models(lake, cycles: set[str]) -> tuple[list[str], list[str]]:  # noqa: ANN001
+def _affected_models(lake: Lake, cycles: set[str]) -> tuple[list[str], list[str]]:
     """Candidates trained on those cycles' training sets, and every later candidate trained from one of them."""
-    candidates = {}
-    for q in lake.cycles("candidate_model"):
-        if lake.exists("candidate_model", q, core.CANDIDATE_FILE):
-            candidates[q] = core.read_json(lake, "candidate_model", q, core.CANDIDATE_FILE)
-    direct = [c["version"] for q, c in sorted(candidates.items()) if q in cycles]
+    candidates = {q: Candidate.read(lake, q) for q in Candidate.cycles(lake)}
+    direct = [c.version for q, c in sorted(candidates.items()) if q in cycles]
     tainted, descendants = set(direct), []
     for _, c in sorted(candidates.items()):
-        if c["parent_version"] in tainted and c["version"] not in tainted:
-            tainted.add(c["version"])
-            descendants.append(c["version"])
+        if c.parent_version in tainted and c.version not in tainted:
+            tainted.add(c.version)
+            descendants.append(c.version)
     return direct, descendants
 
 
 def forget(
-    lake,  # noqa: ANN001 - traces.lake.Lake
-    registry,  # noqa: ANN001 - registry.Registry
+    lake: Lake,
+    registry: Registry,
     user_id: str,
     requested_by: str,
     note: str = "",
@@ -285,7 +292,7 @@ def forget(
         for f, n in _count_at_source(read_only_paths, user_id).items()
         if not any(f.startswith(d + os.sep) for d in written_dirs)
     }
-    for q in sorted(set().union(*(lake.cycles(t) for t in (*USER_TABLES, "training_dataset")))):
+    for q in sorted(set().union(*(lake.cycles(t) for t in (*USER_TABLES, TRAINING_DATASET)))):
         plan = _plan_cycle(lake, q, user_id)
         for table, name in plan:
             k = f"{table}|{q}|{name}"
@@ -293,7 +300,7 @@ def forget(
                 before[k] = {"sha256": lake.sha256(table, q, name), "rows": _rows(lake, table, q, name)}
         save_journal()
         # Derived tables first: if this crashes, the raw rows still name the traces to remove on the rerun.
-        for table in ("training_dataset", "harvested_traces", "ingest_quarantine", "reasoning_traces"):
+        for table in (TRAINING_DATASET, HARVESTED_TRACES, INGEST_QUARANTINE, REASONING_TRACES):
             replaced = {name: data for (t, name), data in plan.items() if t == table}
             if replaced:
                 _rewrite(lake, table, q, replaced)
@@ -315,7 +322,7 @@ def forget(
                 "sha256_after": lake.sha256(table, q, name),
             }
         )
-    training_cycles = {f["cycle"] for f in rewritten if f["table"] == "training_dataset"}
+    training_cycles = {f["cycle"] for f in rewritten if f["table"] == TRAINING_DATASET}
     result.trained_on, result.descendants = _affected_models(lake, training_cycles)
     entry = {
         "kind": "erasure",

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import sys
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 
 def render_step_jobs(
-    defs,  # noqa: ANN001 - dg.Definitions
+    defs: dg.Definitions,
     job_name: str = "flywheel_cycle",
     image: str = "flywheel:latest",
     namespace: str = "flywheel",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flywheel_dagster.evaluation.fmt import with_ci
 from flywheel_dagster.evaluation.stats import SuiteComparison
+from flywheel_dagster.records import REASONING_TRACES, TRAINING_DATASET
 
 
 @dataclass(frozen=True)
@@ -24,11 +26,10 @@ class CycleRow:
     def line(self) -> str:
         """The cycle in one sentence."""
         o = self.overall
-        lo, hi = o.delta_ci
         failed = f"; checks failed: {', '.join(self.checks_failed)}" if self.checks_failed else ""
         return (
             f"{self.cycle}: candidate v{self.candidate} {o.candidate:.3f} against champion "
-            f"v{self.champion} {o.champion:.3f}, delta {o.delta:+.3f} [{lo:+.3f}, {hi:+.3f}]: "
+            f"v{self.champion} {o.champion:.3f}, delta {with_ci(o.delta, o.delta_ci, signed=True)}: "
             f"{self.decision} ({self.method}; {_n(self.traces)} traces, {_n(self.training_examples)} training "
             f"examples; audit entry #{self.audit_seq}{failed})"
         )
@@ -49,8 +50,8 @@ def cycle_row(record: dict) -> CycleRow:
         overall=SuiteComparison(**overall),
         decision=record["decision"]["decision"],
         method=record["training"]["method"],
-        traces=counts.get("reasoning_traces", {}).get("dagster/row_count"),
-        training_examples=counts.get("training_dataset", {}).get("dagster/row_count"),
+        traces=counts.get(REASONING_TRACES, {}).get("dagster/row_count"),
+        training_examples=counts.get(TRAINING_DATASET, {}).get("dagster/row_count"),
         audit_seq=record["seq"],
         checks_failed=tuple(sorted(n for n, c in record["checks"].items() if c.get("passed") is False)),
     )
@@ -62,14 +63,10 @@ def overview_markdown(rows: list[CycleRow]) -> str:
         "| cycle | champion | candidate | delta (95% CI) | decision | method | traces | training examples | audit |\n"
         "|---|---|---|---|---|---|---|---|---|\n"
     )
-
-    def acc(v: float, ci: tuple[float, float]) -> str:
-        return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-
     return head + "\n".join(
-        f"| {r.cycle} | v{r.champion} {acc(r.overall.champion, r.overall.champion_ci)} "
-        f"| v{r.candidate} {acc(r.overall.candidate, r.overall.candidate_ci)} "
-        f"| {r.overall.delta:+.3f} [{r.overall.delta_ci[0]:+.3f}, {r.overall.delta_ci[1]:+.3f}] | {r.decision} | {r.method} "
+        f"| {r.cycle} | v{r.champion} {with_ci(r.overall.champion, r.overall.champion_ci)} "
+        f"| v{r.candidate} {with_ci(r.overall.candidate, r.overall.candidate_ci)} "
+        f"| {with_ci(r.overall.delta, r.overall.delta_ci, signed=True)} | {r.decision} | {r.method} "
         f"| {_n(r.traces)} | {_n(r.training_examples)} | #{r.audit_seq} |"
         for r in rows
     )

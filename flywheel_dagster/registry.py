@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +156,7 @@ class Registry:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def curve_logger(self, run_id: str):  # noqa: ANN201 - Callable[[int, dict[str, float]], None]
+    def curve_logger(self, run_id: str) -> Callable[[int, dict[str, float]], None]:
         """An on_log callback for training: each logged point becomes `train/<name>` metrics at its step."""
 
         def log(step: int, point: dict[str, float]) -> None:
@@ -178,6 +178,10 @@ class Registry:
 
     def experiment_tag(self, key: str) -> str | None:
         return self.client.get_experiment(self.experiment_id).tags.get(key)
+
+    def log_artifact(self, run_id: str, path: str) -> None:
+        """Attach a local file to the run (the MLflow UI serves it)."""
+        self.client.log_artifact(run_id, path)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
@@ -212,6 +216,12 @@ class Registry:
     def version(self, version: str) -> ModelRef:
         mv = self.client.get_model_version(self.model_name, version)
         return ModelRef(self.model_name, str(mv.version), mv.run_id, mv.source)
+
+    def version_tags(self, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(self.model_name, version).tags)
+
+    def run_params(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.params)
 
     def set_version_tags(self, version: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():

@@ -8,22 +8,36 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from flywheel_dagster.config import FlywheelConfig, flywheel_home, load_config
+from flywheel_dagster.engines.base import InferenceEngine
 from flywheel_dagster.registry import Registry
 from flywheel_dagster.traces.lake import Lake
 
+if TYPE_CHECKING:
+    from flywheel_dagster.training.job import TrainJob
+
 
 class FlywheelConfigResource(dg.ConfigurableResource):
-    """flywheel.yaml: path to the file, or empty for $FLYWHEEL_CONFIG / ./flywheel.yaml / the playground preset."""
+    """The flywheel's config. The code location binds the config it built its definitions from (`bound`), so the
+    assets run with the very settings their partitions and pools came from; unbound, it reads flywheel.yaml from
+    `path`, or $FLYWHEEL_CONFIG / ./flywheel.yaml / the playground preset."""
 
     path: str = ""
     preset: str = ""
+    config_json: str = Field(default="", description="the validated config, as JSON, that the code location loaded")
+
+    @classmethod
+    def bound(cls, cfg: FlywheelConfig) -> FlywheelConfigResource:
+        return cls(config_json=cfg.model_dump_json())
 
     def load(self) -> FlywheelConfig:
+        if self.config_json:
+            return FlywheelConfig.model_validate_json(self.config_json)
         return load_config(self.path or None, preset=self.preset or None)
 
 
@@ -52,7 +66,7 @@ class EngineResource(dg.ConfigurableResource):
 
     device: str = "auto"
 
-    def load(self, cfg: FlywheelConfig, model_dir: str | Path):  # noqa: ANN201 - InferenceEngine
+    def load(self, cfg: FlywheelConfig, model_dir: str | Path) -> InferenceEngine:
         from flywheel_dagster.engines.transformers_engine import load_engine
 
         device = cfg.engine.device if self.device == "auto" else self.device
@@ -104,7 +118,7 @@ class TrainingJobResource(dg.ConfigurableResource):
     def checkpoint_dir(self, model_name: str, cycle: str, fingerprint: str) -> Path:
         return Path(self.checkpoint_root) / model_name / f"cycle={cycle}" / fingerprint
 
-    def train(self, context: dg.AssetExecutionContext, job) -> dict:  # noqa: ANN001 - training.job.TrainJob
+    def train(self, context: dg.AssetExecutionContext, job: TrainJob) -> dict:
         """Run the job (or reuse the result a finished, unregistered run left behind); returns its result."""
         import json
         import sys

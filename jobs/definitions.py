@@ -1,6 +1,8 @@
 """The code location: every asset, check, job, schedule and the resources of the chosen profile.
 
-FLYWHEEL_PROFILE picks the resources (local: everything under $FLYWHEEL_HOME, default .flywheel/;
+`build_defs(cfg)` builds them from one loaded, validated config: the assets' partitions, GPU pools and pod
+settings, the executor, and the `flywheel_config` resource, which hands the same config to every asset at
+run time. FLYWHEEL_PROFILE picks the resources (local: everything under $FLYWHEEL_HOME, default .flywheel/;
 production: tracking server, object storage, GPUs); flywheel.yaml's compute.profile picks the executor
 (local: in-process, or multiprocess with compute.local_executor; kubernetes: dagster-k8s's k8s_job_executor,
 one pod per step, GPU steps on GPU nodes). The asset definitions themselves never fork.
@@ -12,12 +14,14 @@ import os
 
 import dagster as dg
 
-from assets import _CONFIG, audit, deploy, distill, harvest, redeploy
-from flywheel_dagster.resources import resources_for
-from jobs.cycle import flywheel_cycle_job, quarterly_schedule, release_cycle_job
+from assets import build_stages
+from flywheel_dagster.config import ComputeConfig, FlywheelConfig, load_config
+from flywheel_dagster.partitions import quarterly_partitions
+from flywheel_dagster.resources import FlywheelConfigResource, resources_for
+from jobs.cycle import cycle_jobs
 
 
-def executor_for(compute) -> dg.ExecutorDefinition:  # noqa: ANN001 - a config.ComputeConfig
+def executor_for(compute: ComputeConfig) -> dg.ExecutorDefinition:
     if compute.profile == "kubernetes":
         from dagster_k8s import k8s_job_executor  # the `k8s` extra
 
@@ -27,11 +31,20 @@ def executor_for(compute) -> dg.ExecutorDefinition:  # noqa: ANN001 - a config.C
     return dg.in_process_executor
 
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([deploy, harvest, distill, redeploy, audit]),
-    asset_checks=dg.load_asset_checks_from_modules([harvest, redeploy]),
-    jobs=[flywheel_cycle_job, release_cycle_job],
-    schedules=[quarterly_schedule],
-    resources=resources_for(os.environ.get("FLYWHEEL_PROFILE", "local")),
-    executor=executor_for(_CONFIG.compute),
-)
+def build_defs(cfg: FlywheelConfig, profile: str | None = None) -> dg.Definitions:
+    """The code location for `cfg`, with the resources of `profile` (default $FLYWHEEL_PROFILE, else local)."""
+    stages = build_stages(cfg)
+    cycle_job, release_job, schedule = cycle_jobs(quarterly_partitions(cfg.schedule.start_date))
+    resources = resources_for(profile or os.environ.get("FLYWHEEL_PROFILE", "local"))
+    resources["flywheel_config"] = FlywheelConfigResource.bound(cfg)
+    return dg.Definitions(
+        assets=stages.assets,
+        asset_checks=stages.checks,
+        jobs=[cycle_job, release_job],
+        schedules=[schedule],
+        resources=resources,
+        executor=executor_for(cfg.compute),
+    )
+
+
+defs = build_defs(load_config())

@@ -10,14 +10,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # do not spin against the other worker's.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# The code location reads its config when `assets` is imported: the tests' partitions start at 2026-01-01.
+# The code location's config (jobs.definitions, and ASSETS below): the tests' partitions start at 2026-01-01.
 os.environ.setdefault("FLYWHEEL_CONFIG", str(Path(__file__).with_name("flywheel.yaml")))
 
-import dagster as dg  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from assets import audit, deploy, distill, harvest, redeploy  # noqa: E402
+from assets import build_stages  # noqa: E402
 from flywheel_dagster.bootstrap import bootstrap  # noqa: E402
 from flywheel_dagster.config import build_config, load_config  # noqa: E402
 from flywheel_dagster.resources import local_resources  # noqa: E402
@@ -40,9 +39,10 @@ TINY = {
 }
 
 
-# The code location's cycle, for dg.materialize.
-ASSETS = dg.load_assets_from_modules([deploy, harvest, distill, redeploy, audit])
-CHECKS = dg.load_asset_checks_from_modules([harvest, redeploy])
+# The code location's cycle (built from tests/flywheel.yaml), for dg.materialize.
+_STAGES = build_stages(load_config())
+ASSETS = _STAGES.assets
+CHECKS = _STAGES.checks
 
 CYCLE_ASSETS = {
     "deployment",
@@ -86,6 +86,7 @@ BOOTSTRAP_SOURCES = (
     "flywheel_dagster/tasks/base.py",
     "flywheel_dagster/training/sft.py",
     "flywheel_dagster/training/common.py",
+    "flywheel_dagster/training/settings.py",
 )
 CACHE_ENV = "FLYWHEEL_TEST_CACHE"
 

@@ -54,9 +54,9 @@ def test_status_lists_cycles_and_decisions(trained_flywheel, tmp_path, monkeypat
     assert "decision" in out.output and "no_pii" in out.output and "training_dataset" in out.output
     out = runner.invoke(app, ["audit", "show", "--cycle", "2030-01-01", *home])
     assert out.exit_code == 2 and "no audit record" in out.output and "2026-01-01" in out.output
-    from flywheel_dagster import cycle as core
+    from flywheel_dagster.records import Candidate
 
-    candidate = core.read_json(trained_flywheel.lake, "candidate_model", "2026-01-01", core.CANDIDATE_FILE)["version"]
+    candidate = Candidate.read(trained_flywheel.lake, "2026-01-01").version
     out = runner.invoke(app, ["audit", "lineage", "--model-version", candidate, *home])
     assert out.exit_code == 0 and "trained in cycle 2026-01-01" in out.output and "genesis" in out.output
     # simulated traffic carries no user ids: the request is recorded, nothing is removed, verify still holds

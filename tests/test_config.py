@@ -88,9 +88,9 @@ def test_training_method_and_its_settings_are_checked():
     from flywheel_dagster.training.candidate import train_settings
 
     settings = train_settings(cfg)
-    assert settings.method == "opsd" and settings.opsd_clip == 0.05
+    assert settings.method == "opsd" and settings.opsd.clip == 0.05
     assert settings.lora.target_modules == ("q_proj", "v_proj") and settings.lora.registered_as == "merged"
-    assert settings.max_new_tokens == cfg.traffic.max_new_tokens  # on_policy.max_new_tokens defaults to traffic's
+    assert settings.on_policy.max_new_tokens == cfg.traffic.max_new_tokens  # defaults to traffic's
 
 
 def test_the_ui_addresses_for_links_are_checked():

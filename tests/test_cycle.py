@@ -8,6 +8,7 @@ import pytest
 from conftest import ASSETS, CHECKS, CYCLE_ASSETS
 
 from flywheel_dagster import cycle as core
+from flywheel_dagster.records import BenchmarkReport, Candidate, Decision, Deployment
 from flywheel_dagster.registry import BASE, CHAMPION, cycle_alias
 
 Q1, Q2, Q3 = "2026-01-01", "2026-04-01", "2026-07-01"
@@ -63,15 +64,15 @@ def test_full_cycle_materializes_every_stage(one_cycle):
     assert set(training.column("origin").to_pylist()) == {"synthetic", "human"}
     assert training.num_rows == meta("training_dataset")["dagster/row_count"].value
     # the candidate is a new registered version whose parent is the deployed base
-    candidate = core.read_json(fw.lake, "candidate_model", Q1, core.CANDIDATE_FILE)
+    candidate = Candidate.read(fw.lake, Q1).to_json()
     assert candidate["parent_version"] == fw.base.ref.version and candidate["version"] != fw.base.ref.version
     assert fw.registry.client.get_run(candidate["run_id"]).data.params["parent_version"] == fw.base.ref.version
     # the report carries every suite and the gate's decision; the champion alias follows it
-    report = core.read_json(fw.lake, "benchmark_report", Q1, core.REPORT_FILE)
+    report = BenchmarkReport.read(fw.lake, Q1).to_json()
     assert {s["suite"] for s in report["suites"]} == set(
         ["add_short", "sub_short", "mul_2x1", "add_long", "sub_long", "mul_3x1", "overall"]
     )
-    decision = core.read_json(fw.lake, "champion_model", Q1, core.DECISION_FILE)
+    decision = Decision.read(fw.lake, Q1).to_json()
     expected = candidate["version"] if report["gate"]["promote"] else fw.base.ref.version
     assert (
         decision["champion"]
@@ -129,15 +130,15 @@ def test_audit_record_covers_the_cycle(one_cycle):
     assert rec["checks"]["no_pii"]["passed"] and rec["checks"]["no_benchmark_overlap"]["passed"]
     assert rec["checks"]["human_approval"]["passed"]
     assert "promotion_gate" in rec["checks"]
-    candidate = core.read_json(fw.lake, "candidate_model", Q1, core.CANDIDATE_FILE)
+    candidate = Candidate.read(fw.lake, Q1).to_json()
     assert rec["training"]["method"] == "sft" and rec["training"]["mlflow_run_id"] == candidate["run_id"]
     assert rec["training"]["config"]["learning_rate"] == "0.0002"
     cand = rec["models"]["candidate"]
     assert cand["version"] == candidate["version"] and cand["weights_sha256"] == candidate["weights_sha256"]
     assert cand["files_sha256"] == fw.registry.files_sha256(fw.registry.version(candidate["version"]))
-    report = core.read_json(fw.lake, "benchmark_report", Q1, core.REPORT_FILE)
+    report = BenchmarkReport.read(fw.lake, Q1).to_json()
     assert rec["benchmark"]["suites"] == report["suites"] and rec["gate"] == report["gate"]
-    decision = core.read_json(fw.lake, "champion_model", Q1, core.DECISION_FILE)
+    decision = Decision.read(fw.lake, Q1).to_json()
     assert rec["decision"]["decision"] == decision["decision"]
     assert rec["approval"] == {"required": False, "record": None}
     # anchored outside the lake, copied beside the HTML report
@@ -172,7 +173,7 @@ def test_rerun_of_a_partition_does_not_duplicate_traces(one_cycle):
     assert sorted(after.column("trace_id").to_pylist()) == sorted(before.column("trace_id").to_pylist())
     assert len(set(after.column("trace_id").to_pylist())) == after.num_rows
     # the rerun deployed what the previous cycle ended with (the base), not the alias this cycle moved
-    assert core.read_json(fw.lake, "deployment", Q1, core.DEPLOYMENT_FILE)["version"] == fw.registry.alias(BASE).version
+    assert Deployment.read(fw.lake, Q1).to_json()["version"] == fw.registry.alias(BASE).version
 
 
 def test_cycle_cannot_start_before_the_previous_one_finished(one_cycle):
@@ -196,8 +197,8 @@ def test_broken_candidate_is_not_promoted(tiny_flywheel_factory):
     with dg.instance_for_test() as instance:
         result = materialize(fw, instance, Q1)
     assert result.success  # the cycle finishes; the decision is to keep the champion
-    decision = core.read_json(fw.lake, "champion_model", Q1, core.DECISION_FILE)
-    report = core.read_json(fw.lake, "benchmark_report", Q1, core.REPORT_FILE)
+    decision = Decision.read(fw.lake, Q1).to_json()
+    report = BenchmarkReport.read(fw.lake, Q1).to_json()
     overall = next(s for s in report["suites"] if s["suite"] == "overall")
     assert overall["delta"] < 0 and overall["delta_ci"][1] < 0
     assert decision["decision"] == "rejected"
@@ -210,7 +211,10 @@ def test_broken_candidate_is_not_promoted(tiny_flywheel_factory):
 
 
 def test_schedule_tick_requests_the_quarter_that_just_ended():
-    from jobs.cycle import quarterly_schedule
+    from flywheel_dagster.partitions import quarterly_partitions
+    from jobs.cycle import cycle_jobs
+
+    _, _, quarterly_schedule = cycle_jobs(quarterly_partitions(Q1))
 
     ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 10, 1, tzinfo=UTC))
     requests = list(quarterly_schedule.evaluate_tick(ctx).run_requests)
@@ -256,7 +260,7 @@ def test_verify_names_a_changed_dataset_model_and_earlier_record(one_cycle):
 
     fw, _, _ = one_cycle
     assert audit.verify(fw.lake, fw.registry) == []
-    candidate = core.read_json(fw.lake, "candidate_model", Q1, core.CANDIDATE_FILE)["version"]
+    candidate = Candidate.read(fw.lake, Q1).to_json()["version"]
     dataset = Path(fw.lake.partition_dir("training_dataset", Q1)) / "part-00000.parquet"
     weights = next(fw.registry.files_path(fw.registry.version(candidate)).glob("*.safetensors"))
     first = Path(fw.lake.root) / audit.CHAIN_TABLE / "000001.json"
@@ -284,7 +288,7 @@ def test_lineage_walks_back_to_the_base(one_cycle):
     from flywheel_dagster import audit
 
     fw, _, _ = one_cycle
-    candidate = core.read_json(fw.lake, "candidate_model", Q1, core.CANDIDATE_FILE)
+    candidate = Candidate.read(fw.lake, Q1).to_json()
     steps = audit.lineage(fw.lake, candidate["version"])
     assert [s["version"] for s in steps] == [candidate["version"], fw.base.ref.version]
     trained, base = steps
@@ -306,13 +310,16 @@ APPROVAL = {
 def held_cycle(tiny_flywheel_factory, weakened_base, name, instance):  # noqa: ANN001, ANN201
     fw = tiny_flywheel_factory(name, APPROVAL, base=weakened_base)
     held = materialize(fw, instance, Q1)
-    report = core.read_json(fw.lake, "benchmark_report", Q1, core.REPORT_FILE)
+    report = BenchmarkReport.read(fw.lake, Q1).to_json()
     assert report["gate"]["promote"], f"this test needs a candidate that passes the gate: {report['gate']}"
     return fw, held
 
 
 def release(fw, instance):  # noqa: ANN001, ANN201
-    from jobs.cycle import release_cycle_job
+    from flywheel_dagster.partitions import quarterly_partitions
+    from jobs.cycle import cycle_jobs
+
+    _, release_cycle_job, _ = cycle_jobs(quarterly_partitions(Q1))
 
     return dg.materialize(
         [*ASSETS, *CHECKS],
@@ -352,15 +359,15 @@ def test_promotion_waits_for_a_named_approval(tiny_flywheel_factory, weakened_ba
         assert release(fw, instance).success
         with pytest.raises(ApprovalError, match="already approved by Bo Chen"):
             record_decision(fw.cfg, fw.lake, fw.registry, Q1, "rejected", "Ana")
-    candidate = core.read_json(fw.lake, "candidate_model", Q1, core.CANDIDATE_FILE)["version"]
+    candidate = Candidate.read(fw.lake, Q1).to_json()["version"]
     assert fw.registry.alias(CHAMPION).version == candidate
-    decision = core.read_json(fw.lake, "champion_model", Q1, core.DECISION_FILE)
+    decision = Decision.read(fw.lake, Q1).to_json()
     assert decision["decision"] == "promoted" and "approved by Bo Chen" in decision["reason"]
     rec = audit.Chain(fw.lake).latest_cycle_records()[Q1][0]
     approval = rec["approval"]["record"]
     assert rec["approval"]["required"] and approval["verdict"] == "approved"
     assert approval["by"] == "Bo Chen" and approval["note"] == "reviewed the report"
-    assert approval["report_sha256"] == fw.lake.sha256("benchmark_report", Q1, core.REPORT_FILE)
+    assert approval["report_sha256"] == BenchmarkReport.sha256(fw.lake, Q1)
     assert rec["checks"]["human_approval"]["passed"]
     tags = fw.registry.client.get_run(fw.registry.cycle_run(Q1, 0)).data.tags
     assert tags["flywheel.approval"] == "approved" and tags["flywheel.approval_by"] == "Bo Chen"
@@ -378,7 +385,7 @@ def test_a_rejection_keeps_the_champion(tiny_flywheel_factory, weakened_base):
         assert not held.success
         record_decision(fw.cfg, fw.lake, fw.registry, Q1, "rejected", "Ana Ruiz", "suite sub_short looks noisy")
         assert release(fw, instance).success
-    decision = core.read_json(fw.lake, "champion_model", Q1, core.DECISION_FILE)
+    decision = Decision.read(fw.lake, Q1).to_json()
     assert decision["decision"] == "rejected" and "rejected by Ana Ruiz" in decision["reason"]
     assert "the gate had passed" in decision["reason"]
     assert fw.registry.alias(CHAMPION).version == fw.base.ref.version
@@ -392,10 +399,12 @@ def test_every_asset_refuses_a_key_that_is_no_partition(key):
     """The Launchpad (unlike dg.materialize) launches a run for any key typed in, such as the current quarter
     before it ends: every asset's first line (assets.cycle_of) refuses it, before it trains or writes."""
     from assets import cycle_of
+    from flywheel_dagster.config import load_config
 
+    cfg = load_config()  # tests/flywheel.yaml: the first cycle is 2026-01-01
     with dg.build_asset_context(partition_key=key) as context, pytest.raises(dg.Failure) as err:
-        cycle_of(context)
+        cycle_of(context, cfg)
     assert f"cycle '{key}' is not a partition of this flywheel" in err.value.description
     assert "2026-07-01" in err.value.description  # and it names the quarters that can run
     with dg.build_asset_context(partition_key=Q1) as context:
-        assert cycle_of(context) == (Q1, 0)
+        assert cycle_of(context, cfg) == (Q1, 0)

@@ -54,3 +54,19 @@ def test_definitions_hold_the_cycle():
     release = defs.resolve_job_def("release_cycle")
     assert {k.path[-1] for k in release.asset_layer.executable_asset_keys} == {"champion_model", "cycle_audit"}
     assert {k.name for k in release.asset_layer.asset_graph.asset_check_keys} >= {"human_approval"}
+
+
+def test_one_config_builds_the_definitions_and_reaches_every_asset(tmp_path):  # noqa: ANN001
+    """build_defs(cfg): the partitions, the GPU limits and the config the assets load at run time all come from
+    the one config object, so editing flywheel.yaml cannot make them disagree until the location reloads."""
+    from flywheel_dagster.config import build_config
+    from jobs.definitions import build_defs
+
+    cfg = build_config({"preset": "playground", "schedule": {"start_date": "2025-04-01"}, "training": {"gpus": 2}})
+    defs = build_defs(cfg)
+    partitions = defs.resolve_assets_def("deployment").partitions_def
+    assert partitions.get_first_partition_key() == "2025-04-01"
+    k8s = json.loads(defs.resolve_assets_def("candidate_model").op.tags["dagster-k8s/config"])
+    assert k8s["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    bound = defs.resources["flywheel_config"]
+    assert bound.load() == cfg and bound.load().schedule.start_date == "2025-04-01"

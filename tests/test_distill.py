@@ -19,14 +19,15 @@ import pyarrow as pa
 import pytest
 from conftest import ASSETS, CHECKS, CYCLE_ASSETS
 
-from flywheel_dagster import cycle as core
 from flywheel_dagster.base_models import merged_model
+from flywheel_dagster.records import BenchmarkReport, Candidate
 from flywheel_dagster.registry import BASE_VERSION_TAG, weights_sha256
 from flywheel_dagster.tasks.playground import PlaygroundTask
 from flywheel_dagster.traces.lake import Lake
 from flywheel_dagster.traces.schema import TRAINING_SCHEMA
-from flywheel_dagster.training.common import COUNTERS_FILE, TrainSettings
+from flywheel_dagster.training.common import COUNTERS_FILE
 from flywheel_dagster.training.job import RESULT_FILE, TrainJob
+from flywheel_dagster.training.settings import TrainSettings
 
 Q1 = "2026-01-01"
 
@@ -58,7 +59,7 @@ def test_each_method_completes_a_cycle(tiny_flywheel_factory, method):
     assert set(mats) == CYCLE_ASSETS
     meta = mats["candidate_model"].step_materialization_data.materialization.metadata
     assert meta["method"].value == method
-    candidate = core.read_json(fw.lake, "candidate_model", Q1, core.CANDIDATE_FILE)
+    candidate = Candidate.read(fw.lake, Q1).to_json()
     assert candidate["method"] == method and candidate["parent_version"] == fw.base.ref.version
     assert candidate["tokens_trained"] > 0
     assert candidate["steps"] > 0
@@ -80,7 +81,7 @@ def test_each_method_completes_a_cycle(tiny_flywheel_factory, method):
     # the checkpoints are gone once the model is registered
     assert not any((fw.root / "home" / "checkpoints").rglob("checkpoint-*"))
     # the benchmark judged the candidate against the champion and the gate decided
-    report = core.read_json(fw.lake, "benchmark_report", Q1, core.REPORT_FILE)
+    report = BenchmarkReport.read(fw.lake, Q1).to_json()
     assert report["candidate"]["version"] == candidate["version"]
     if method == "opsd":  # registered as a LoRA adapter on the champion; engines load it merged
         ref = fw.registry.version(candidate["version"])
@@ -98,7 +99,7 @@ def test_lora_merged_and_adapter_give_the_same_model(trained_flywheel, tmp_path)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flywheel_dagster.training.common import LoraSettings
+    from flywheel_dagster.training.settings import LoraSettings
     from flywheel_dagster.training.sft import run_sft
 
     base = trained_flywheel.registry.local_path(trained_flywheel.base.ref)

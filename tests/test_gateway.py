@@ -23,8 +23,10 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from flywheel_dagster.config import RequestLimitsConfig, build_config
+from flywheel_dagster.serving.api_keys import ApiKeys, ApiKeysError
 from flywheel_dagster.serving.capture import TraceLog
-from flywheel_dagster.serving.gateway import ApiKeys, ApiKeysError, Gateway, Target
+from flywheel_dagster.serving.gateway import Gateway
+from flywheel_dagster.serving.switchover import Target
 from flywheel_dagster.serving.upstream import VllmServer
 from flywheel_dagster.tasks import load_task
 

@@ -19,6 +19,7 @@ from test_cycle import Q1, materialize
 from flywheel_dagster.curation import ingest, loggen
 from flywheel_dagster.engines.base import SamplingSettings
 from flywheel_dagster.engines.transformers_engine import TransformersEngine
+from flywheel_dagster.records import Candidate
 from flywheel_dagster.serving.capture import SERVING_LOGS
 from flywheel_dagster.tasks.playground import PlaygroundTask
 
@@ -293,9 +294,8 @@ def test_forget_removes_a_user_everywhere_and_records_it(logs_cycle):
 
 
 def lake_candidate(lake) -> str:  # noqa: ANN001
-    from flywheel_dagster import cycle as core
 
-    return core.read_json(lake, "candidate_model", Q1, core.CANDIDATE_FILE)["version"]
+    return Candidate.read(lake, Q1).to_json()["version"]
 
 
 def lake_text(root: Path) -> str:

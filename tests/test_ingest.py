@@ -10,6 +10,7 @@ import pytest
 
 from flywheel_dagster.curation import ingest, loggen
 from flywheel_dagster.tasks.playground import PlaygroundTask
+from flywheel_dagster.traces.schema import TRACE_SCHEMA
 
 START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
 IN_WINDOW = datetime(2026, 2, 3, 10, tzinfo=UTC)
@@ -107,7 +108,7 @@ def test_parquet_traces_and_date_folders(task, tmp_path):
     empty = {**row, "trace_id": "t3", "completion": " "}
     good_dir = tmp_path / "date=2026-02-03"
     good_dir.mkdir()
-    pq.write_table(pa.Table.from_pylist([row, late, empty], schema=ingest.INGEST_SCHEMA), good_dir / "a.parquet")
+    pq.write_table(pa.Table.from_pylist([row, late, empty], schema=TRACE_SCHEMA), good_dir / "a.parquet")
     skipped = tmp_path / "date=2025-06-01"  # outside the quarter: never opened
     skipped.mkdir()
     (skipped / "b.jsonl").write_bytes(b"not even json\n")

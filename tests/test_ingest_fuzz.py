@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from flywheel_dagster.curation import ingest, loggen
 from flywheel_dagster.tasks.playground import PlaygroundTask
+from flywheel_dagster.traces.schema import TRACE_SCHEMA
 
 START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
 IN_WINDOW = datetime(2026, 2, 3, 10, tzinfo=UTC)
@@ -406,7 +407,7 @@ COLUMN_TYPES = {  # the defect a column of the wrong type gives every row
 
 
 def trace_row(i: int, **kw) -> dict:
-    row = {n: None for n in ingest.INGEST_SCHEMA.names}
+    row = {n: None for n in TRACE_SCHEMA.names}
     row.update(
         trace_id=f"t-{i}",
         cycle="x",
@@ -440,7 +441,7 @@ def test_parquet_rows_are_checked_value_by_value(workdir, defects, retyped, grou
         rows.append(trace_row(i, **({col: value} if col else {})))
         expected.append({reason} - {None})
     fields = []
-    for f in ingest.INGEST_SCHEMA:
+    for f in TRACE_SCHEMA:
         kind = COLUMN_TYPES[f.name][0] if f.name in retyped else f.type
         if pa.types.is_integer(f.type):  # room for the out-of-range values
             kind = pa.int64() if f.name not in retyped else kind
@@ -606,7 +607,7 @@ def test_the_repeated_key_check_is_cheap_on_the_common_path(monkeypatch):
 
 
 def _parquet(path, rows, schema=None, **kw) -> None:
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema or ingest.INGEST_SCHEMA), path, **kw)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema or TRACE_SCHEMA), path, **kw)
 
 
 def test_parquet_corrupt_page_behind_an_intact_footer(tmp_path):
@@ -623,7 +624,7 @@ def test_parquet_corrupt_page_behind_an_intact_footer(tmp_path):
 
 
 def test_parquet_columns_of_the_wrong_type_or_range_are_quarantined_per_row(tmp_path):
-    schema, index = ingest.INGEST_SCHEMA, ingest.INGEST_SCHEMA.get_field_index
+    schema, index = TRACE_SCHEMA, TRACE_SCHEMA.get_field_index
     strings = schema.set(index("tokens"), pa.field("tokens", pa.string()))
     strings = strings.set(index("correct"), pa.field("correct", pa.string()))
     _parquet(tmp_path / "strings.parquet", [trace_row(i, tokens="5", correct="yes") for i in range(3)], strings)
@@ -758,7 +759,7 @@ def test_the_whole_corpus_as_the_asset_writes_it(nasty, tmp_path):
     window = ingest.Window(START, END)
     ing = ingest.Ingestor(TASK, ingest.Settings("2026-01-01", window), batch_rows=64)
     with (
-        pq.ParquetWriter(tmp_path / "traces.parquet", ingest.INGEST_SCHEMA) as traces_out,
+        pq.ParquetWriter(tmp_path / "traces.parquet", TRACE_SCHEMA) as traces_out,
         pq.ParquetWriter(tmp_path / "quarantine.parquet", ingest.QUARANTINE_SCHEMA) as quarantine_out,
     ):
         for trace_rows, quarantine_rows in ing.batches(ingest.find_log_files([str(root)], window)):

@@ -14,18 +14,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# One process renders every config below: the code location reads flywheel.yaml when `assets` is imported, so
-# the script imports it afresh per config (one interpreter start and one torch import instead of one a config).
+# One process renders every config below, each through the code location's build_defs (one interpreter start
+# and one torch import instead of one a config).
 RENDER = """
 import json, os, sys
 sys.path.insert(0, ".")
+from flywheel_dagster.config import load_config
+from flywheel_dagster.k8s import gpu_limit, render_step_jobs
+from jobs.definitions import build_defs
 results = {}
 for name, path in json.loads(sys.argv[1]).items():
     os.environ["FLYWHEEL_CONFIG"] = path
-    for mod in [m for m in sys.modules if m in ("assets", "jobs") or m.startswith(("assets.", "jobs."))]:
-        del sys.modules[mod]
-    from jobs.definitions import defs
-    from flywheel_dagster.k8s import gpu_limit, render_step_jobs
+    defs = build_defs(load_config(path))
     jobs = render_step_jobs(defs, "flywheel_cycle", image="registry.example/flywheel:1")
     out = {}
     for step, job in jobs.items():

@@ -19,9 +19,11 @@ from conftest import ASSETS, CHECKS, CYCLE_ASSETS
 
 from flywheel_dagster import audit
 from flywheel_dagster import cycle as core
+from flywheel_dagster.records import BenchmarkReport, Decision
 from flywheel_dagster.registry import CHAMPION
+from flywheel_dagster.serving.api_keys import ApiKeys
 from flywheel_dagster.serving.client import question_of, running_gateway
-from flywheel_dagster.serving.gateway import ApiKeys, state_path
+from flywheel_dagster.serving.gateway import state_path
 from flywheel_dagster.serving.rollback import rollback_after
 from flywheel_dagster.serving.serve import GatewayServer, build_gateway
 from flywheel_dagster.serving.upstream import free_port
@@ -153,12 +155,12 @@ def test_the_next_cycle_harvests_what_was_served(served):  # noqa: ANN001
     assert all(t["prompt"].startswith("Q:") and t["reference_answer"] for t in traces)  # looked up, verifiable
     harvested = fw.lake.read_table("harvested_traces", Q).to_pylist()
     assert sum(h["label"] == "positive" for h in harvested) > 0
-    report = core.read_json(fw.lake, "benchmark_report", Q, core.REPORT_FILE)
+    report = BenchmarkReport.read(fw.lake, Q).to_json()
     assert report["gate"]["promote"], report["gate"]
 
 
 def _candidate(fw) -> str:  # noqa: ANN001
-    return core.read_json(fw.lake, "benchmark_report", Q, core.REPORT_FILE)["candidate"]["version"]
+    return BenchmarkReport.read(fw.lake, Q).to_json()["candidate"]["version"]
 
 
 def test_a_candidate_that_fails_its_health_check_never_takes_traffic(served):  # noqa: ANN001
@@ -200,7 +202,7 @@ def test_a_promoted_candidate_replaces_the_running_model(served):  # noqa: ANN00
     assert old_server.proc.poll() is not None  # drained and stopped
     status, _, version = chat(http.url, "12+7", temperature=0.0)
     assert status == 200 and version == candidate
-    decision = core.read_json(fw.lake, "champion_model", Q, core.DECISION_FILE)
+    decision = Decision.read(fw.lake, Q).to_json()
     assert decision["decision"] == "promoted" and decision["serving"]["state"] == "switched"
     assert decision["serving"]["health"]["correct"] >= decision["serving"]["health"]["needed"] > 0
     gateway, _ = running_gateway(state_path(fw.root / "home"))

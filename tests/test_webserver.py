@@ -18,8 +18,8 @@ import pytest
 from conftest import CHECKS, CYCLE_ASSETS, FIRST_CYCLE
 
 from flywheel_dagster import audit
-from flywheel_dagster import cycle as core
 from flywheel_dagster.cli import INSTANCE_YAML
+from flywheel_dagster.records import Decision
 from flywheel_dagster.registry import CHAMPION, TREND_RUN, cycle_alias
 from flywheel_dagster.serving.upstream import free_port
 
@@ -200,7 +200,7 @@ def test_the_next_cycle_launched_from_the_ui_succeeds_and_links_both_ways(ui):  
     run = wait(url, run_id)
     assert run["status"] == "SUCCESS", run["stepStats"]
 
-    decision = core.read_json(fw.lake, "champion_model", FIRST_CYCLE, core.DECISION_FILE)
+    decision = Decision.read(fw.lake, FIRST_CYCLE).to_json()
     assert registry.alias(cycle_alias(FIRST_CYCLE)).version == decision["champion"]
     assert registry.alias(CHAMPION).version == decision["champion"]
     after = state(fw)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from flywheel_dagster.curation.dedup import tokens
+from flywheel_dagster.tasks.base import TaskSource
 
 
 class BenchmarkIndex:
@@ -41,7 +42,7 @@ class BenchmarkIndex:
         return hit
 
     @classmethod
-    def for_task(cls, task, prompts: Iterable[str], n: int) -> BenchmarkIndex:  # noqa: ANN001 - a TaskSource
+    def for_task(cls, task: TaskSource, prompts: Iterable[str], n: int) -> BenchmarkIndex:
         """The index for a task's benchmark prompts, its prompt template stripped."""
         return cls(prompts, n, task.prompt_for("{}"))
 

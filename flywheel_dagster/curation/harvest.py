@@ -24,6 +24,7 @@ from flywheel_dagster.curation.decontam import BenchmarkIndex
 from flywheel_dagster.curation.dedup import NearDuplicateIndex, exact_key, tokens
 from flywheel_dagster.curation.monitors import MonitorAccumulator
 from flywheel_dagster.curation.reformat import check_strategies, pick, rephrase, template
+from flywheel_dagster.engines.base import InferenceEngine
 from flywheel_dagster.tasks.base import Problem, TaskSource
 from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, PAIRS_SCHEMA, PROMPTS_SCHEMA, TRAINING_SCHEMA
 
@@ -275,7 +276,7 @@ def build_training_dataset(
     anchors: list[Problem],
     cfg: HarvestConfig,
     task: TaskSource,
-    engine=None,  # noqa: ANN001 - an InferenceEngine, needed only for the 'rephrase' strategy
+    engine: InferenceEngine | None = None,  # needed only for the 'rephrase' strategy
     rephrase_tokens: int = 64,
     seed: int = 0,
 ) -> TrainingSet:

@@ -78,7 +78,7 @@ def rephrase(
     rows: list[dict],
     max_new_tokens: int,
     seed: int,
-    counts: Counter,  # noqa: ANN001
+    counts: Counter,
 ) -> list[str]:
     """Model-based rephrasing of rows (prompt, completion, reference_answer); verified, else kept as is."""
     if not rows:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
-from flywheel_dagster.engines.base import Completion, SamplingSettings
+from flywheel_dagster.engines.base import Completion, InferenceEngine, SamplingSettings
 
 
 def pick_device(device: str) -> str:
@@ -42,7 +43,7 @@ class TransformersEngine:
         with torch.inference_mode():
             return self._generate(torch, prompts, settings)
 
-    def _generate(self, torch, prompts: list[str], settings: SamplingSettings) -> list[Completion]:  # noqa: ANN001
+    def _generate(self, torch: ModuleType, prompts: list[str], settings: SamplingSettings) -> list[Completion]:
         if not prompts:
             return []
         torch.manual_seed(settings.seed)
@@ -108,7 +109,7 @@ def load_engine(
     batch_size: int = 256,
     max_model_len: int | None = None,
     kv_cache_bytes: int | None = None,
-):  # noqa: ANN201 - InferenceEngine
+) -> InferenceEngine:
     """The engine named in config: transformers (the CPU default) or vllm (the `vllm` extra)."""
     if kind == "transformers":
         return TransformersEngine(model_dir, device=device, batch_size=batch_size)

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from flywheel_dagster.config import GateConfig
 from flywheel_dagster.evaluation.stats import SuiteComparison
+from flywheel_dagster.records import GateDecision
 
-
-@dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    sound: bool  # False: the report itself is unusable (blocks the cycle instead of rejecting the candidate)
-    reason: str
+__all__ = ["GateDecision", "decide_promotion"]
 
 
 def decide_promotion(comparisons: list[SuiteComparison], gate: GateConfig, expected_suites: list[str]) -> GateDecision:

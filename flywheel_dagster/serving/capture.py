@@ -1,7 +1,7 @@
 """Durable trace capture: each completed chat completion becomes one JSON line in the lake, by date.
 
 Layout: `<logs_dir>/date=YYYY-MM-DD/<gateway id>.jsonl`, in the chat-completions record format that the
-harvest stage ingests (`traffic.source: logs`, see curation/ingest.py), so a quarter's serving logs are the
+harvest stage ingests (`traffic.source: logs`, see curation/ingest/), so a quarter's serving logs are the
 next cycle's input without a conversion step.
 
 Durability, by what fails:
@@ -24,6 +24,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +51,7 @@ class TraceLog:
         gateway_id: str | None = None,
         fsync_interval_s: float = 1.0,
         max_unsynced: int = 1000,
-        clock=None,  # noqa: ANN001 - () -> datetime (UTC); tests pass a fixed clock
+        clock: Callable[[], datetime] | None = None,  # UTC now; tests pass a fixed clock
     ) -> None:
         if fsync_interval_s <= 0:
             raise ValueError(f"fsync_interval_s must be > 0, got {fsync_interval_s}")
@@ -201,6 +202,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def iso_now(clock=None) -> str:  # noqa: ANN001
+def iso_now(clock: Callable[[], datetime] | None = None) -> str:
     now = (clock or (lambda: datetime.now(UTC)))()
     return now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

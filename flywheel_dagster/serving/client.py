@@ -60,15 +60,16 @@ def health_prompts(
     healthy server answers nearly all of them greedily; min_correct = ceil(min_accuracy * n). A version
     never evaluated gets benchmark problems and min_correct 0: only that every request is answered.
     """
-    from flywheel_dagster.cycle import EVALUATIONS_TABLE, benchmark_settings
+    from flywheel_dagster.cycle import benchmark_settings
     from flywheel_dagster.evaluation.benchmark import benchmark_fingerprint
+    from flywheel_dagster.records import EVALUATIONS
 
     n = cfg.serving.health_check.prompts
     problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
     key = f"{ref.name}-v{ref.version}-{benchmark_fingerprint(problems, benchmark_settings(cfg), task.verifier_name)}"
     by_id = {p.problem_id: p for p in problems}
-    if lake.exists(EVALUATIONS_TABLE, key):
-        table = lake.read_table(EVALUATIONS_TABLE, key).to_pylist()
+    if lake.exists(EVALUATIONS, key):
+        table = lake.read_table(EVALUATIONS, key).to_pylist()
         solved = [r["problem_id"] for r in table if r["pass_at_1"] >= 1.0]
         solved.sort(key=lambda pid: hashlib.sha256(pid.encode()).hexdigest())
         chosen = [by_id[pid] for pid in solved[:n]]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flywheel_dagster import audit
 from flywheel_dagster.config import FlywheelConfig
+from flywheel_dagster.records import Decision
 from flywheel_dagster.registry import BASE, CHAMPION, Registry
 from flywheel_dagster.serving.client import health_prompts, redeploy, running_gateway
 from flywheel_dagster.tasks import load_task
@@ -73,14 +74,12 @@ def served_before(registry: Registry, version: str) -> bool:
     base = registry.alias(BASE)
     if base is not None and base.version == version:
         return True
-    tags = registry.client.get_model_version(registry.model_name, version).tags
+    tags = registry.version_tags(version)
     return tags.get("flywheel.decision") == "promoted" or "flywheel.rolled_back_to_at" in tags
 
 
 def latest_finished_cycle(lake: Lake) -> str | None:
-    from flywheel_dagster import cycle as core
-
-    done = [c for c in lake.cycles("champion_model") if lake.exists("champion_model", c, core.DECISION_FILE)]
+    done = Decision.cycles(lake)
     return max(done) if done else None
 
 

@@ -12,12 +12,17 @@ import json
 import os
 import secrets
 import signal
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from types import FrameType
 
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.registry import BASE_VERSION_TAG, CHAMPION, Registry
+from flywheel_dagster.serving.api_keys import ApiKeys
 from flywheel_dagster.serving.capture import SERVING_LOGS, TraceLog
-from flywheel_dagster.serving.gateway import ApiKeys, Gateway, ModelSpec, state_path
+from flywheel_dagster.serving.gateway import Gateway, state_path
+from flywheel_dagster.serving.switchover import ModelSpec
 from flywheel_dagster.serving.upstream import VllmServer, chat_template_for
 from flywheel_dagster.tasks import load_task
 
@@ -32,7 +37,7 @@ def model_spec(registry: Registry, version: str) -> ModelSpec:
     merged = str(registry.local_path(ref))
     if not registry.is_adapter(ref):
         return ModelSpec(version, merged)
-    base = registry.client.get_model_version(registry.model_name, version).tags[BASE_VERSION_TAG]
+    base = registry.version_tags(version)[BASE_VERSION_TAG]
     return ModelSpec(version, merged, str(registry.files_path(ref)), str(registry.local_path(registry.version(base))))
 
 
@@ -42,7 +47,7 @@ def build_gateway(
     registry: Registry,
     host: str,
     token: str,
-    log_clock=None,  # noqa: ANN001
+    log_clock: Callable[[], datetime] | None = None,
 ) -> Gateway:
     task = load_task(cfg)
     s = cfg.serving
@@ -190,7 +195,7 @@ class _Stopped(Exception):  # noqa: N818 - a signal, not an error
     pass
 
 
-def _stop_signal(signum, frame) -> None:  # noqa: ANN001
+def _stop_signal(signum: int, frame: FrameType | None) -> None:
     raise _Stopped(signal.Signals(signum).name)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import TracebackType
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -75,7 +77,7 @@ class Lake:
 
     def iter_batches(
         self, table: str, cycle: str, name: str = DATA_FILE, columns: list[str] | None = None, batch_rows: int = 8192
-    ):  # noqa: ANN201 - Iterator[pa.RecordBatch]
+    ) -> Iterator[pa.RecordBatch]:
         """Stream a partition's rows without loading the whole file."""
         path = f"{self.partition_dir(table, cycle)}/{name}"
         if self.fs.get_file_info(path).type != pafs.FileType.File:
@@ -179,7 +181,7 @@ class PartitionWriter:
             out.write(content)
         self._rows[name] = 0
 
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         for writer, stream in self._writers.values():
             writer.close()
             stream.close()

@@ -11,10 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from flywheel_dagster.config import FlywheelConfig
+from flywheel_dagster.records import TrainingSet
 from flywheel_dagster.tasks.base import TaskSource
 from flywheel_dagster.traces.lake import Lake
-from flywheel_dagster.traces.schema import PAIRS_FILE, PROMPTS_FILE
-from flywheel_dagster.training.common import LoraSettings, TrainResult, TrainSettings
+from flywheel_dagster.training import settings as ts
+from flywheel_dagster.training.settings import OnLog, TrainResult, TrainSettings, fingerprint
 
 
 def train_settings(cfg: FlywheelConfig) -> TrainSettings:
@@ -23,7 +24,7 @@ def train_settings(cfg: FlywheelConfig) -> TrainSettings:
     lora = None
     if t.lora is not None:
         modules = t.lora.target_modules
-        lora = LoraSettings(
+        lora = ts.LoraSettings(
             r=t.lora.r,
             alpha=t.lora.alpha,
             dropout=t.lora.dropout,
@@ -41,16 +42,32 @@ def train_settings(cfg: FlywheelConfig) -> TrainSettings:
         device=cfg.engine.device,
         checkpoint_every=t.checkpoint_every,
         lora=lora,
-        redi_alpha=t.redi.alpha,
-        redi_learning_rate=t.redi.learning_rate,
-        redi_epochs=t.redi.epochs,
-        num_generations=op.samples_per_prompt,
-        max_new_tokens=op.max_new_tokens or cfg.traffic.max_new_tokens,
-        temperature=op.temperature,
-        opsd_clip=t.opsd.clip,
-        grpo_beta=t.grpo.beta,
-        grpo_format_reward=t.grpo.format_reward,
+        redi=ts.RediSettings(alpha=t.redi.alpha, learning_rate=t.redi.learning_rate, epochs=t.redi.epochs),
+        on_policy=ts.OnPolicySettings(
+            num_generations=op.samples_per_prompt,
+            max_new_tokens=op.max_new_tokens or cfg.traffic.max_new_tokens,
+            temperature=op.temperature,
+        ),
+        opsd=ts.OpsdSettings(clip=t.opsd.clip),
+        grpo=ts.GrpoSettings(beta=t.grpo.beta, format_reward=t.grpo.format_reward),
     )
+
+
+def job_id(cfg: FlywheelConfig, champion_version: str, data_sha256: str) -> str:
+    """One id per exact training job (settings, champion, data): it names the checkpoint folder, so a rerun of
+    the same job resumes there and a changed config or dataset starts afresh."""
+    return fingerprint(cfg.training.model_dump(mode="json"), cfg.model.max_length, champion_version, data_sha256)
+
+
+def training_params(cfg: FlywheelConfig, champion_version: str, lake: Lake, cycle: str, job: str) -> dict[str, object]:
+    """The MLflow params of a cycle's training run: the training section, the parent, the data and the job."""
+    return {
+        **{f"training.{k}": v for k, v in cfg.training.model_dump().items()},
+        "parent_version": champion_version,
+        "training_dataset_uri": TrainingSet.uri(lake, cycle),
+        "training_dataset_sha256": TrainingSet.sha256(lake, cycle),
+        "job_id": job,
+    }
 
 
 def train_split(table: pa.Table, columns: list[str]) -> list[dict]:
@@ -73,7 +90,7 @@ def train_candidate(
     cycle: str,
     out_dir: Path,
     checkpoint_dir: Path | None = None,
-    on_log=None,  # noqa: ANN001
+    on_log: OnLog | None = None,
 ) -> TrainResult:
     """Train the cycle's candidate from the champion's weights with the configured method.
 
@@ -91,7 +108,7 @@ def train_candidate(
     common = {"out_dir": out_dir, "settings": settings, "on_log": on_log, "checkpoint_dir": checkpoint_dir}
     method = settings.method
     if method in ("sft", "redi"):
-        examples = lake.read_table("training_dataset", cycle).select(["prompt", "completion", "split"])
+        examples = lake.read_table(TrainingSet.TABLE, cycle).select(["prompt", "completion", "split"])
         train = train_split(examples, ["prompt", "completion"])
         val = [
             {"prompt": r["prompt"], "completion": r["completion"]}
@@ -100,7 +117,7 @@ def train_candidate(
         ]
         if method == "sft":
             return run_sft(champion_dir, train, eval_rows=val or None, **common)
-        pairs = train_split(lake.read_table("training_dataset", cycle, PAIRS_FILE), ["prompt", "chosen", "rejected"])
+        pairs = train_split(lake.read_table(TrainingSet.TABLE, cycle, TrainingSet.PAIRS), ["prompt", "chosen", "rejected"])
         if not pairs:
             raise ValueError(
                 f"training.method 'redi' needs positive/negative pairs of the same prompt; training_dataset {cycle} "
@@ -108,7 +125,7 @@ def train_candidate(
             )
         return run_redi(champion_dir, train, pairs, **common)
     prompts = on_policy_prompts(
-        lake.read_table("training_dataset", cycle, PROMPTS_FILE), cfg.training.on_policy.max_prompts
+        lake.read_table(TrainingSet.TABLE, cycle, TrainingSet.PROMPTS), cfg.training.on_policy.max_prompts
     )
     if not prompts:
         raise ValueError(f"training.method {method!r} needs the quarter's prompts; training_dataset {cycle} has none")

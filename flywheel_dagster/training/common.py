@@ -1,7 +1,10 @@
-"""What every distillation method shares: settings, the result, LoRA, checkpoints, curves and token counts.
+"""What every distillation method shares: the run around a trainer (`TrainingRun`): model loading, LoRA,
+checkpoints and resume, curves, token counts and the result. The settings and the result type are in
+settings.py.
 
-Each method (`sft`, `redi`, `opsd`, `grpo`) is a TRL trainer plus a loss or a reward; the plumbing here is
-the same for all of them, so a method file reads as its objective and little else.
+Each method (`sft`, `redi`, `opsd`, `grpo`) is a TRL trainer subclass plus a loss or a reward; a method file
+holds those and a short `run_*` saying what is specific to it. Nothing here imports torch, transformers or
+TRL at module level: the code location imports the training package without them.
 """
 
 from __future__ import annotations
@@ -9,103 +12,37 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
-METHODS = ("sft", "redi", "opsd", "grpo")
-FINAL_MARKER = "flywheel_train_result.json"
+from flywheel_dagster.engines.transformers_engine import pick_device
+from flywheel_dagster.training.settings import LoraSettings, OnLog, TrainResult, TrainSettings
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import (
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        Trainer,
+        TrainerCallback,
+        TrainerControl,
+        TrainerState,
+        TrainingArguments,
+    )
+    from transformers.trainer_utils import TrainOutput
 
-@dataclass(frozen=True)
-class LoraSettings:
-    """A PEFT LoRA adapter instead of full fine-tuning; `registered_as` says how the candidate is stored."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: str | tuple[str, ...] = "all-linear"
-    registered_as: str = "merged"  # "merged": full weights; "adapter": the adapter, on top of its parent version
-
-    def peft_config(self):  # noqa: ANN201 - peft.LoraConfig
-        from peft import LoraConfig
-
-        modules = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
-        return LoraConfig(
-            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=modules, task_type="CAUSAL_LM"
-        )
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """One training run. Fields after `lora` are read by the methods that use them."""
-
-    method: str
-    learning_rate: float
-    epochs: float
-    batch_size: int
-    max_length: int
-    max_steps: int = -1
-    seed: int = 0
-    warmup_ratio: float = 0.05
-    device: str = "auto"
-    checkpoint_every: int = 50
-    lora: LoraSettings | None = None
-    # redi: stage 2 on (positive, negative) pairs
-    redi_alpha: float = 0.8
-    redi_learning_rate: float = 1e-5
-    redi_epochs: float = 1.0
-    # opsd and grpo: on-policy sampling
-    num_generations: int = 4
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    opsd_clip: float = 0.05
-    grpo_beta: float = 0.0
-    grpo_format_reward: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"training method {self.method!r}: expected one of {list(METHODS)}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def peft_config(self):  # noqa: ANN201 - peft.LoraConfig | None
-        """The LoRA config for a TRL trainer's `peft_config`, or None for full fine-tuning."""
-        return self.lora.peft_config() if self.lora else None
+def check_rows(rows: list[dict[str, str]], keys: tuple[str, ...], what: str) -> None:
+    if not rows:
+        raise ValueError(f"{what} is empty; expected at least one row with {list(keys)}")
+    for i, row in enumerate(rows[:5]):
+        if not set(keys) <= row.keys():
+            raise ValueError(f"{what}: row {i} has keys {sorted(row)}; expected {list(keys)}")
 
 
-@dataclass
-class TrainResult:
-    model_dir: Path
-    method: str
-    steps: int
-    train_loss: float
-    eval_loss: float | None
-    tokens_trained: int
-    tokens_generated: int
-    examples: int
-    seconds: float
-    resumed_from_step: int = 0
-    adapter: bool = False
-    curve: list[dict[str, float]] = field(default_factory=list)
-    extra: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["model_dir"] = str(self.model_dir)
-        out.pop("curve")
-        return out
-
-
-def fingerprint(*parts: object) -> str:
-    """A short stable hash of JSON-able parts: names a checkpoint folder for one exact training job."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def dataset(rows: list[dict[str, Any]]):  # noqa: ANN201 - datasets.Dataset
+def dataset(rows: list[dict[str, Any]]) -> Dataset:
     """A Dataset whose fingerprint is the hash of its rows (no pickling of the table to fingerprint it)."""
     import pyarrow as pa
     from datasets import Dataset
@@ -129,15 +66,23 @@ def quiet() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def load_policy(model_dir: str | Path, device: str):  # noqa: ANN201 - (model, tokenizer)
+def load_policy(
+    model_dir: str | Path, adapter_base: str | Path | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model and tokenizer saved in `model_dir`, in float32. With `adapter_base`, `model_dir` holds a LoRA
+    adapter: it is loaded, trainable, onto the model in `adapter_base`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    return model, tokenizer
+    if adapter_base is None:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), tokenizer
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(adapter_base, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, model_dir, is_trainable=True), tokenizer
 
 
 def total_steps(n_examples: int, batch_size: int, epochs: float, max_steps: int) -> int:
@@ -182,17 +127,33 @@ def trainer_args(
 class Curve:
     """Collects logged points (loss, learning rate, method terms) and forwards each to `on_log`."""
 
-    def __init__(self, on_log: Callable[[int, dict[str, float]], None] | None) -> None:
+    def __init__(self, on_log: OnLog | None) -> None:
         self.points: list[dict[str, float]] = []
         self.on_log = on_log
 
-    def callback(self):  # noqa: ANN201 - transformers.TrainerCallback
+    def series(self, key: str) -> list[float]:
+        """The logged values of `key`, in order."""
+        return [p[key] for p in self.points if key in p]
+
+    def ends(self, key: str, name: str) -> dict[str, float]:
+        """`{name}_first` and `{name}_last`: the first and last logged values of `key` (none logged: {})."""
+        values = self.series(key)
+        return {f"{name}_first": values[0], f"{name}_last": values[-1]} if values else {}
+
+    def callback(self) -> TrainerCallback:
         from transformers import TrainerCallback
 
         curve = self
 
         class _Curve(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN003
+            def on_log(
+                self,
+                args: TrainingArguments,
+                state: TrainerState,
+                control: TrainerControl,
+                logs: dict[str, Any] | None = None,
+                **kwargs: Any,
+            ) -> None:
                 if not logs:
                     return
                 point = {k: float(v) for k, v in logs.items() if isinstance(v, int | float) and math.isfinite(v)}
@@ -204,7 +165,28 @@ class Curve:
         return _Curve()
 
 
-def prepare(trainer, curve: Curve) -> None:  # noqa: ANN001 - a transformers Trainer
+class MethodTerms:
+    """A trainer mixin for the method's own terms (`redi/negative_term`, `opsd/kl`, ...): `record` them per
+    step; each logged point carries their means since the last one (`eval_`-prefixed in evaluation), through
+    the public `Trainer.log`. Put it before the TRL trainer in the bases."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._method_terms: dict[str, dict[str, list[float]]] = {"train": {}, "eval": {}}
+        super().__init__(*args, **kwargs)
+
+    def record(self, training: bool, name: str, value: float) -> None:
+        self._method_terms["train" if training else "eval"].setdefault(name, []).append(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        terms = self._method_terms[mode]
+        prefix = "eval_" if mode == "eval" else ""
+        logs.update({f"{prefix}{k}": sum(v) / len(v) for k, v in terms.items() if v})
+        terms.clear()
+        super().log(logs, start_time)
+
+
+def prepare(trainer: Trainer, curve: Curve) -> None:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
@@ -231,13 +213,13 @@ COUNTERS = ("tokens_generated", "tokens_trained")
 COUNTERS_FILE = "flywheel_tokens.json"
 
 
-def _counter_callback(trainer):  # noqa: ANN001, ANN202 - a TrainerCallback
+def _counter_callback(trainer: Trainer) -> TrainerCallback:
     from transformers import TrainerCallback
 
     class _Counters(TrainerCallback):
         """Token counters saved with each checkpoint, so a resumed run reports the whole run's tokens."""
 
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             counts = {k: getattr(trainer, k, 0) for k in COUNTERS}
             if folder.is_dir():
@@ -246,10 +228,11 @@ def _counter_callback(trainer):  # noqa: ANN001, ANN202 - a TrainerCallback
     return _Counters()
 
 
-def train_with_resume(trainer, checkpoint_dir: Path) -> tuple[Any, int]:  # noqa: ANN001
+def train_with_resume(trainer: Trainer, checkpoint_dir: Path) -> tuple[TrainOutput, int]:
     """trainer.train(), resumed from the last checkpoint in `checkpoint_dir` when one is there.
 
-    Returns the train output and the step it resumed from (0: a fresh start).
+    The trainer's token counters (`COUNTERS`) are saved with each checkpoint and restored from the one
+    resumed from. Returns the train output and the step it resumed from (0: a fresh start).
     """
     trainer.add_callback(_counter_callback(trainer))
     resume, step = last_checkpoint(checkpoint_dir)
@@ -259,25 +242,9 @@ def train_with_resume(trainer, checkpoint_dir: Path) -> tuple[Any, int]:  # noqa
     return trainer.train(resume_from_checkpoint=resume), step
 
 
-def on_policy_batch(settings: TrainSettings, prompts: int) -> tuple[int, int]:
-    """(samples per step, total steps) for a method sampling `num_generations` completions per prompt."""
-    batch = max(settings.num_generations, settings.batch_size - settings.batch_size % settings.num_generations)
-    return batch, total_steps(prompts * settings.num_generations, batch, settings.epochs, settings.max_steps)
-
-
-def fit(trainer, curve: Curve, checkpoint_dir: Path, tokenizer, out_dir: Path, lora: LoraSettings | None):  # noqa: ANN001, ANN201
-    """Train (resuming from `checkpoint_dir` when it holds a checkpoint) and save the policy to `out_dir`.
-
-    Returns (train output, step resumed from, seconds, whether an adapter was saved).
-    """
-    prepare(trainer, curve)
-    started = time.perf_counter()
-    output, resumed = train_with_resume(trainer, checkpoint_dir)
-    seconds = time.perf_counter() - started
-    return output, resumed, seconds, save_model(trainer.model, tokenizer, out_dir, lora)
-
-
-def save_model(model, tokenizer, out_dir: Path, lora: LoraSettings | None) -> bool:  # noqa: ANN001
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path, lora: LoraSettings | None
+) -> bool:
     """Save the trained policy: full weights, or (LoRA) the merged weights or the adapter alone.
 
     Returns True when what was saved is an adapter.
@@ -294,3 +261,135 @@ def save_model(model, tokenizer, out_dir: Path, lora: LoraSettings | None) -> bo
         model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return adapter
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What `TrainingRun.fit` did: optimizer steps, mean training loss, the step resumed from, wall time."""
+
+    steps: int
+    train_loss: float
+    resumed_from_step: int
+    seconds: float
+    adapter: bool
+
+
+class TrainingRun:
+    """Everything a method's run does around its trainer:
+
+        with TrainingRun("opsd", base_model_dir, out_dir, settings, on_log, checkpoint_dir) as run:
+            model, tokenizer = run.load_policy()
+            trainer = OPSDTrainer(model=model, args=SDFTConfig(**run.on_policy_args(len(rows)), ...), ...)
+            fitted = run.fit(trainer, tokenizer)
+        return run.result(fitted, tokens_trained=..., tokens_generated=..., examples=len(rows))
+
+    On entry: quiet libraries, the device, and the run's folder: `checkpoint_dir`, or a scratch folder
+    removed on exit. The trainer checkpoints into that folder (or its `trainer_folder` subfolder) and
+    resumes from the newest checkpoint there; the trained policy is saved to `out_dir`.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        base_model_dir: str | Path,
+        out_dir: str | Path,
+        settings: TrainSettings,
+        on_log: OnLog | None = None,
+        checkpoint_dir: str | Path | None = None,
+        trainer_folder: str | None = None,
+    ) -> None:
+        self.method = method
+        self.base_model_dir = Path(base_model_dir)
+        self.out_dir = Path(out_dir)
+        self.settings = settings
+        self.curve = Curve(on_log)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.trainer_folder = trainer_folder
+        self.device = ""
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> Self:
+        quiet()
+        self.device = pick_device(self.settings.device)
+        self._scratch = tempfile.TemporaryDirectory(prefix=f"flywheel-{self.method}-")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+    @property
+    def folder(self) -> Path:
+        """The run's folder: the checkpoint folder, or (without one) a scratch folder that lives as the run."""
+        if self.checkpoint_dir is not None:
+            return self.checkpoint_dir
+        if self._scratch is None:
+            raise RuntimeError("TrainingRun.folder outside its `with` block")
+        return Path(self._scratch.name)
+
+    @property
+    def checkpoints(self) -> Path:
+        """Where the trainer writes its `checkpoint-N` folders and resumes from."""
+        return self.folder / self.trainer_folder if self.trainer_folder else self.folder
+
+    def load_policy(
+        self, model_dir: str | Path | None = None, adapter_base: str | Path | None = None
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """The policy to train: the base model, or what is in `model_dir` (see `load_policy`)."""
+        return load_policy(model_dir or self.base_model_dir, adapter_base)
+
+    def trainer_args(self, steps: int) -> dict[str, Any]:
+        """The shared TrainingArguments (`trainer_args`) for a run of `steps` optimizer steps."""
+        return trainer_args(self.settings, self.checkpoints, steps, self.device, self.checkpoint_dir is not None)
+
+    def on_policy_args(self, prompts: int) -> dict[str, Any]:
+        """The shared arguments of an on-policy trainer (GRPOConfig, SDFTConfig) over `prompts` prompts: each
+        step samples `num_generations` completions per prompt, the batch counting samples in whole groups."""
+        s, op = self.settings, self.settings.on_policy
+        batch = max(op.num_generations, s.batch_size - s.batch_size % op.num_generations)
+        steps = total_steps(prompts * op.num_generations, batch, s.epochs, s.max_steps)
+        return {
+            **self.trainer_args(steps),
+            "per_device_train_batch_size": batch,
+            "num_generations": op.num_generations,
+            "max_completion_length": op.max_new_tokens,
+            "temperature": op.temperature,
+            "top_k": 0,
+        }
+
+    def fit(self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase) -> Fitted:
+        """Train (resuming from the newest checkpoint in `checkpoints`), collecting the curve; save the policy
+        to `out_dir`."""
+        prepare(trainer, self.curve)
+        started = time.perf_counter()
+        output, resumed = train_with_resume(trainer, self.checkpoints)
+        seconds = time.perf_counter() - started
+        adapter = save_model(trainer.model, tokenizer, self.out_dir, self.settings.lora)
+        return Fitted(int(output.global_step), float(output.training_loss), resumed, seconds, adapter)
+
+    def result(
+        self,
+        fitted: Fitted,
+        *,
+        tokens_trained: int,
+        tokens_generated: int,
+        examples: int,
+        eval_loss: float | None = None,
+        extra: dict[str, float] | None = None,
+    ) -> TrainResult:
+        return TrainResult(
+            model_dir=self.out_dir,
+            method=self.method,
+            steps=fitted.steps,
+            train_loss=fitted.train_loss,
+            eval_loss=eval_loss,
+            tokens_trained=tokens_trained,
+            tokens_generated=tokens_generated,
+            examples=examples,
+            seconds=fitted.seconds,
+            resumed_from_step=fitted.resumed_from_step,
+            adapter=fitted.adapter,
+            curve=self.curve.points,
+            extra=extra or {},
+        )

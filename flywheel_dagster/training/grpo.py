@@ -8,42 +8,61 @@ only prompts where some samples pass and some fail teach anything.
 
 from __future__ import annotations
 
-import tempfile
+import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from flywheel_dagster.engines.transformers_engine import pick_device
 from flywheel_dagster.tasks.base import TaskSource
-from flywheel_dagster.training.common import (
-    Curve,
-    TrainResult,
-    TrainSettings,
-    dataset,
-    fit,
-    load_policy,
-    on_policy_batch,
-    quiet,
-    trainer_args,
-)
-from flywheel_dagster.training.sft import check_rows
+from flywheel_dagster.training.common import TrainingRun, check_rows, dataset
+from flywheel_dagster.training.settings import OnLog, TrainResult, TrainSettings
+
+if TYPE_CHECKING:
+    from trl import GRPOTrainer
+
+Reward = Callable[..., list[float]]
 
 
-def correctness_reward(task: TaskSource) -> Callable[..., list[float]]:
+def correctness_reward(task: TaskSource) -> Reward:
     """A TRL reward function: 1.0 where the task's verifier accepts the completion, else 0.0."""
 
-    def correctness(completions: list[str], reference: list[str], **kwargs) -> list[float]:  # noqa: ANN003
+    def correctness(completions: list[str], reference: list[str], **kwargs: Any) -> list[float]:
         return [1.0 if task.verify(c, ref).correct else 0.0 for c, ref in zip(completions, reference, strict=True)]
 
     return correctness
 
 
-def format_reward(task: TaskSource) -> Callable[..., list[float]]:
+def format_reward(task: TaskSource) -> Reward:
     """A TRL reward function: 1.0 where the completion states a final answer the task can parse."""
 
-    def has_final_answer(completions: list[str], **kwargs) -> list[float]:  # noqa: ANN003
+    def has_final_answer(completions: list[str], **kwargs: Any) -> list[float]:
         return [1.0 if task.parse(c).answer is not None else 0.0 for c in completions]
 
     return has_final_answer
+
+
+@functools.cache
+def _grpo_trainer_class() -> type[GRPOTrainer]:
+    """CountingGRPOTrainer(GRPOTrainer), built on first use (TRL is imported here, not with the module)."""
+    from trl import GRPOTrainer
+
+    class CountingGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer counting the tokens it samples, through its first reward function (which TRL calls on
+        every generated batch, with the completions' token ids)."""
+
+        def __init__(self, *args: Any, reward_funcs: list[Reward], **kwargs: Any) -> None:
+            self.tokens_generated = 0
+            self.tokens_trained = 0
+            first, *rest = reward_funcs
+
+            def counted(completions: list[str], completion_ids: list[list[int]], **kw: Any) -> list[float]:
+                self.tokens_generated += sum(len(ids) for ids in completion_ids)
+                return first(completions, **kw)
+
+            counted.__name__ = first.__name__  # TRL names the reward's curve after it
+            super().__init__(*args, reward_funcs=[counted, *rest], **kwargs)
+
+    return CountingGRPOTrainer
 
 
 def run_grpo(
@@ -52,54 +71,27 @@ def run_grpo(
     task: TaskSource,
     out_dir: str | Path,
     settings: TrainSettings,
-    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_log: OnLog | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
     """GRPO on `prompt_rows` ({"prompt", "reference"}) with the task verifier as the reward."""
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     check_rows(prompt_rows, ("prompt", "reference"), "grpo prompts")
-    quiet()
-    out_dir = Path(out_dir)
-    device = pick_device(settings.device)
-    model, tokenizer = load_policy(base_model_dir, device)
-    batch, steps = on_policy_batch(settings, len(prompt_rows))
-    holder: dict[str, object] = {}
-    correctness = correctness_reward(task)
-
-    def counted_correctness(completions, completion_ids, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        holder["trainer"].tokens_generated += sum(len(ids) for ids in completion_ids)
-        return correctness(completions, **kwargs)
-
-    counted_correctness.__name__ = "correctness"
-    rewards: list[Callable[..., list[float]]] = [counted_correctness]
-    weights = [1.0]
-    if settings.grpo_format_reward > 0:
+    rewards, weights = [correctness_reward(task)], [1.0]
+    if settings.grpo.format_reward > 0:
         rewards.append(format_reward(task))
-        weights.append(settings.grpo_format_reward)
-    curve = Curve(on_log)
-
-    class _GRPO(GRPOTrainer):
-        tokens_generated = 0
-        tokens_trained = 0
-
-    with tempfile.TemporaryDirectory(prefix="flywheel-grpo-") as scratch:
-        ckpt = Path(checkpoint_dir) if checkpoint_dir else Path(scratch)
+        weights.append(settings.grpo.format_reward)
+    with TrainingRun("grpo", base_model_dir, out_dir, settings, on_log, checkpoint_dir) as run:
+        model, tokenizer = run.load_policy()
         args = GRPOConfig(
-            **{
-                **trainer_args(settings, ckpt, steps, device, checkpoint_dir is not None),
-                "per_device_train_batch_size": batch,
-            },
-            num_generations=settings.num_generations,
-            max_completion_length=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_k=0,
-            beta=settings.grpo_beta,
+            **run.on_policy_args(len(prompt_rows)),
+            beta=settings.grpo.beta,
             reward_weights=weights,
             use_vllm=False,
             log_completions=False,
         )
-        trainer = _GRPO(
+        trainer = _grpo_trainer_class()(
             model=model,
             reward_funcs=rewards,
             args=args,
@@ -107,23 +99,13 @@ def run_grpo(
             processing_class=tokenizer,
             peft_config=settings.peft_config(),
         )
-        holder["trainer"] = trainer
-        output, resumed, seconds, adapter = fit(trainer, curve, ckpt, tokenizer, out_dir, settings.lora)
+        fitted = run.fit(trainer, tokenizer)
     generated = trainer.tokens_generated  # a resumed run starts from the count saved with its checkpoint
-    rewards_logged = [p["reward"] for p in curve.points if "reward" in p]
-    return TrainResult(
-        model_dir=out_dir,
-        method="grpo",
-        steps=int(output.global_step),
-        train_loss=float(output.training_loss),
-        eval_loss=None,
+    return run.result(
+        fitted,
         # The policy-gradient loss covers every sampled token, once per iteration over a generation batch.
         tokens_trained=generated * args.num_iterations,
         tokens_generated=generated,
         examples=len(prompt_rows),
-        seconds=seconds,
-        resumed_from_step=resumed,
-        adapter=adapter,
-        curve=curve.points,
-        extra={"reward_first": rewards_logged[0], "reward_last": rewards_logged[-1]} if rewards_logged else {},
+        extra=run.curve.ends("reward", "reward"),
     )

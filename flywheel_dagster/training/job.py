@@ -14,9 +14,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flywheel_dagster.training.settings import OnLog
 
 RESULT_FILE = "result.json"
 
@@ -38,7 +42,7 @@ class TrainJob:
         return asdict(self)
 
 
-def mlflow_curve_logger(tracking_uri: str, run_id: str):  # noqa: ANN201 - Callable[[int, dict], None]
+def mlflow_curve_logger(tracking_uri: str, run_id: str) -> OnLog:
     """Each logged training point becomes `train/<name>` metrics of the run, at its step."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
@@ -54,7 +58,7 @@ def mlflow_curve_logger(tracking_uri: str, run_id: str):  # noqa: ANN201 - Calla
     return log
 
 
-def run_job(job: TrainJob, log=None) -> dict[str, Any]:  # noqa: ANN001 - log: Callable[[str], None]
+def run_job(job: TrainJob, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train the candidate; returns (and writes to the checkpoint folder) the result as JSON."""
     from flywheel_dagster.config import FlywheelConfig
     from flywheel_dagster.registry import weights_sha256

@@ -18,25 +18,21 @@ frozen teacher); this module replaces its divergence by the capped one.
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable
+import functools
+import os
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import torch
+from flywheel_dagster.training import trl_hooks
+from flywheel_dagster.training.common import MethodTerms, TrainingRun, check_rows, dataset
+from flywheel_dagster.training.settings import OnLog, TrainResult, TrainSettings
 
-from flywheel_dagster.engines.transformers_engine import pick_device
-from flywheel_dagster.training.common import (
-    Curve,
-    TrainResult,
-    TrainSettings,
-    dataset,
-    fit,
-    load_policy,
-    on_policy_batch,
-    quiet,
-    trainer_args,
-)
-from flywheel_dagster.training.sft import check_rows
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+    from trl.experimental.sdft import SDFTTrainer
+    from trl.experimental.sdft.sdft_trainer import DistillationLogits
 
 
 def clipped_forward_kl(
@@ -47,8 +43,8 @@ def clipped_forward_kl(
     Logits are (B, T, V), the mask (B, T). The teacher gets no gradient. Returns (loss, uncapped mean KL per
     token): the loss averages over each sequence's tokens, then over sequences.
     """
-    student_lp = torch.log_softmax(student_logits.float(), dim=-1)
-    teacher_lp = torch.log_softmax(teacher_logits.detach().float(), dim=-1)
+    student_lp = student_logits.float().log_softmax(dim=-1)
+    teacher_lp = teacher_logits.detach().float().log_softmax(dim=-1)
     per_token = (teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1)
     if clip is not None:
         scale = (clip / per_token.detach().clamp(min=1e-12)).clamp(max=1.0)
@@ -61,34 +57,46 @@ def clipped_forward_kl(
     return loss, kl
 
 
-def _opsd_trainer_class():  # noqa: ANN202 - an SDFTTrainer subclass (TRL imported lazily)
-    from trl.experimental.sdft import SDFTTrainer
+def _import_sdft() -> ModuleType:
+    """trl.experimental.sdft, without TRL's warning that it is experimental."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import trl.experimental.sdft as sdft
 
-    class OPSDTrainer(SDFTTrainer):
+    return sdft
+
+
+@functools.cache
+def _opsd_trainer_class() -> type[SDFTTrainer]:
+    """OPSDTrainer(SDFTTrainer), built on first use (TRL is imported here, not with the module)."""
+    sdft = _import_sdft()
+    trl_hooks.require(sdft.SDFTTrainer)
+
+    class OPSDTrainer(MethodTerms, sdft.SDFTTrainer):
         """SDFTTrainer with the clipped forward KL; counts the tokens it generates and trains on."""
 
-        def __init__(self, *args, clip: float | None, **kwargs) -> None:  # noqa: ANN002, ANN003
+        def __init__(self, *args: Any, clip: float | None, **kwargs: Any) -> None:
             self.opsd_clip = clip
             self.tokens_generated = 0
             self.tokens_trained = 0
             super().__init__(*args, **kwargs)
 
-        def _prepare_training_batch(self, inputs):  # noqa: ANN001, ANN202
-            batch = super()._prepare_training_batch(inputs)
+        def sample_rollouts(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = super().sample_rollouts(inputs)
             if self.model.training:
                 self.tokens_generated += int(batch["raw_completion_lengths"].sum())
             return batch
 
-        def _compute_self_distillation_loss(self, model, inputs, distillation_logits):  # noqa: ANN001, ANN202
+        def _compute_self_distillation_loss(
+            self, model: PreTrainedModel, inputs: dict[str, Any], distillation_logits: DistillationLogits
+        ) -> torch.Tensor:
             mask = distillation_logits.loss_mask
             loss, kl = clipped_forward_kl(
                 distillation_logits.student_logits, distillation_logits.teacher_logits, mask, self.opsd_clip
             )
-            mode = "train" if model.training else "eval"
             if model.training:
                 self.tokens_trained += int(mask.sum())
-            self._metrics[mode]["opsd/kl"].append(float(kl))
-            self._metrics[mode]["opsd/clipped_loss"].append(float(loss.detach()))
+            self.record(model.training, "opsd/kl", float(kl))
+            self.record(model.training, "opsd/clipped_loss", float(loss.detach()))
             return loss
 
     return OPSDTrainer
@@ -105,7 +113,7 @@ def run_opsd(
     teacher_template: str,
     out_dir: str | Path,
     settings: TrainSettings,
-    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_log: OnLog | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
     """Self-distil on `prompt_rows` ({"prompt", "solution"}); the teacher sees `teacher_template` filled in.
@@ -113,32 +121,15 @@ def run_opsd(
     The template (the task's) has `{prompt}` and `{privileged_context}` (the solution) placeholders. Each
     optimizer step samples `num_generations` completions for `batch_size / num_generations` prompts.
     """
-    import os
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from trl.experimental.sdft import SDFTConfig
-
+    sdft = _import_sdft()
     check_rows(prompt_rows, ("prompt", "solution"), "opsd prompts")
     for key in ("{prompt}", "{privileged_context}"):
         if key not in teacher_template:
             raise ValueError(f"opsd teacher_template {teacher_template!r}: expected a {key} placeholder")
-    quiet()
-    out_dir = Path(out_dir)
-    device = pick_device(settings.device)
-    model, tokenizer = load_policy(base_model_dir, device)
-    batch, steps = on_policy_batch(settings, len(prompt_rows))
-    curve = Curve(on_log)
-    with tempfile.TemporaryDirectory(prefix="flywheel-opsd-") as scratch:
-        ckpt = Path(checkpoint_dir) if checkpoint_dir else Path(scratch)
-        args = SDFTConfig(
-            **{
-                **trainer_args(settings, ckpt, steps, device, checkpoint_dir is not None),
-                "per_device_train_batch_size": batch,
-            },
-            num_generations=settings.num_generations,
-            max_completion_length=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_k=0,
+    with TrainingRun("opsd", base_model_dir, out_dir, settings, on_log, checkpoint_dir) as run:
+        model, tokenizer = run.load_policy()
+        args = sdft.SDFTConfig(
+            **run.on_policy_args(len(prompt_rows)),
             teacher_model_kind="base",
             distillation_mode="full_logits",
             distillation_alpha=0.0,  # forward KL(teacher || student); the clip is ours
@@ -152,22 +143,13 @@ def run_opsd(
             train_dataset=dataset([{"prompt": r["prompt"], "privileged_context": r["solution"]} for r in prompt_rows]),
             processing_class=tokenizer,
             peft_config=settings.peft_config(),
-            clip=settings.opsd_clip,
+            clip=settings.opsd.clip,
         )
-        output, resumed, seconds, adapter = fit(trainer, curve, ckpt, tokenizer, out_dir, settings.lora)
-    kls = [p["opsd/kl"] for p in curve.points if "opsd/kl" in p]
-    return TrainResult(
-        model_dir=out_dir,
-        method="opsd",
-        steps=int(output.global_step),
-        train_loss=float(output.training_loss),
-        eval_loss=None,
+        fitted = run.fit(trainer, tokenizer)
+    return run.result(
+        fitted,
         tokens_trained=trainer.tokens_trained,
         tokens_generated=trainer.tokens_generated,
         examples=len(prompt_rows),
-        seconds=seconds,
-        resumed_from_step=resumed,
-        adapter=adapter,
-        curve=curve.points,
-        extra={"kl_first": kls[0], "kl_last": kls[-1]} if kls else {},
+        extra=run.curve.ends("opsd/kl", "kl"),
     )

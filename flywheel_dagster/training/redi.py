@@ -12,25 +12,21 @@ unstable symmetric case). Built on TRL's DPOTrainer: its paired collator and tok
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+from flywheel_dagster.training import trl_hooks
+from flywheel_dagster.training.common import MethodTerms, TrainingRun, check_rows, dataset, total_steps
+from flywheel_dagster.training.settings import OnLog, TrainResult, TrainSettings
+from flywheel_dagster.training.sft import run_sft
 
-from flywheel_dagster.engines.transformers_engine import pick_device
-from flywheel_dagster.training.common import (
-    Curve,
-    TrainResult,
-    TrainSettings,
-    dataset,
-    fit,
-    quiet,
-    total_steps,
-    trainer_args,
-)
-from flywheel_dagster.training.sft import check_rows, run_sft
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from transformers import PreTrainedModel
+    from trl import DPOTrainer
 
 STAGE1_DONE = "stage1.json"
 
@@ -51,21 +47,31 @@ def redi_loss(
     return (-pos + alpha * neg).mean(), pos.mean(), neg.mean()
 
 
-def _redi_trainer_class():  # noqa: ANN202 - a DPOTrainer subclass (TRL imported lazily)
+@functools.cache
+def _redi_trainer_class() -> type[DPOTrainer]:
+    """REDITrainer(DPOTrainer), built on first use (TRL is imported here, not with the module)."""
     from trl import DPOTrainer
 
-    class REDITrainer(DPOTrainer):
+    trl_hooks.require(DPOTrainer)
+
+    class REDITrainer(MethodTerms, DPOTrainer):
         """DPOTrainer's data path with the REDI loss; no reference model (the objective is reference-free)."""
 
-        def __init__(self, *args, alpha: float, **kwargs) -> None:  # noqa: ANN002, ANN003
+        def __init__(self, *args: Any, alpha: float, **kwargs: Any) -> None:
             self.redi_alpha = alpha
             super().__init__(*args, **kwargs)
 
-        def _precompute_ref_logps(self, dataset, name, batch_size):  # noqa: ANN001, ANN202
+        def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
             # precompute_ref_log_probs=True only so that DPOTrainer does not load a reference model.
             return dataset
 
-        def _compute_loss(self, model, inputs, return_outputs):  # noqa: ANN001, ANN202
+        def compute_loss(
+            self,
+            model: PreTrainedModel,
+            inputs: dict[str, torch.Tensor],
+            return_outputs: bool = False,
+            num_items_in_batch: torch.Tensor | None = None,
+        ) -> torch.Tensor | tuple[torch.Tensor, Any]:
             completion_mask = inputs["completion_mask"]
             labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
             outputs = model(
@@ -80,10 +86,9 @@ def _redi_trainer_class():  # noqa: ANN202 - a DPOTrainer subclass (TRL imported
             chosen_logps, rejected_logps = logps.chunk(2, dim=0)  # the collator stacks [chosen; rejected]
             chosen_mask, rejected_mask = mask.chunk(2, dim=0)
             loss, pos, neg = redi_loss(chosen_logps, chosen_mask, rejected_logps, rejected_mask, self.redi_alpha)
-            mode = "train" if model.training else "eval"
-            self._metrics[mode]["redi/positive_logp"].append(float(pos.detach()))
-            self._metrics[mode]["redi/negative_logp"].append(float(neg.detach()))
-            self._metrics[mode]["redi/negative_term"].append(float(self.redi_alpha * neg.detach()))
+            self.record(model.training, "redi/positive_logp", float(pos.detach()))
+            self.record(model.training, "redi/negative_logp", float(neg.detach()))
+            self.record(model.training, "redi/negative_term", float(self.redi_alpha * neg.detach()))
             return (loss, outputs) if return_outputs else loss
 
     return REDITrainer
@@ -95,25 +100,21 @@ def run_redi(
     pair_rows: list[dict[str, str]],
     out_dir: str | Path,
     settings: TrainSettings,
-    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_log: OnLog | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
     """Stage 1: SFT on `train_rows` ({prompt, completion}); stage 2: REDI on `pair_rows` ({prompt, chosen, rejected}).
 
     Stage 1's model is kept in the checkpoint folder, so a rerun after a crash in stage 2 does not redo it.
     """
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig
 
     check_rows(pair_rows, ("prompt", "chosen", "rejected"), "redi pairs")
-    quiet()
-    out_dir = Path(out_dir)
-    device = pick_device(settings.device)
-    with tempfile.TemporaryDirectory(prefix="flywheel-redi-") as scratch:
-        root = Path(checkpoint_dir) if checkpoint_dir else Path(scratch)
-        stage1_dir = root / "stage1-model"
-        done = root / STAGE1_DONE
+    stage2 = dataclasses.replace(settings, learning_rate=settings.redi.learning_rate, epochs=settings.redi.epochs)
+    steps = total_steps(len(pair_rows), stage2.batch_size, stage2.epochs, stage2.max_steps)
+    with TrainingRun("redi", base_model_dir, out_dir, stage2, on_log, checkpoint_dir, trainer_folder="stage2") as run:
+        stage1_dir = run.folder / "stage1-model"
+        done = run.folder / STAGE1_DONE
         if done.exists():
             stage1 = json.loads(done.read_text())
         else:
@@ -125,7 +126,7 @@ def run_redi(
                 on_log=None
                 if on_log is None
                 else lambda step, point: on_log(step, {f"sft/{k}": v for k, v in point.items()}),
-                checkpoint_dir=root / "stage1" if checkpoint_dir else None,
+                checkpoint_dir=run.folder / "stage1" if checkpoint_dir else None,
             )
             stage1 = {
                 "steps": first.steps,
@@ -136,52 +137,28 @@ def run_redi(
             }
             done.write_text(json.dumps(stage1))
 
-        tokenizer = AutoTokenizer.from_pretrained(stage1_dir)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if stage1["adapter"]:
-            # Keep training the stage-1 adapter, so the candidate is one adapter on the champion.
-            base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-            model = PeftModel.from_pretrained(base, stage1_dir, is_trainable=True)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(stage1_dir, dtype=torch.float32)
-        stage2 = dataclasses.replace(settings, learning_rate=settings.redi_learning_rate, epochs=settings.redi_epochs)
-        steps = total_steps(len(pair_rows), stage2.batch_size, stage2.epochs, stage2.max_steps)
-        ckpt = root / "stage2"
-        args = DPOConfig(
-            **trainer_args(stage2, ckpt, steps, device, checkpoint_dir is not None),
-            max_length=settings.max_length,
-            precompute_ref_log_probs=True,
-        )
-        fresh_lora = None if stage1["adapter"] else settings.peft_config()
-        curve = Curve(on_log)
+        # A stage-1 adapter keeps training, so that the candidate is one adapter on the champion.
+        model, tokenizer = run.load_policy(stage1_dir, adapter_base=base_model_dir if stage1["adapter"] else None)
         trainer = _redi_trainer_class()(
             model=model,
-            args=args,
+            args=DPOConfig(**run.trainer_args(steps), max_length=settings.max_length, precompute_ref_log_probs=True),
             train_dataset=dataset([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pair_rows]),
             processing_class=tokenizer,
-            peft_config=fresh_lora,
-            alpha=settings.redi_alpha,
+            peft_config=None if stage1["adapter"] else settings.peft_config(),
+            alpha=settings.redi.alpha,
         )
         per_epoch = sum(
             len(c) + len(r)
             for c, r in zip(trainer.train_dataset["chosen_ids"], trainer.train_dataset["rejected_ids"], strict=True)
         )
-        output, resumed, seconds, adapter = fit(trainer, curve, ckpt, tokenizer, out_dir, settings.lora)
-    negative = [p["redi/negative_term"] for p in curve.points if "redi/negative_term" in p]
-    return TrainResult(
-        model_dir=out_dir,
-        method="redi",
-        steps=stage1["steps"] + int(output.global_step),
-        train_loss=float(output.training_loss),
-        eval_loss=None,
-        tokens_trained=stage1["tokens"] + int(per_epoch * output.global_step / max(1, steps) * stage2.epochs),
+        fitted = run.fit(trainer, tokenizer)
+    negative = run.curve.series("redi/negative_term")
+    return run.result(
+        # The run's steps and time include stage 1's.
+        dataclasses.replace(fitted, steps=stage1["steps"] + fitted.steps, seconds=stage1["seconds"] + fitted.seconds),
+        tokens_trained=stage1["tokens"] + int(per_epoch * fitted.steps / max(1, steps) * stage2.epochs),
         tokens_generated=0,
         examples=len(train_rows) + len(pair_rows),
-        seconds=stage1["seconds"] + seconds,
-        resumed_from_step=resumed,
-        adapter=adapter,
-        curve=curve.points,
         extra={
             "stage1_loss": stage1["loss"],
             "stage1_steps": stage1["steps"],

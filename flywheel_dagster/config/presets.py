@@ -1,0 +1,35 @@
+"""The presets a flywheel.yaml starts from (`preset: playground`), as overrides of the models' defaults."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+PresetName = Literal["playground", "smollm2", "production"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "playground": {
+        "name": "flywheel-playground",
+        "task": {"source": "playground"},
+        "model": {"kind": "playground-tiny"},
+    },
+    "smollm2": {
+        "name": "flywheel-smollm2",
+        "task": {"source": "gsm8k", "prompt_format": "chatml"},
+        "model": {"kind": "smollm2-gguf", "max_length": 512},
+        "engine": {"batch_size": 16},
+        "traffic": {"problems_per_cycle": 8, "samples_per_problem": 2, "max_new_tokens": 160, "temperature": 0.7},
+        "harvest": {"anchor_fraction": 0.5, "validation_fraction": 0.0, "min_training_examples": 8},
+        "training": {"learning_rate": 1e-5, "epochs": 1, "batch_size": 4},
+        "benchmark": {"problems_per_suite": 8, "samples_per_problem": 1, "max_new_tokens": 160, "temperature": 0.0},
+        "gate": {"max_regression": 0.25},
+    },
+    "production": {
+        "name": "flywheel",
+        "task": {"source": "gsm8k"},
+        "model": {"kind": "hf", "hf_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "max_length": 2048},
+        "engine": {"kind": "vllm", "device": "cuda", "batch_size": 512},
+        "traffic": {"problems_per_cycle": 5000, "samples_per_problem": 8, "max_new_tokens": 1024},
+        "training": {"learning_rate": 1e-5, "epochs": 1, "batch_size": 32},
+        "benchmark": {"problems_per_suite": 1319, "samples_per_problem": 4, "max_new_tokens": 1024},
+    },
+}

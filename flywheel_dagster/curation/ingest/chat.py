@@ -1,0 +1,291 @@
+"""OpenAI chat-completions log records into trace rows, or a RecordError with a quarantine reason code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+from flywheel_dagster.curation.ingest.files import Window
+from flywheel_dagster.tasks.base import Problem, TaskSource
+
+_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
+INT32_MAX = 2**31 - 1
+# Unix seconds of 0001-01-01 and 10000-01-01 UTC: what a datetime (and so the trace's created_at) can hold.
+_EPOCH_MIN, _EPOCH_END = -62_135_596_800, 253_402_300_800
+# Keys the ingest reads: an ambiguous record's detail names these, any other key only by its length.
+_KNOWN_KEYS = frozenset(
+    "timestamp request_id workload_id user_id request response metadata messages role content type text "
+    "choices index message reasoning_content reasoning finish_reason usage prompt_tokens completion_tokens "
+    "total_tokens model created id object reference_answer model_version".split()
+)
+_USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+class RecordError(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _count(value: object, where: str) -> int:
+    """A count or an index: a non-negative integer that fits the trace schema's int32 columns."""
+    if type(value) is int and 0 <= value <= INT32_MAX:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError("wrong_type", f"'{where}' must be a non-negative integer, got {type(value).__name__}")
+    if isinstance(value, float):
+        if not value.is_integer():  # also nan and inf
+            raise RecordError("wrong_type", f"'{where}' must be an integer, got a non-integral float")
+        value = int(value)
+    if value < 0:
+        raise RecordError("out_of_range", f"'{where}' is negative")
+    if value > INT32_MAX:
+        raise RecordError("out_of_range", f"'{where}' is above {INT32_MAX} (an int32), {len(str(value))} digits")
+    return value
+
+
+def _timestamp(record: dict) -> datetime:
+    ts = record.get("timestamp")
+    if ts is None:
+        created = (record.get("response") or {}).get("created") if isinstance(record.get("response"), dict) else None
+        if created is None:
+            raise RecordError("missing_field", "no 'timestamp' and no 'response.created'")
+        if not isinstance(created, int | float) or isinstance(created, bool):
+            raise RecordError("wrong_type", f"'response.created' must be Unix seconds, got {type(created).__name__}")
+        if not (math.isfinite(created) and _EPOCH_MIN <= created < _EPOCH_END):
+            raise RecordError("out_of_range", "'response.created' is not a Unix time in years 1-9999")
+        try:
+            return datetime.fromtimestamp(created, UTC)
+        except (OverflowError, OSError, ValueError):  # the platform's time_t, or rounding up to year 10000
+            raise RecordError("out_of_range", "'response.created' is not a Unix time in years 1-9999") from None
+    if not isinstance(ts, str):
+        raise RecordError("wrong_type", f"'timestamp' must be an ISO 8601 string, got {type(ts).__name__}")
+    try:
+        parsed = datetime.fromisoformat(ts)
+    except ValueError:
+        raise RecordError("bad_timestamp", f"'timestamp' ({len(ts)} chars) is not ISO 8601") from None
+    if parsed.tzinfo is None:
+        raise RecordError("bad_timestamp", "'timestamp' has no time zone (expected e.g. ...Z)")
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):  # 9999-12-31T23:00-05:00 is in year 10000 in UTC
+        raise RecordError("out_of_range", "'timestamp' is outside years 1-9999 in UTC") from None
+
+
+def _text(content: object, where: str) -> str:
+    """Message content: a string, or a list of parts of which the text parts are joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict):
+                raise RecordError("wrong_type", f"'{where}' parts must be objects, got {type(part).__name__}")
+            if part.get("type") == "text":
+                if not isinstance(part.get("text"), str):
+                    raise RecordError("wrong_type", f"'{where}' text part has no string 'text'")
+                parts.append(part["text"])
+        return "".join(parts)
+    if content is None:
+        raise RecordError("missing_field", f"'{where}' is missing")
+    raise RecordError("wrong_type", f"'{where}' must be a string or a list of parts, got {type(content).__name__}")
+
+
+def _get(obj: dict, key: str, kind: type | tuple, where: str) -> object:
+    if key not in obj or obj[key] is None:
+        raise RecordError("missing_field", f"'{where}' is missing")
+    value = obj[key]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise RecordError("wrong_type", f"'{where}' must be {names}, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    cycle: str
+    window: Window
+    max_record_bytes: int = 1_000_000
+    reasoning_markup: str = "plain"  # "plain": reasoning, newline, answer; "think": <think>reasoning</think>answer
+
+
+def _completion(reasoning: str | None, content: str, markup: str) -> tuple[str, str | None]:
+    """The generated text as trained on, and the reasoning when the server split it off."""
+    if reasoning is None:
+        m = _THINK.match(content)
+        if m:
+            reasoning, content = m.group(1), content[m.end() :]
+    if reasoning is None:
+        return content, None
+    reasoning = reasoning.strip()
+    if markup == "think":
+        return f"<think>{reasoning}</think>{content}", reasoning
+    return f"{reasoning}\n{content.lstrip()}", reasoning
+
+
+def chat_record_traces(
+    record: object,
+    task: TaskSource,
+    settings: Settings,
+    line_key: str,
+    lookup: Callable[[str], Problem | None] | None = None,
+) -> list[dict]:
+    """Trace rows from one chat-completions log record; raises RecordError with a reason code.
+
+    `lookup` (question -> Problem | None) defaults to task.lookup; Ingestor passes a cached one."""
+    lookup = lookup or task.lookup
+    if not isinstance(record, dict):
+        raise RecordError("not_an_object", f"expected a JSON object, got {type(record).__name__}")
+    ts = _timestamp(record)
+    if not settings.window.contains(ts):
+        raise RecordError(
+            "outside_window", f"{ts.isoformat()} is outside [{settings.window.start}, {settings.window.end})"
+        )
+    request = _get(record, "request", dict, "request")
+    response = _get(record, "response", dict, "response")
+    messages = _get(request, "messages", list, "request.messages")
+    question = None
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise RecordError("wrong_type", f"'request.messages[{i}]' must be an object")
+        if msg.get("role") == "user":
+            question = _text(msg.get("content"), f"request.messages[{i}].content")
+    if question is None:
+        raise RecordError("no_user_message", "request.messages has no user turn")
+    choices = _get(response, "choices", list, "response.choices")
+    if not choices:
+        raise RecordError("missing_field", "'response.choices' is empty")
+    user_id = record.get("user_id")
+    workload = record.get("workload_id")
+    for key, value in (("user_id", user_id), ("workload_id", workload), ("request_id", record.get("request_id"))):
+        if value is not None and not isinstance(value, str):
+            raise RecordError("wrong_type", f"'{key}' must be a string, got {type(value).__name__}")
+    metadata = record.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise RecordError("wrong_type", f"'metadata' must be an object, got {type(metadata).__name__}")
+    reference = metadata.get("reference_answer")
+    if reference is not None and not isinstance(reference, str | int | float):
+        raise RecordError("wrong_type", "'metadata.reference_answer' must be a string or a number")
+    model = response.get("model") or request.get("model") or "unknown"
+    if not isinstance(model, str):
+        raise RecordError("wrong_type", f"'model' (response or request) must be a string, got {type(model).__name__}")
+    version = metadata.get("model_version") or "unknown"
+    if isinstance(version, bool) or not isinstance(version, (str, int, float)):
+        raise RecordError("wrong_type", "'metadata.model_version' must be a string or a number")
+    usage = response.get("usage")
+    if usage is None:
+        usage = {}
+    elif not isinstance(usage, dict):
+        raise RecordError("wrong_type", f"'response.usage' must be an object, got {type(usage).__name__}")
+    tokens = None
+    for key in _USAGE_COUNTS:
+        if (count := usage.get(key)) is not None:
+            count = _count(count, f"response.usage.{key}")
+            if key == "completion_tokens" and len(choices) == 1:
+                tokens = count
+    problem = lookup(question)
+    if reference is None and problem is not None:
+        reference = problem.reference
+    prompt = problem.prompt if problem is not None else task.prompt_for(question)
+    request_id = record.get("request_id") or line_key
+    rows = []
+    for j, choice in enumerate(choices):
+        where = f"response.choices[{j}]"
+        if not isinstance(choice, dict):
+            raise RecordError("wrong_type", f"'{where}' must be an object")
+        index = choice.get("index")
+        index = j if index is None else _count(index, f"{where}.index")
+        message = _get(choice, "message", dict, f"{where}.message")
+        content = _text(
+            message.get("content") if message.get("content") is not None else "", f"{where}.message.content"
+        )
+        reasoning = message.get("reasoning_content", message.get("reasoning"))
+        if reasoning is not None and not isinstance(reasoning, str):
+            raise RecordError("wrong_type", f"'{where}.message.reasoning_content' must be a string")
+        completion, split_reasoning = _completion(reasoning, content, settings.reasoning_markup)
+        if not completion.strip():
+            raise RecordError("empty_completion", f"'{where}' has no content and no reasoning")
+        parsed = task.parse(completion)
+        rows.append(
+            {
+                "trace_id": hashlib.sha256(f"{settings.cycle}\x1f{request_id}\x1f{j}".encode()).hexdigest()[:24],
+                "cycle": settings.cycle,
+                "source": "production",
+                "model_name": model,
+                "model_version": str(version),
+                "problem_id": problem.problem_id if problem is not None else None,
+                "suite": problem.suite if problem is not None else None,
+                "prompt": prompt,
+                "completion": completion,
+                "reasoning": split_reasoning if split_reasoning is not None else parsed.reasoning,
+                "answer": parsed.answer,
+                "reference_answer": None if reference is None else str(reference),
+                "correct": None,
+                "verifier": None,
+                "verdict": None,
+                "tokens": tokens if tokens is not None else len(completion.split()),
+                "mean_logprob": None,
+                "finish_reason": choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None,
+                "sample_index": index,
+                "created_at": ts,
+                "workload_id": workload,
+                "user_id": user_id,
+                "request_id": request_id,
+            }
+        )
+    return rows
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return obj
+
+
+def _repeated_key(raw: bytes, record: object) -> RecordError | None:
+    """An `ambiguous_record` error when a key repeats in any object of the line; orjson keeps the last.
+
+    The common path is a cheap exact test: every key-value pair has one colon outside strings, and
+    orjson.dumps writes each colon inside a string as is, so the line and the re-serialized record hold
+    the same number of colons exactly when no pair was dropped - unless the line escapes a colon as
+    \\u003a. Only then, or when the counts differ, json.loads with a pairs hook finds the key. A line that
+    orjson itself wrote (our gateway's capture) is its own re-serialization and needs no count at all."""
+    if not isinstance(record, dict):
+        return None  # not_an_object says more
+    try:
+        again = orjson.dumps(record)
+    except orjson.JSONEncodeError:  # nested deeper than orjson.dumps goes (255): only the slow check can tell
+        again = None
+    if again is not None:
+        if raw.startswith(again) and not raw[len(again) :].strip():  # written by orjson, as our gateway does
+            return None
+        if raw.count(b":") == again.count(b":") and (
+            b"\\u003" not in raw or (b"\\u003a" not in raw and b"\\u003A" not in raw)
+        ):
+            return None
+    try:
+        json.loads(raw, object_pairs_hook=_unique_pairs)
+    except _RepeatedKey as rep:
+        key = f"key {rep.key!r}" if rep.key in _KNOWN_KEYS else f"a key of {len(rep.key)} chars"
+        return RecordError("ambiguous_record", f"{key} repeats in one object (which value is meant?)")
+    except RecursionError:
+        return RecordError("bad_json", "nested too deep to check for repeated keys")
+    return None

@@ -1,0 +1,277 @@
+"""The Ingestor: log files streamed into batches of trace rows and quarantine rows, every line counted once."""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flywheel_dagster.curation.ingest.chat import RecordError, Settings, _repeated_key, chat_record_traces
+from flywheel_dagster.curation.ingest.files import _log_kind, _shown
+from flywheel_dagster.curation.ingest.parquet import _batch_rows, _trace_row
+from flywheel_dagster.curation.ingest.streams import _excerpt, _Inflater, _lines, _row_bytes, _user_id_of, _where
+from flywheel_dagster.records import INGEST_QUARANTINE
+from flywheel_dagster.tasks.base import Problem, TaskSource
+from flywheel_dagster.traces.schema import TRACE_SCHEMA
+
+QUARANTINE_REASONS = (
+    "invalid_utf8",
+    "bad_json",
+    "not_an_object",
+    "oversized_record",
+    "ambiguous_record",  # a key repeats in a JSON object: which value is meant is unknown
+    "missing_field",
+    "wrong_type",
+    "out_of_range",  # a number or a time the trace schema cannot hold (int32 counts, years 1-9999)
+    "bad_timestamp",
+    "outside_window",
+    "no_user_message",
+    "empty_completion",
+    "unexpected_error",  # the ingest itself failed on this line: a bug to fix, counted meanwhile
+    "unreadable_file",
+)
+
+QUARANTINE_TABLE = INGEST_QUARANTINE
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("file", pa.string(), nullable=False),
+        pa.field("line", pa.int64(), nullable=False),  # 1-based; row index + 1 for Parquet; 0: the whole file
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),  # what was wrong: field, type, size; never the content
+        pa.field("excerpt", pa.string(), nullable=False),  # first bytes of the line, PII redacted
+        pa.field("user_id", pa.string()),
+    ]
+)
+
+
+@dataclass
+class IngestStats:
+    lines_read: int = 0
+    lines_ingested: int = 0
+    traces: int = 0
+    files: int = 0
+    quarantined: Counter = field(default_factory=Counter)
+    # Paths given to the ingest that are not log files (another suffix, not a regular file, a folder that
+    # cannot be listed): not read, not lines, but listed so that nothing disappears unseen.
+    files_skipped: list[str] = field(default_factory=list)
+
+    @property
+    def lines_quarantined(self) -> int:
+        return sum(self.quarantined.values())
+
+    def as_metadata(self) -> dict[str, int | list[str]]:
+        out: dict[str, int | list[str]] = {
+            "lines_read": self.lines_read,
+            "lines_ingested": self.lines_ingested,
+            "lines_quarantined": self.lines_quarantined,
+            "traces": self.traces,
+            "files": self.files,
+            "files_skipped": len(self.files_skipped),
+            "files_skipped/names": self.files_skipped[:50],
+        }
+        out.update({f"quarantine/{r}": self.quarantined.get(r, 0) for r in QUARANTINE_REASONS})
+        return out
+
+
+class Ingestor:
+    """Streams log files into batches of trace rows and quarantine rows (bounded memory)."""
+
+    def __init__(self, task: TaskSource, settings: Settings, batch_rows: int = 8192) -> None:
+        self.task = task
+        self.settings = settings
+        self.batch_rows = batch_rows
+        self.stats = IngestStats()
+        self._problems: dict[str, Problem | None] = {}
+        self._pending: list[dict] = []  # quarantine rows not handed out yet
+
+    def _lookup(self, question: str) -> Problem | None:
+        """task.lookup, memoized: production questions repeat (bounded, so memory stays flat)."""
+        try:
+            return self._problems[question]
+        except KeyError:
+            problem = self.task.lookup(question)
+            if len(self._problems) < 200_000:
+                self._problems[question] = problem
+            return problem
+
+    def _quarantine(self, file: str, line: int, reason: str, detail: str, raw: bytes, lines: int = 1) -> None:
+        """One quarantine entry standing for `lines` lines (more than one: a file's or row group's rest)."""
+        row = {
+            "file": file,
+            "line": line,
+            "reason": reason,
+            "detail": detail,
+            "excerpt": _excerpt(raw),
+            "user_id": _user_id_of(raw),
+        }
+        self._pending.append(row)
+        self.stats.quarantined[reason] += lines
+
+    def _unreadable(self, file: str, line: int, err: Exception, detail: str = "", lines: int = 1) -> None:
+        self.stats.lines_read += lines
+        self._quarantine(file, line, "unreadable_file", f"{detail}{type(err).__name__}: {err}"[:300], b"", lines)
+
+    def _take_quarantine(self) -> list[dict]:
+        out, self._pending = self._pending, []
+        return out
+
+    def batches(self, files: list[str]) -> Iterator[tuple[list[dict], list[dict]]]:
+        """(trace rows, quarantine rows) chunks, each at most about batch_rows traces and quarantine rows.
+
+        Raises nothing for what a file holds: a line that cannot be used is quarantined, a damaged or
+        vanished file quarantines its rest, a path that is not a log file (and `files.skipped`, when
+        `files` comes from find_log_files) is counted in stats.files_skipped."""
+        traces: list[dict] = []
+        self.stats.files_skipped.extend(_shown(p) for p in getattr(files, "skipped", ()))
+        for path in map(os.fspath, files):
+            kind = _log_kind(path)
+            if kind is None or (os.path.exists(path) and not os.path.isfile(path)):
+                self.stats.files_skipped.append(_shown(path))
+                continue
+            self.stats.files += 1
+            for rows in self._parquet_traces(path) if kind == "parquet" else self._jsonl_traces(path):
+                traces.extend(rows)
+                if len(traces) >= self.batch_rows or len(self._pending) >= self.batch_rows:
+                    yield traces, self._take_quarantine()
+                    traces = []
+        if traces or self._pending:
+            yield traces, self._take_quarantine()
+
+    def _jsonl_traces(self, path: str) -> Iterator[list[dict]]:
+        shown = _shown(path)
+        name = Path(shown).name
+        limit = self.settings.max_record_bytes
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below; opening is what may fail
+        except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+            self._unreadable(shown, 0, err)
+            return
+        out: list[dict] = []
+        line_no = 0  # physical lines, blank ones included, so a quarantined line is found where it says
+        with f:
+            lines = _lines(io.BufferedReader(_Inflater(f), 1 << 16) if path.endswith(".gz") else f, limit)
+            while True:
+                # Reading and using a line fail apart: damage ends the file, a bad line only itself.
+                try:
+                    item = next(lines, None)
+                except Exception as err:  # noqa: BLE001 - zlib.error, EOFError, OSError, ...: the rest is lost
+                    self._unreadable(shown, line_no + 1, err)
+                    break
+                if item is None:
+                    break
+                raw, size = item
+                line_no += 1
+                if size > limit:
+                    self.stats.lines_read += 1
+                    detail = f"{size} bytes > max_record_bytes {limit}"
+                    self._quarantine(shown, line_no, "oversized_record", detail, raw)
+                    continue
+                if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8) :]  # an editor's byte order mark: not part of the record
+                if not raw.strip():
+                    continue  # blank lines are not records
+                self.stats.lines_read += 1
+                try:
+                    rows = self._line(shown, name, line_no, raw)
+                except Exception as err:  # noqa: BLE001 - a bug met this line: count it and go on
+                    self._quarantine(shown, line_no, "unexpected_error", _where(err), raw)
+                    rows = None
+                if rows:
+                    out.extend(rows)
+                    self.stats.lines_ingested += 1
+                    self.stats.traces += len(rows)
+                if len(out) >= self.batch_rows or len(self._pending) >= self.batch_rows:
+                    yield out
+                    out = []
+        if out:
+            yield out
+
+    def _line(self, path: str, name: str, line_no: int, raw: bytes) -> list[dict] | None:
+        try:
+            record = orjson.loads(raw)  # orjson rejects invalid UTF-8 too; tell the two apart only on failure
+        except orjson.JSONDecodeError as err:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                self._quarantine(path, line_no, "invalid_utf8", str(bad), raw)
+                return None
+            self._quarantine(path, line_no, "bad_json", str(err), raw)
+            return None
+        try:
+            ambiguous = _repeated_key(raw, record)
+            if ambiguous is not None:
+                raise ambiguous
+            return chat_record_traces(record, self.task, self.settings, f"{name}:{line_no}", self._lookup)
+        except RecordError as err:
+            self._quarantine(path, line_no, err.reason, err.detail, raw)
+            return None
+
+    def _parquet_traces(self, path: str) -> Iterator[list[dict]]:
+        shown = _shown(path)
+        try:
+            pf = pq.ParquetFile(path, page_checksum_verification=True)
+            names = set(pf.schema_arrow.names)
+            groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        except Exception as err:  # noqa: BLE001 - any unreadable file is quarantined, never fatal
+            self._unreadable(shown, 0, err)
+            return
+        missing = [f.name for f in TRACE_SCHEMA if not f.nullable and f.name != "cycle" and f.name not in names]
+        if missing:
+            if rows := sum(groups):
+                self.stats.lines_read += rows
+                self._quarantine(shown, 0, "missing_field", f"file lacks columns {missing} ({rows} rows)", b"", rows)
+            return
+        columns = [n for n in TRACE_SCHEMA.names if n in names and n != "cycle"]
+        row = 0
+        for g, group_rows in enumerate(groups):
+            done, batches = 0, None
+            while True:
+                try:
+                    batches = batches or pf.iter_batches(batch_size=self.batch_rows, row_groups=[g], columns=columns)
+                    batch = next(batches, None)
+                    rows = [] if batch is None else _batch_rows(batch)
+                except Exception as err:  # noqa: BLE001 - a corrupt page: the row group's rest is lost
+                    lost = max(group_rows - done, 1)
+                    self._unreadable(shown, row + 1, err, f"row group {g}, {lost} rows: ", lost)
+                    row += max(group_rows - done, 0)
+                    break
+                if batch is None:
+                    break
+                good = []
+                for r, problem in rows:
+                    if len(self._pending) >= self.batch_rows:
+                        yield good
+                        good = []
+                    row += 1
+                    done += 1
+                    self.stats.lines_read += 1
+                    try:
+                        if problem is not None:
+                            raise problem
+                        good.append(_trace_row(r, self.settings))
+                    except RecordError as err:
+                        self._quarantine(shown, row, err.reason, err.detail, _row_bytes(r))
+                        continue
+                    except Exception as err:  # noqa: BLE001 - a bug met this row: count it and go on
+                        self._quarantine(shown, row, "unexpected_error", _where(err), _row_bytes(r))
+                        continue
+                    self.stats.lines_ingested += 1
+                    self.stats.traces += 1
+                yield good
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    # Column by column: about twice as fast as Table.from_pylist on a batch of trace dicts.
+    return pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in TRACE_SCHEMA.names}, schema=TRACE_SCHEMA)
+
+
+def quarantine_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)

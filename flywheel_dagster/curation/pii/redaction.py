@@ -1,0 +1,118 @@
+"""Detection, redaction with typed placeholders (`<EMAIL>`), and counting, of a text or a string column.
+
+Most text has no PII, so `redact_rows` first asks Arrow's RE2 engine which rows could hold any
+(vectorised) and runs the Python detectors on those rows only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flywheel_dagster.curation.pii.addresses import address_spans
+from flywheel_dagster.curation.pii.common import Span
+from flywheel_dagster.curation.pii.names import names_in, person_spans
+from flywheel_dagster.curation.pii.prefilter import PREFILTER_NAMES, PREFILTER_OTHERS
+from flywheel_dagster.curation.pii.structured import structured_spans
+
+
+def _spans(text: str, names: bool = True) -> list[Span]:
+    low = text.lower()
+    found = structured_spans(text, low) + address_spans(text)
+    if names:
+        found += person_spans(text, low)
+    return _resolve(found)
+
+
+# When two detections overlap, the longer one wins; on a tie, the earlier type in this order.
+_PRIORITY = {
+    k: i for i, k in enumerate(("EMAIL", "IBAN", "CREDIT_CARD", "SSN", "IP_ADDRESS", "PHONE", "ADDRESS", "PERSON"))
+}
+
+
+def _resolve(spans: list[Span]) -> list[Span]:
+    spans.sort(key=lambda s: (-(s.end - s.start), _PRIORITY[s.kind], s.start))
+    kept: list[Span] = []
+    for s in spans:
+        if all(s.end <= k.start or s.start >= k.end for k in kept):
+            kept.append(s)
+    return sorted(kept, key=lambda s: s.start)
+
+
+def detect(text: str, names: bool = True) -> list[Span]:
+    """Every PII span in `text`, non-overlapping, in order."""
+    return _spans(text, names)
+
+
+def redact(text: str, names: bool = True) -> tuple[str, list[str]]:
+    """`text` with each PII span replaced by its typed placeholder, and the types replaced (in order)."""
+    return _apply(text, _spans(text, names))
+
+
+def _apply(text: str, spans: list[Span]) -> tuple[str, list[str]]:
+    if not spans:
+        return text, []
+    out, last = [], 0
+    for s in spans:
+        out.append(text[last : s.start])
+        out.append(f"<{s.kind}>")
+        last = s.end
+    out.append(text[last:])
+    return "".join(out), [s.kind for s in spans]
+
+
+def candidate_mask(column: pa.Array | pa.ChunkedArray) -> list[bool]:
+    """Rows where any detector could fire (RE2, vectorised); the rest need no Python at all."""
+    return [mode > 0 for mode in _row_modes(column, names=True)]
+
+
+def _row_modes(column: pa.Array | pa.ChunkedArray, names: bool) -> list[int]:
+    """Per row: 0 nothing can fire, 1 only an uncued full name can, 2 any detector can."""
+    others = pc.fill_null(pc.match_substring_regex(column, PREFILTER_OTHERS), False).to_pylist()
+    if not names:
+        return [2 if o else 0 for o in others]
+    pairs = pc.fill_null(pc.match_substring_regex(column, PREFILTER_NAMES), False).to_pylist()
+    return [2 if o else int(p) for o, p in zip(others, pairs, strict=True)]
+
+
+def _detect_in_mode(text: str, mode: int, names: bool) -> list[Span]:
+    if mode == 2:
+        return _spans(text, names)
+    return _resolve([Span(start, end, "PERSON") for start, end in names_in(text)])
+
+
+def redact_rows(
+    column: pa.Array | pa.ChunkedArray, names: bool = True, values: list[str | None] | None = None
+) -> tuple[list[str | None], list[list[str]]]:
+    """Redact a string column row by row: the new values and, per row, the types replaced.
+
+    `values` is the column as a Python list when the caller already has it (saves converting twice).
+    """
+    modes = _row_modes(column, names)
+    values = list(values if values is not None else column.to_pylist())
+    kinds: list[list[str]] = [[] for _ in values]
+    for i, mode in enumerate(modes):
+        if mode and values[i] is not None:
+            values[i], kinds[i] = _apply(values[i], _detect_in_mode(values[i], mode, names))
+    return values, kinds
+
+
+def redact_column(column: pa.Array | pa.ChunkedArray, counts: Counter, names: bool = True) -> pa.Array:
+    """Redact a string column; `counts` gains one per detection, keyed by type."""
+    values, kinds = redact_rows(column, names)
+    for k in kinds:
+        counts.update(k)
+    return pa.array(values, type=pa.string())
+
+
+def count_detections(column: pa.Array | pa.ChunkedArray, names: bool = True) -> Counter:
+    """PII detections per type in a string column (for the zero-PII check on the training set)."""
+    counts: Counter = Counter()
+    modes = _row_modes(column, names)
+    if any(modes):
+        for value, mode in zip(column.to_pylist(), modes, strict=True):
+            if mode and value is not None:
+                counts.update(s.kind for s in _detect_in_mode(value, mode, names))
+    return counts

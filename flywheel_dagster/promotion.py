@@ -1,0 +1,134 @@
+"""Promotion: from the gate's verdict and a person's to the champion alias, the serving switch-over and the record.
+
+`champion_model` reads the report and the approval, calls `promote` and writes what it returns. Nothing here
+knows Dagster; tests drive it with a real MLflow registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from flywheel_dagster.records import ApprovalState, BenchmarkReport, Decision, GateDecision
+from flywheel_dagster.registry import CHAMPION, Registry, cycle_alias
+
+
+class PromotionRefused(RuntimeError):
+    """Nothing may move yet: the report is unsound, or the promotion waits for a person's approval."""
+
+
+class SwitchOver(Protocol):
+    """What moving the running server to a version did (serving.rollback.Switch)."""
+
+    state: str
+    reason: str
+
+    @property
+    def failed(self) -> bool: ...
+
+    def summary(self) -> dict: ...
+
+
+class DeploymentFailed(RuntimeError):
+    """The candidate passed but failed its switch-over: the previous champion keeps serving and the alias."""
+
+    def __init__(self, message: str, switch: SwitchOver) -> None:
+        super().__init__(message)
+        self.switch = switch
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A promotion's outcome: the decision record and the aliases it moved."""
+
+    decision: Decision
+    aliases_set: list[str]
+
+
+def final_decision(cycle: str, gate: GateDecision, approval: ApprovalState) -> GateDecision:
+    """The gate's verdict with a person's on top: a rejection keeps the champion, an approval promotes.
+
+    Raises PromotionRefused when the report is unsound or an approval is still pending.
+    """
+    if not gate.sound:
+        raise PromotionRefused(f"benchmark report for cycle {cycle} is unsound, nothing promoted: {gate.reason}")
+    if approval.state == "pending":
+        raise PromotionRefused(f"cycle {cycle}: {approval.reason}")
+    if approval.state == "rejected":
+        return GateDecision(False, True, f"{approval.reason} (the gate had passed: {gate.reason})")
+    if approval.state == "approved":
+        return GateDecision(True, True, f"{gate.reason}; {approval.reason}")
+    return gate
+
+
+def promote(
+    report: BenchmarkReport,
+    approval: ApprovalState,
+    registry: Registry,
+    switch_to: Callable[[str], SwitchOver],
+    links: dict[str, str],
+    start_date: str,
+) -> Promotion:
+    """Decide the cycle of `report`, switch the running server (`switch_to(version)`), then move the aliases.
+
+    The new champion (the candidate if promoted, else the champion) takes the cycle's alias; a promoted
+    candidate also takes `champion`. The candidate's version and the cycle's MLflow run get the decision as
+    tags (`links`: the Dagster run's tags), and the cycle run ends. A failed switch-over moves nothing: the
+    candidate is tagged deployment_failed and DeploymentFailed is raised.
+    """
+    key = report.cycle
+    decision = final_decision(key, report.gate, approval)
+    champion_v, candidate_v = report.champion.version, report.candidate.version
+    new_champion = candidate_v if decision.promote else champion_v
+    switch = switch_to(new_champion)
+    if switch.failed:
+        registry.set_version_tags(
+            candidate_v, {"flywheel.decision": "deployment_failed", "flywheel.decision_reason": switch.reason[:5000]}
+        )
+        raise DeploymentFailed(
+            f"cycle {key}: candidate v{candidate_v} passed the gate but failed its deployment: {switch.reason}. "
+            f"v{champion_v} keeps serving and stays champion; rerun champion_model once the cause is fixed",
+            switch,
+        )
+    aliases = [CHAMPION] if decision.promote else []
+    aliases.append(cycle_alias(key))
+    for alias in aliases:
+        registry.set_alias(alias, new_champion)
+    verdict = "promoted" if decision.promote else "rejected"
+    registry.set_version_tags(
+        candidate_v,
+        {
+            "flywheel.decision": verdict,
+            "flywheel.decision_reason": decision.reason,
+            "flywheel.decided_in_cycle": key,
+            # the Dagster run that decided (dagster.run_id on the version is the one that trained it)
+            "dagster.decision_run_id": links.get("dagster.run_id", ""),
+            "dagster.decision_run_url": links.get("dagster.run_url", ""),
+        },
+    )
+    cycle_run = registry.cycle_run(key, report.cycle_index)
+    registry.set_tags(
+        cycle_run,
+        {
+            "flywheel.decision": verdict,
+            "flywheel.decision_reason": decision.reason,
+            "flywheel.champion_version": new_champion,
+            "flywheel.candidate_version": candidate_v,
+            **links,
+        },
+    )
+    registry.end_run(cycle_run)
+    record = Decision(
+        cycle=key,
+        decision=verdict,
+        reason=decision.reason,
+        previous_champion=champion_v,
+        candidate=candidate_v,
+        champion=new_champion,
+        alias=cycle_alias(key),
+        start_date=start_date,
+        approval=approval.approval,
+        serving=switch.summary(),
+    )
+    return Promotion(record, aliases)
