@@ -22,18 +22,54 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Per-method settings on top of the config's `training` section (the sft settings are the config's own).
-METHOD_OVERRIDES: dict[str, dict] = {
-    "sft": {},
-    "redi": {"redi": {"alpha": 0.8, "learning_rate": 2e-5, "epochs": 1}},
-    "opsd": {"epochs": 1, "on_policy": {"samples_per_prompt": 4}},
-    "grpo": {"epochs": 1, "on_policy": {"samples_per_prompt": 4}},
+# Each variant: a method and its settings on top of the config's `training` section (sft: the config's own).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "sft": ("sft", {}),
+    "redi": ("redi", {"redi": {"alpha": 0.8, "learning_rate": 2e-5, "epochs": 1}}),
+    "opsd": ("opsd", {"epochs": 1, "on_policy": {"samples_per_prompt": 4}}),
+    "grpo": ("grpo", {"epochs": 1, "on_policy": {"samples_per_prompt": 4}}),
+    # only the prompts the champion both solved and failed at deploy (on_policy.prompts: mixed)
+    "grpo-mixed": ("grpo", {"epochs": 1, "on_policy": {"samples_per_prompt": 4, "prompts": "mixed"}}),
+    "grpo-mixed-8": ("grpo", {"epochs": 1, "on_policy": {"samples_per_prompt": 8, "prompts": "mixed"}}),
+    "opsd-mixed": ("opsd", {"epochs": 1, "on_policy": {"samples_per_prompt": 4, "prompts": "mixed"}}),
 }
+# What each on-policy method logs that explains its result: (curve key, label, how to summarise it).
+DIAGNOSIS = {
+    "grpo": [
+        ("frac_reward_zero_std", "zero-variance groups", "mean"),
+        ("reward", "reward", "ends"),
+        ("entropy", "entropy", "ends"),
+        ("completions/mean_length", "completion length", "mean"),
+        ("kl", "KL to the start", "ends"),
+    ],
+    "opsd": [
+        ("opsd/kl", "KL(teacher||student) per token", "ends"),
+        ("opsd/kl_p50", "its median", "mean"),
+        ("opsd/kl_p90", "its p90", "mean"),
+        ("opsd/capped_share", "tokens over the cap", "mean"),
+        ("opsd/kl_removed_share", "KL mass the cap removes", "mean"),
+    ],
+}
+
+
+def diagnosis(method: str, curve: list[dict[str, float]]) -> str:
+    """One line of the figures that explain an on-policy run: means, or the first and last logged values."""
+    parts = []
+    for key, label, how in DIAGNOSIS.get(method, []):
+        values = [p[key] for p in curve if key in p]
+        if not values:
+            continue
+        if how == "mean":
+            parts.append(f"{label} {sum(values) / len(values):.3f}")
+        else:
+            head, tail = values[: max(1, len(values) // 5)], values[-max(1, len(values) // 5) :]
+            parts.append(f"{label} {sum(head) / len(head):.3f} -> {sum(tail) / len(tail):.3f}")
+    return "; ".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="sft,redi,opsd,grpo")
+    parser.add_argument("--methods", default="sft,redi,opsd,grpo", help=f"variants, of {', '.join(VARIANTS)}")
     parser.add_argument("--config", default=str(ROOT / "flywheel.yaml"))
     parser.add_argument("--home", default="", help="a flywheel home to reuse (bootstrap and Q1 harvest kept)")
     parser.add_argument("--on-policy-lr", type=float, default=None, help="learning rate for opsd and grpo")
@@ -55,6 +91,7 @@ def main() -> None:
     from flywheel_dagster.config import build_config, load_config
     from flywheel_dagster.engines.transformers_engine import load_engine
     from flywheel_dagster.evaluation.benchmark import compare_evaluations, evaluate
+    from flywheel_dagster.evaluation.fmt import with_ci
     from flywheel_dagster.partitions import quarterly_partitions
     from flywheel_dagster.resources import local_resources
     from flywheel_dagster.tasks import load_task
@@ -115,13 +152,16 @@ def main() -> None:
 
     champion_eval = benchmark(champion_dir)
     rows = []
-    for method in args.methods.split(","):
-        overrides = {**METHOD_OVERRIDES[method], "method": method}
+    for variant in args.methods.split(","):
+        if variant not in VARIANTS:
+            parser.error(f"--methods: {variant!r} is not a variant; expected some of {', '.join(VARIANTS)}")
+        method, settings_of = VARIANTS[variant]
+        overrides = {**settings_of, "method": method}
         if method in ("opsd", "grpo") and args.on_policy_lr:
             overrides["learning_rate"] = args.on_policy_lr
         mcfg = build_config(
             {**cfg.model_dump(mode="json"), "training": {**cfg.training.model_dump(mode="json"), **overrides}},
-            source=f"method {method}",
+            source=f"variant {variant}",
         )
         with tempfile.TemporaryDirectory(prefix=f"flywheel-{method}-") as tmp:
             started = time.perf_counter()
@@ -136,21 +176,25 @@ def main() -> None:
             )
             if c.suite == "overall"
         )
-        rows.append((method, overall, result, wall))
+        lr = mcfg.training.learning_rate
+        rows.append((variant, lr, overall, result, wall))
         print(
-            f"  {method}: delta {overall.delta:+.3f} [{overall.delta_ci[0]:+.3f}, {overall.delta_ci[1]:+.3f}], "
+            f"  {variant} (lr {lr:g}): delta {overall.delta:+.3f} [{overall.delta_ci[0]:+.3f}, {overall.delta_ci[1]:+.3f}], "
             f"{result.tokens_generated} generated, {result.tokens_trained} trained, {wall:.0f}s, {result.steps} steps"
         )
+        if diagnosis(method, result.curve):
+            print(f"    {diagnosis(method, result.curve)}")
 
-    print(f"\nchampion (base) pass@1 {rows[0][1].champion:.3f} on {rows[0][1].problems} held-out problems")
+    print(f"\nchampion (base) pass@1 {rows[0][2].champion:.3f} on {rows[0][2].problems} held-out problems")
     print(
-        f"{'method':<8}{'delta pass@1 [95% CI]':>28}{'tokens generated':>18}{'tokens trained':>16}"
+        f"{'method':<14}{'lr':>8}{'delta pass@1 [95% CI]':>28}{'tokens generated':>18}{'tokens trained':>16}"
         f"{'wall s':>8}{'steps':>7}"
     )
-    for method, overall, result, wall in rows:
-        ci = f"{overall.delta:+.3f} [{overall.delta_ci[0]:+.3f}, {overall.delta_ci[1]:+.3f}]"
+    for variant, lr, overall, result, wall in rows:
+        ci = with_ci(overall.delta, overall.delta_ci, signed=True)
         print(
-            f"{method:<8}{ci:>28}{result.tokens_generated:>18,}{result.tokens_trained:>16,}{wall:>8.0f}{result.steps:>7}"
+            f"{variant:<14}{lr:>8g}{ci:>28}{result.tokens_generated:>18,}{result.tokens_trained:>16,}"
+            f"{wall:>8.0f}{result.steps:>7}"
         )
 
 

@@ -118,6 +118,42 @@ def test_opsd_loss_is_the_hand_computed_capped_forward_kl():
     assert loss_one.item() == pytest.approx(kl2, abs=1e-6)
 
 
+def test_opsd_kl_profile_says_how_much_the_cap_removes():
+    """Per-token KLs 0.2, 0.03, 0.01 and a masked 5.0; clip 0.05: one token of three over the cap, which removes
+    0.15 of the 0.24 the three carry."""
+    from flywheel_dagster.training.opsd import kl_profile
+
+    per_token = torch.tensor([[0.2, 0.03, 0.01, 5.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    profile = kl_profile(per_token, mask, clip=0.05)
+    assert profile["capped_share"] == pytest.approx(1 / 3)
+    assert profile["kl_removed_share"] == pytest.approx(0.15 / 0.24)
+    assert profile["kl_p50"] == pytest.approx(0.03) and profile["kl_max"] == pytest.approx(0.2)
+    assert kl_profile(per_token, mask, clip=None)["kl_removed_share"] == 0.0
+    assert kl_profile(per_token, torch.zeros(1, 4), clip=0.05) == {}
+
+
+def test_mixed_prompts_keep_what_the_champion_both_solved_and_failed():
+    """on_policy.prompts: mixed keeps the train-split prompts with 0 < solved < samples in the quarter's traffic."""
+    import pyarrow as pa
+
+    from flywheel_dagster.training.candidate import on_policy_prompts
+
+    table = pa.table(
+        {
+            "prompt": ["always", "never", "sometimes", "held out", "once"],
+            "reference": ["1", "2", "3", "4", "5"],
+            "solution": ["s1", "s2", "s3", "s4", "s5"],
+            "solved": [4, 0, 2, 2, 1],
+            "samples": [4, 4, 4, 4, 4],
+            "split": ["train", "train", "train", "validation", "train"],
+        }
+    )
+    assert [r["prompt"] for r in on_policy_prompts(table, None)] == ["always", "never", "sometimes", "once"]
+    assert [r["prompt"] for r in on_policy_prompts(table, None, "mixed")] == ["sometimes", "once"]
+    assert len(on_policy_prompts(table, 1, "mixed")) == 1
+
+
 def test_opsd_teacher_gets_no_gradient():
     teacher = torch.randn(2, 3, 5, requires_grad=True)
     student = torch.randn(2, 3, 5, requires_grad=True)

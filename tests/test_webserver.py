@@ -106,7 +106,7 @@ def ui(untrained_flywheel_factory):  # noqa: ANN001, ANN201
             time.sleep(1)
         yield fw, url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a person stops `dagster dev`
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

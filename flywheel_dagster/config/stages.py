@@ -196,6 +196,13 @@ class OnPolicyConfig(Strict):
     max_prompts: int | None = Field(
         default=None, gt=0, description="train on at most this many of the quarter's prompts (a fixed subset)"
     )
+    prompts: Literal["all", "mixed"] = Field(
+        default="all",
+        description=(
+            "mixed: only the prompts the champion both solved and failed in the quarter's traffic, where a "
+            "group of samples is likely to disagree (GRPO's advantage is zero on a group that agrees)"
+        ),
+    )
 
 
 class OpsdConfig(Strict):

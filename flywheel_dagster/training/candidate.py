@@ -74,8 +74,16 @@ def train_split(table: pa.Table, columns: list[str]) -> list[dict]:
     return [{k: r[k] for k in columns} for r in table.to_pylist() if r["split"] == "train"]
 
 
-def on_policy_prompts(table: pa.Table, max_prompts: int | None) -> list[dict]:
-    """The quarter's training-split prompts for opsd/grpo; past max_prompts, a fixed subset (by hash)."""
+def on_policy_prompts(table: pa.Table, max_prompts: int | None, selection: str = "all") -> list[dict]:
+    """The quarter's training-split prompts for opsd/grpo; past max_prompts, a fixed subset (by hash).
+
+    selection "mixed" keeps the prompts whose traffic samples the champion both solved and failed
+    (0 < solved < samples): DAPO's dynamic sampling drops groups whose rewards all agree after sampling them;
+    the quarter's traces already say which prompts such groups come from, at no sampling cost.
+    """
+    if selection == "mixed":
+        solved, samples = table.column("solved").to_pylist(), table.column("samples").to_pylist()
+        table = table.filter(pa.array([0 < a < b for a, b in zip(solved, samples, strict=True)], pa.bool_()))
     rows = train_split(table, ["prompt", "reference", "solution"])
     if max_prompts is not None and len(rows) > max_prompts:
         rows = sorted(rows, key=lambda r: hashlib.sha256(r["prompt"].encode()).digest())[:max_prompts]
@@ -124,11 +132,13 @@ def train_candidate(
                 "has none in its train split (the quarter had no prompt with both a verified and a failed trace)"
             )
         return run_redi(champion_dir, train, pairs, **common)
-    prompts = on_policy_prompts(
-        lake.read_table(TrainingSet.TABLE, cycle, TrainingSet.PROMPTS), cfg.training.on_policy.max_prompts
-    )
+    op = cfg.training.on_policy
+    prompts = on_policy_prompts(lake.read_table(TrainingSet.TABLE, cycle, TrainingSet.PROMPTS), op.max_prompts, op.prompts)
     if not prompts:
-        raise ValueError(f"training.method {method!r} needs the quarter's prompts; training_dataset {cycle} has none")
+        which = " the champion both solved and failed (on_policy.prompts: mixed)" if op.prompts == "mixed" else ""
+        raise ValueError(
+            f"training.method {method!r} needs the quarter's prompts{which}; training_dataset {cycle} has none"
+        )
     if method == "opsd":
         return run_opsd(champion_dir, prompts, task.teacher_template, **common)
     return run_grpo(champion_dir, prompts, task, **common)

@@ -57,6 +57,33 @@ def clipped_forward_kl(
     return loss, kl
 
 
+def kl_profile(per_token: torch.Tensor, mask: torch.Tensor, clip: float | None) -> dict[str, float]:
+    """How the per-token KL(teacher || student) is spread over the student's tokens, and what the cap does.
+
+    Returns its median, 90th percentile and maximum, the share of tokens over the cap and the share of the
+    KL mass the cap removes (what the uncapped loss would have counted and the capped one does not).
+    """
+    values = per_token.detach().float()[mask.bool()]
+    if values.numel() == 0:
+        return {}
+    over = values > clip if clip is not None else values < 0
+    removed = (values - clip).clamp(min=0).sum() if clip is not None else values.new_zeros(())
+    return {
+        "kl_p50": float(values.quantile(0.5)),
+        "kl_p90": float(values.quantile(0.9)),
+        "kl_max": float(values.max()),
+        "capped_share": float(over.float().mean()),
+        "kl_removed_share": float(removed / values.sum().clamp(min=1e-12)),
+    }
+
+
+def token_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(teacher || student) over the vocabulary, (B, T), without gradient (for kl_profile)."""
+    student_lp = student_logits.detach().float().log_softmax(dim=-1)
+    teacher_lp = teacher_logits.detach().float().log_softmax(dim=-1)
+    return (teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1)
+
+
 def _import_sdft() -> ModuleType:
     """trl.experimental.sdft, without TRL's warning that it is experimental."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -97,6 +124,10 @@ def _opsd_trainer_class() -> type[SDFTTrainer]:
                 self.tokens_trained += int(mask.sum())
             self.record(model.training, "opsd/kl", float(kl))
             self.record(model.training, "opsd/clipped_loss", float(loss.detach()))
+            if model.training:
+                per_token = token_forward_kl(distillation_logits.student_logits, distillation_logits.teacher_logits)
+                for name, value in kl_profile(per_token, mask, self.opsd_clip).items():
+                    self.record(True, f"opsd/{name}", value)
             return loss
 
     return OPSDTrainer
