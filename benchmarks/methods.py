@@ -32,6 +32,19 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "grpo-mixed": ("grpo", {"epochs": 1, "on_policy": {"samples_per_prompt": 4, "prompts": "mixed"}}),
     "grpo-mixed-8": ("grpo", {"epochs": 1, "on_policy": {"samples_per_prompt": 8, "prompts": "mixed"}}),
     "opsd-mixed": ("opsd", {"epochs": 1, "on_policy": {"samples_per_prompt": 4, "prompts": "mixed"}}),
+    # three passes over the mixed prompts at 1e-4, and the same with hotter sampling (more varied groups)
+    "grpo-mixed-8-e3": (
+        "grpo",
+        {"epochs": 3, "learning_rate": 1e-4, "on_policy": {"samples_per_prompt": 8, "prompts": "mixed"}},
+    ),
+    "grpo-mixed-8-hot": (
+        "grpo",
+        {
+            "epochs": 3,
+            "learning_rate": 1e-4,
+            "on_policy": {"samples_per_prompt": 8, "prompts": "mixed", "temperature": 1.5},
+        },
+    ),
 }
 # What each on-policy method logs that explains its result: (curve key, label, how to summarise it).
 DIAGNOSIS = {
