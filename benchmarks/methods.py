@@ -32,6 +32,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "grpo-mixed": ("grpo", {"epochs": 1, "on_policy": {"samples_per_prompt": 4, "prompts": "mixed"}}),
     "grpo-mixed-8": ("grpo", {"epochs": 1, "on_policy": {"samples_per_prompt": 8, "prompts": "mixed"}}),
     "opsd-mixed": ("opsd", {"epochs": 1, "on_policy": {"samples_per_prompt": 4, "prompts": "mixed"}}),
+    # opsd without the per-token cap (it removed 96-98% of the KL mass on the playground)
+    "opsd-noclip": ("opsd", {"epochs": 1, "opsd": {"clip": None}, "on_policy": {"samples_per_prompt": 4}}),
+    "opsd-mixed-noclip": (
+        "opsd",
+        {"epochs": 1, "opsd": {"clip": None}, "on_policy": {"samples_per_prompt": 4, "prompts": "mixed"}},
+    ),
     # three passes over the mixed prompts at 1e-4, and the same with hotter sampling (more varied groups)
     "grpo-mixed-8-e3": (
         "grpo",
