@@ -92,6 +92,11 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "flywheel.yaml"))
     parser.add_argument("--home", default="", help="a flywheel home to reuse (bootstrap and Q1 harvest kept)")
     parser.add_argument("--on-policy-lr", type=float, default=None, help="learning rate for opsd and grpo")
+    parser.add_argument(
+        "--positives",
+        default="1",
+        help="shares of the quarter's verified positives to train on, e.g. 0.25,0.5,1 (human anchors stay whole)",
+    )
     args = parser.parse_args()
 
     home = Path(args.home or tempfile.mkdtemp(prefix="flywheel-methods-"))
@@ -171,7 +176,8 @@ def main() -> None:
 
     champion_eval = benchmark(champion_dir)
     rows = []
-    for variant in args.methods.split(","):
+    runs = [(v, float(f)) for f in args.positives.split(",") for v in args.methods.split(",")]
+    for variant, share in runs:
         if variant not in VARIANTS:
             parser.error(f"--methods: {variant!r} is not a variant; expected some of {', '.join(VARIANTS)}")
         method, settings_of = VARIANTS[variant]
@@ -183,8 +189,11 @@ def main() -> None:
             source=f"variant {variant}",
         )
         with tempfile.TemporaryDirectory(prefix=f"flywheel-{method}-") as tmp:
+            data = lake if share >= 1 else positives_share(lake, quarter, share, Path(tmp) / "lake")
+            if share < 1:
+                variant = f"{variant}@{share:g}"
             started = time.perf_counter()
-            result = train_candidate(mcfg, task, champion_dir, lake, quarter, Path(tmp) / "model")
+            result = train_candidate(mcfg, task, champion_dir, data, quarter, Path(tmp) / "model")
             wall = time.perf_counter() - started
             model_dir = registry_free_model(result, champion_dir, Path(tmp))
             candidate_eval = benchmark(model_dir)
@@ -215,6 +224,34 @@ def main() -> None:
             f"{variant:<14}{lr:>8g}{ci:>28}{result.tokens_generated:>18,}{result.tokens_trained:>16,}"
             f"{wall:>8.0f}{result.steps:>7}"
         )
+
+
+def positives_share(lake, quarter: str, share: float, root: Path):  # noqa: ANN001, ANN201 - Lake
+    """A lake holding the quarter's training set with `share` of its verified positives (chosen by the hash of
+    their problem, so a smaller share is a subset of a larger one), every human anchor, and the pairs and
+    prompts of the problems kept."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from flywheel_dagster.records import TrainingSet
+    from flywheel_dagster.traces.lake import Lake
+
+    def kept(problem: str | None) -> bool:
+        digest = hashlib.sha256((problem or "").encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+    examples = TrainingSet.read(lake, quarter)
+    keep = [o == "human" or kept(p) for o, p in zip(examples["origin"].to_pylist(), examples["problem_id"].to_pylist(), strict=True)]
+    files = {TrainingSet.EXAMPLES: examples.filter(pa.array(keep))}
+    for name in (TrainingSet.PAIRS, TrainingSet.PROMPTS):
+        table = TrainingSet.read(lake, quarter, name)
+        files[name] = table.filter(pa.array([kept(p) for p in table["problem_id"].to_pylist()]))
+    out = Lake(str(root))
+    out.write_partition(TrainingSet.TABLE, quarter, files)
+    positives = sum(1 for o, k in zip(examples["origin"].to_pylist(), keep, strict=True) if k and o != "human")
+    print(f"  {share:g} of the positives: {positives} examples, {files[TrainingSet.PAIRS].num_rows} pairs")
+    return out
 
 
 def registry_free_model(result, champion_dir: Path, tmp: Path) -> Path:  # noqa: ANN001
