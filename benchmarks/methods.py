@@ -93,6 +93,11 @@ def main() -> None:
     parser.add_argument("--home", default="", help="a flywheel home to reuse (bootstrap and Q1 harvest kept)")
     parser.add_argument("--on-policy-lr", type=float, default=None, help="learning rate for opsd and grpo")
     parser.add_argument(
+        "--start",
+        default="",
+        help="a variant trained first from the base; the others then start from its model (stacking)",
+    )
+    parser.add_argument(
         "--positives",
         default="1",
         help="shares of the quarter's verified positives to train on, e.g. 0.25,0.5,1 (human anchors stay whole)",
@@ -175,6 +180,21 @@ def main() -> None:
             engine.close()
 
     champion_eval = benchmark(champion_dir)
+    if args.start:  # stacking: the listed variants train from the start variant's model, and are judged against it
+        method, settings_of = VARIANTS[args.start]
+        scfg = build_config(
+            {**cfg.model_dump(mode="json"), "training": {**cfg.training.model_dump(mode="json"), **settings_of, "method": method}},
+            source=f"variant {args.start}",
+        )
+        start_dir = Path(tempfile.mkdtemp(prefix="flywheel-start-"))
+        first = train_candidate(scfg, task, champion_dir, lake, quarter, start_dir / "model")
+        champion_dir = registry_free_model(first, champion_dir, start_dir)
+        base_eval, champion_eval = champion_eval, benchmark(champion_dir)
+        gain = next(
+            c for c in compare_evaluations(base_eval, champion_eval, cfg.benchmark.bootstrap_resamples, seed=cfg.benchmark.seed)
+            if c.suite == "overall"
+        )
+        print(f"start: {args.start} from the base, delta {with_ci(gain.delta, gain.delta_ci, signed=True)}; the rest start from it")
     rows = []
     runs = [(v, float(f)) for f in args.positives.split(",") for v in args.methods.split(",")]
     for variant, share in runs:
@@ -213,7 +233,8 @@ def main() -> None:
         if diagnosis(method, result.curve):
             print(f"    {diagnosis(method, result.curve)}")
 
-    print(f"\nchampion (base) pass@1 {rows[0][2].champion:.3f} on {rows[0][2].problems} held-out problems")
+    starting = f"{args.start} model" if args.start else "base"
+    print(f"\nchampion ({starting}) pass@1 {rows[0][2].champion:.3f} on {rows[0][2].problems} held-out problems")
     print(
         f"{'method':<14}{'lr':>8}{'delta pass@1 [95% CI]':>28}{'tokens generated':>18}{'tokens trained':>16}"
         f"{'wall s':>8}{'steps':>7}"
