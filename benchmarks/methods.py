@@ -103,6 +103,9 @@ def main() -> None:
         help="shares of the quarter's verified positives to train on, e.g. 0.25,0.5,1 (human anchors stay whole)",
     )
     args = parser.parse_args()
+    for variant in [*args.methods.split(","), *([args.start] if args.start else [])]:
+        if variant not in VARIANTS:
+            parser.error(f"--methods/--start: {variant!r} is not a variant; expected one of {', '.join(VARIANTS)}")
 
     home = Path(args.home or tempfile.mkdtemp(prefix="flywheel-methods-"))
     os.environ["FLYWHEEL_HOME"] = str(home)
@@ -180,34 +183,30 @@ def main() -> None:
             engine.close()
 
     champion_eval = benchmark(champion_dir)
+    def variant_config(variant: str, on_policy_lr: float | None):  # noqa: ANN202 - FlywheelConfig
+        method, settings_of = VARIANTS[variant]
+        overrides = {**settings_of, "method": method}
+        if method in ("opsd", "grpo") and on_policy_lr:
+            overrides["learning_rate"] = on_policy_lr
+        training = {**cfg.training.model_dump(mode="json"), **overrides}
+        return build_config({**cfg.model_dump(mode="json"), "training": training}, source=f"variant {variant}")
+
+    def overall_delta(before, after):  # noqa: ANN001, ANN202 - evaluation tables -> SuiteComparison
+        comparisons = compare_evaluations(before, after, cfg.benchmark.bootstrap_resamples, seed=cfg.benchmark.seed)
+        return next(c for c in comparisons if c.suite == "overall")
+
     if args.start:  # stacking: the listed variants train from the start variant's model, and are judged against it
-        method, settings_of = VARIANTS[args.start]
-        scfg = build_config(
-            {**cfg.model_dump(mode="json"), "training": {**cfg.training.model_dump(mode="json"), **settings_of, "method": method}},
-            source=f"variant {args.start}",
-        )
         start_dir = Path(tempfile.mkdtemp(prefix="flywheel-start-"))
-        first = train_candidate(scfg, task, champion_dir, lake, quarter, start_dir / "model")
+        first = train_candidate(variant_config(args.start, None), task, champion_dir, lake, quarter, start_dir / "model")
         champion_dir = registry_free_model(first, champion_dir, start_dir)
         base_eval, champion_eval = champion_eval, benchmark(champion_dir)
-        gain = next(
-            c for c in compare_evaluations(base_eval, champion_eval, cfg.benchmark.bootstrap_resamples, seed=cfg.benchmark.seed)
-            if c.suite == "overall"
-        )
+        gain = overall_delta(base_eval, champion_eval)
         print(f"start: {args.start} from the base, delta {with_ci(gain.delta, gain.delta_ci, signed=True)}; the rest start from it")
     rows = []
     runs = [(v, float(f)) for f in args.positives.split(",") for v in args.methods.split(",")]
     for variant, share in runs:
-        if variant not in VARIANTS:
-            parser.error(f"--methods: {variant!r} is not a variant; expected some of {', '.join(VARIANTS)}")
-        method, settings_of = VARIANTS[variant]
-        overrides = {**settings_of, "method": method}
-        if method in ("opsd", "grpo") and args.on_policy_lr:
-            overrides["learning_rate"] = args.on_policy_lr
-        mcfg = build_config(
-            {**cfg.model_dump(mode="json"), "training": {**cfg.training.model_dump(mode="json"), **overrides}},
-            source=f"variant {variant}",
-        )
+        method = VARIANTS[variant][0]
+        mcfg = variant_config(variant, args.on_policy_lr)
         with tempfile.TemporaryDirectory(prefix=f"flywheel-{method}-") as tmp:
             data = lake if share >= 1 else positives_share(lake, quarter, share, Path(tmp) / "lake")
             if share < 1:
@@ -217,17 +216,11 @@ def main() -> None:
             wall = time.perf_counter() - started
             model_dir = registry_free_model(result, champion_dir, Path(tmp))
             candidate_eval = benchmark(model_dir)
-        overall = next(
-            c
-            for c in compare_evaluations(
-                champion_eval, candidate_eval, cfg.benchmark.bootstrap_resamples, seed=cfg.benchmark.seed
-            )
-            if c.suite == "overall"
-        )
+        overall = overall_delta(champion_eval, candidate_eval)
         lr = mcfg.training.learning_rate
         rows.append((variant, lr, overall, result, wall))
         print(
-            f"  {variant} (lr {lr:g}): delta {overall.delta:+.3f} [{overall.delta_ci[0]:+.3f}, {overall.delta_ci[1]:+.3f}], "
+            f"  {variant} (lr {lr:g}): delta {with_ci(overall.delta, overall.delta_ci, signed=True)}, "
             f"{result.tokens_generated} generated, {result.tokens_trained} trained, {wall:.0f}s, {result.steps} steps"
         )
         if diagnosis(method, result.curve):

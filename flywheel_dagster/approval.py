@@ -23,13 +23,7 @@ class ApprovalError(ValueError):
     """An approval that cannot be recorded; the message says why."""
 
 
-__all__ = ["VERDICTS", "ApprovalError", "ApprovalState", "approval_state", "read_approval", "record_decision"]
-
-
-def read_approval(lake: Lake, cycle: str) -> dict | None:
-    """The verdict on record for the cycle (an ApprovalRecord's JSON), or None."""
-    record = ApprovalRecord.find(lake, cycle)
-    return record.to_json() if record else None
+__all__ = ["VERDICTS", "ApprovalError", "ApprovalState", "approval_state", "record_decision"]
 
 
 def approval_state(cfg: FlywheelConfig, lake: Lake, cycle: str) -> ApprovalState:
@@ -39,7 +33,8 @@ def approval_state(cfg: FlywheelConfig, lake: Lake, cycle: str) -> ApprovalState
     report = BenchmarkReport.read(lake, cycle)
     if not (report.gate.sound and report.gate.promote):
         return ApprovalState("nothing_to_approve", None, "nothing to approve: the gate keeps the champion")
-    approval = read_approval(lake, cycle)
+    record = ApprovalRecord.find(lake, cycle)
+    approval = record.to_json() if record else None
     report_sha = BenchmarkReport.sha256(lake, cycle)
     candidate = report.candidate.version
     if approval is None or approval["report_sha256"] != report_sha:

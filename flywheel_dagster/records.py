@@ -67,7 +67,7 @@ SOURCES_FILE = "sources.json"
 MONITORS_FILE = "monitors.json"
 
 
-class RecordError(ValueError):
+class StageRecordError(ValueError):
     """A stage record in the lake that is not what its reader expects; the message names the file and field."""
 
 
@@ -88,14 +88,14 @@ class StageRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str = "") -> Self:
-        """The record from its JSON; a missing field is a RecordError naming `where` and the field."""
+        """The record from its JSON; a missing field is a StageRecordError naming `where` and the field."""
         where = where or cls.__name__
         if not isinstance(data, dict):
-            raise RecordError(f"{where}: expected a JSON object ({cls.__name__}), got {type(data).__name__}")
+            raise StageRecordError(f"{where}: expected a JSON object ({cls.__name__}), got {type(data).__name__}")
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
         missing = [name for name in required if name not in data]
         if missing:
-            raise RecordError(f"{where}: missing {missing}; a {cls.__name__} record has {[f.name for f in fields(cls)]}")
+            raise StageRecordError(f"{where}: missing {missing}; a {cls.__name__} record has {[f.name for f in fields(cls)]}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -109,7 +109,7 @@ class StageRecord:
         try:
             data = json.loads(lake.read_bytes(cls.TABLE, cycle, cls.FILE))
         except json.JSONDecodeError as err:
-            raise RecordError(f"{cls.where(cycle)}: not JSON ({err})") from None
+            raise StageRecordError(f"{cls.where(cycle)}: not JSON ({err})") from None
         return cls.from_json(data, cls.where(cycle))
 
     @classmethod
@@ -218,7 +218,7 @@ class BenchmarkReport(StageRecord):
                 gate=GateDecision(**flat.gate),
             )
         except TypeError as err:
-            raise RecordError(f"{where or cls.__name__}: champion, candidate or gate malformed ({err})") from None
+            raise StageRecordError(f"{where or cls.__name__}: champion, candidate or gate malformed ({err})") from None
 
     @property
     def overall(self) -> dict[str, Any] | None:
@@ -266,10 +266,6 @@ class Decision(StageRecord):
     start_date: str
     approval: dict | None
     serving: dict
-
-    @property
-    def promoted(self) -> bool:
-        return self.decision == "promoted"
 
 
 def _json_beside(lake: Lake, table: str, cycle: str, name: str) -> dict | None:

@@ -14,7 +14,7 @@ from flywheel_dagster.records import (
     Decision,
     GateDecision,
     ModelId,
-    RecordError,
+    StageRecordError,
 )
 from flywheel_dagster.registry import CHAMPION, Registry, cycle_alias
 from flywheel_dagster.serving.rollback import Switch
@@ -119,8 +119,8 @@ def test_stage_records_round_trip_and_name_what_is_wrong(tmp_path: Path):
     assert lake.read_bytes(BenchmarkReport.TABLE, Q, BenchmarkReport.PLOT_FILE) == b"png"
     assert original.overall["delta"] == 0.05 and Decision.find(lake, Q) is None
     lake.write_partition(Candidate.TABLE, Q, {Candidate.FILE: b'{"cycle": "2026-01-01", "version": "2"}'})
-    with pytest.raises(RecordError, match=r"candidate_model/cycle=2026-01-01/candidate.json: missing \['run_id'"):
+    with pytest.raises(StageRecordError, match=r"candidate_model/cycle=2026-01-01/candidate.json: missing \['run_id'"):
         Candidate.read(lake, Q)
     lake.write_partition(Decision.TABLE, Q, {Decision.FILE: b"{not json"})
-    with pytest.raises(RecordError, match=r"champion_model/cycle=2026-01-01/decision.json: not JSON"):
+    with pytest.raises(StageRecordError, match=r"champion_model/cycle=2026-01-01/decision.json: not JSON"):
         Decision.read(lake, Q)

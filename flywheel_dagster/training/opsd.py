@@ -35,17 +35,16 @@ if TYPE_CHECKING:
     from trl.experimental.sdft.sdft_trainer import DistillationLogits
 
 
-def clipped_forward_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, clip: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token forward KL(teacher || student), each token's value capped at `clip` (None: no cap).
-
-    Logits are (B, T, V), the mask (B, T). The teacher gets no gradient. Returns (loss, uncapped mean KL per
-    token): the loss averages over each sequence's tokens, then over sequences.
-    """
+def forward_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """D_t = KL(teacher || student) over the vocabulary for each token, (B, T); the teacher gets no gradient."""
     student_lp = student_logits.float().log_softmax(dim=-1)
     teacher_lp = teacher_logits.detach().float().log_softmax(dim=-1)
-    per_token = (teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1)
+    return (teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1)
+
+
+def capped_mean(per_token: torch.Tensor, mask: torch.Tensor, clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss from per-token KLs (B, T): each capped at `clip` (None: no cap), averaged over each sequence's
+    tokens, then over sequences. Returns (loss, uncapped mean KL per token)."""
     if clip is not None:
         scale = (clip / per_token.detach().clamp(min=1e-12)).clamp(max=1.0)
         capped = per_token * scale
@@ -55,6 +54,17 @@ def clipped_forward_kl(
     loss = ((capped * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
     kl = (per_token.detach() * mask).sum() / mask.sum().clamp(min=1)
     return loss, kl
+
+
+def clipped_forward_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, clip: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token forward KL(teacher || student), each token's value capped at `clip` (None: no cap).
+
+    Logits are (B, T, V), the mask (B, T). The teacher gets no gradient. Returns (loss, uncapped mean KL per
+    token): the loss averages over each sequence's tokens, then over sequences.
+    """
+    return capped_mean(forward_kl_per_token(student_logits, teacher_logits), mask, clip)
 
 
 def kl_profile(per_token: torch.Tensor, mask: torch.Tensor, clip: float | None) -> dict[str, float]:
@@ -75,13 +85,6 @@ def kl_profile(per_token: torch.Tensor, mask: torch.Tensor, clip: float | None) 
         "capped_share": float(over.float().mean()),
         "kl_removed_share": float(removed / values.sum().clamp(min=1e-12)),
     }
-
-
-def token_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(teacher || student) over the vocabulary, (B, T), without gradient (for kl_profile)."""
-    student_lp = student_logits.detach().float().log_softmax(dim=-1)
-    teacher_lp = teacher_logits.detach().float().log_softmax(dim=-1)
-    return (teacher_lp.exp() * (teacher_lp - student_lp)).sum(-1)
 
 
 def _import_sdft() -> ModuleType:
@@ -117,15 +120,12 @@ def _opsd_trainer_class() -> type[SDFTTrainer]:
             self, model: PreTrainedModel, inputs: dict[str, Any], distillation_logits: DistillationLogits
         ) -> torch.Tensor:
             mask = distillation_logits.loss_mask
-            loss, kl = clipped_forward_kl(
-                distillation_logits.student_logits, distillation_logits.teacher_logits, mask, self.opsd_clip
-            )
-            if model.training:
-                self.tokens_trained += int(mask.sum())
+            per_token = forward_kl_per_token(distillation_logits.student_logits, distillation_logits.teacher_logits)
+            loss, kl = capped_mean(per_token, mask, self.opsd_clip)
             self.record(model.training, "opsd/kl", float(kl))
             self.record(model.training, "opsd/clipped_loss", float(loss.detach()))
             if model.training:
-                per_token = token_forward_kl(distillation_logits.student_logits, distillation_logits.teacher_logits)
+                self.tokens_trained += int(mask.sum())
                 for name, value in kl_profile(per_token, mask, self.opsd_clip).items():
                     self.record(True, f"opsd/{name}", value)
             return loss
