@@ -36,7 +36,9 @@ def test_wrong_value_names_field_and_expectation():
 def test_wrong_type_and_bad_preset():
     with pytest.raises(ConfigError, match="training.learning_rate"):
         build_config({"training": {"learning_rate": "fast"}})
-    with pytest.raises(ConfigError, match=r"preset: expected one of \['playground', 'production', 'smollm2'\]"):
+    with pytest.raises(
+        ConfigError, match=r"preset: expected one of \['playground', 'production', 'smollm2', 'smollm2-arithmetic'\]"
+    ):
         build_config(preset="giant")
 
 

@@ -90,3 +90,28 @@ def test_gsm8k_bad_file_names_line(tmp_path):
     f.write_text('{"question": "q", "answer": "a\\n#### 1"}\n{"question": "no answer"}\n')
     with pytest.raises(ValueError, match=r"train.jsonl:2: expected a JSON object with 'question' and 'answer'"):
         load_gsm8k(f)
+
+
+def test_arithmetic_task_in_words_checks_answers_and_holds_out_its_benchmark():
+    from flywheel_dagster.tasks.arithmetic import SUITES as WORD_SUITES
+    from flywheel_dagster.tasks.arithmetic import ArithmeticTask, worked_solution
+
+    t = ArithmeticTask(benchmark_size=50)
+    bench = t.benchmark(50, 20240101)
+    assert len(bench) == 50 * len(WORD_SUITES) and len({p.problem_id for p in bench}) == len(bench)
+    traffic = t.traffic(1, 600)
+    assert not {p.problem_id for p in traffic} & {p.problem_id for p in bench}
+    assert [p.problem_id for p in traffic] == [p.problem_id for p in t.traffic(1, 600)]
+    assert {p.suite for p in traffic} == set(WORD_SUITES)
+    for p in traffic + bench:
+        assert t.verify(p.solution, p.reference).correct, p
+        assert t.lookup(p.prompt.split("\n")[1]) == p  # "What is a plus b?" finds the problem
+    assert worked_solution(72, "*", 24) == "72 * 24 = 72 * 20 + 72 * 4 = 1440 + 288 = 1728\n#### 1728"
+    # What SmolLM2 writes: "#### n", "The answer is n.", or a last number; anything else is no answer.
+    assert t.verify("59 + 63 = 122\n\nThe answer is 122.", "122").correct
+    assert t.verify("46 + 27 = 73", "73").correct
+    assert t.verify("#### 1,728", "1728").correct
+    assert t.verify("59 + 63 = 122\n#### 121", "122").reason == "wrong_answer"
+    assert t.verify("I cannot say.", "122").reason == "no_final_answer"
+    assert t.lookup("What is 5 plus 3?") is None  # outside every suite's shape
+    assert t.format_violation(bench[0].prompt, "1 <|im_start|>user") == "completion contains chat-template tokens"

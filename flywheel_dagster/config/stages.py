@@ -13,7 +13,10 @@ from flywheel_dagster.config.base import Strict
 class TaskConfig(Strict):
     """Where problems come from and how answers are verified."""
 
-    source: Literal["playground", "gsm8k"]
+    source: Literal["playground", "gsm8k", "arithmetic"] = Field(
+        description="playground: arithmetic for the tiny character model; gsm8k: word problems from data/gsm8k; "
+        "arithmetic: the same arithmetic asked in words, for a pretrained chat model (SmolLM2)"
+    )
     seed: int = 0
     data_dir: str | None = Field(
         default=None, description="GSM8K folder with train.jsonl/test.jsonl; default: the repo's data/gsm8k"

@@ -16,6 +16,12 @@ def load_task(cfg: FlywheelConfig) -> TaskSource:
         return PlaygroundTask(
             seed=cfg.task.seed, benchmark_seed=cfg.benchmark.seed, benchmark_size=cfg.benchmark.problems_per_suite
         )
+    if cfg.task.source == "arithmetic":
+        from flywheel_dagster.tasks.arithmetic import ArithmeticTask
+
+        return ArithmeticTask(
+            seed=cfg.task.seed, benchmark_seed=cfg.benchmark.seed, benchmark_size=cfg.benchmark.problems_per_suite
+        )
     from flywheel_dagster.tasks.gsm8k import GSM8KTask
 
     return GSM8KTask(cfg.task.data_dir, seed=cfg.task.seed, prompt_format=cfg.task.prompt_format)
