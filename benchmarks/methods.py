@@ -152,13 +152,15 @@ def main() -> None:
             )
         assert result.success, "deploy/harvest failed"
         print(f"deploy + harvest of {quarter}: {time.perf_counter() - started:.0f}s")
-    composition = {
-        k: v.value
-        for k, v in dg.DagsterInstance.get()
-        .get_latest_materialization_event(dg.AssetKey("training_dataset"))
-        .asset_materialization.metadata.items()
-        if k.startswith("composition/")
-    }
+    # The quarter's own materialization (a home that ran later cycles has newer ones).
+    (record,) = (
+        dg.DagsterInstance.get()
+        .fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("training_dataset"), asset_partitions=[quarter]), limit=1
+        )
+        .records
+    )
+    composition = {k: v.value for k, v in record.asset_materialization.metadata.items() if k.startswith("composition/")}
     traffic = lake.read_table("reasoning_traces", quarter)
     print(
         f"traces: {traffic.num_rows} ({sum(traffic.column('tokens').to_pylist())} tokens generated at deploy); "
@@ -183,12 +185,13 @@ def main() -> None:
             engine.close()
 
     champion_eval = benchmark(champion_dir)
+
     def variant_config(variant: str, on_policy_lr: float | None):  # noqa: ANN202 - FlywheelConfig
         method, settings_of = VARIANTS[variant]
         overrides = {**settings_of, "method": method}
         if method in ("opsd", "grpo") and on_policy_lr:
             overrides["learning_rate"] = on_policy_lr
-        training = {**cfg.training.model_dump(mode="json"), **overrides}
+        training = merged(cfg.training.model_dump(mode="json"), overrides)
         return build_config({**cfg.model_dump(mode="json"), "training": training}, source=f"variant {variant}")
 
     def overall_delta(before, after):  # noqa: ANN001, ANN202 - evaluation tables -> SuiteComparison
@@ -197,11 +200,15 @@ def main() -> None:
 
     if args.start:  # stacking: the listed variants train from the start variant's model, and are judged against it
         start_dir = Path(tempfile.mkdtemp(prefix="flywheel-start-"))
-        first = train_candidate(variant_config(args.start, None), task, champion_dir, lake, quarter, start_dir / "model")
+        first = train_candidate(
+            variant_config(args.start, None), task, champion_dir, lake, quarter, start_dir / "model"
+        )
         champion_dir = registry_free_model(first, champion_dir, start_dir)
         base_eval, champion_eval = champion_eval, benchmark(champion_dir)
         gain = overall_delta(base_eval, champion_eval)
-        print(f"start: {args.start} from the base, delta {with_ci(gain.delta, gain.delta_ci, signed=True)}; the rest start from it")
+        print(
+            f"start: {args.start} from the base, delta {with_ci(gain.delta, gain.delta_ci, signed=True)}; the rest start from it"
+        )
     rows = []
     runs = [(v, float(f)) for f in args.positives.split(",") for v in args.methods.split(",")]
     for variant, share in runs:
@@ -256,7 +263,10 @@ def positives_share(lake, quarter: str, share: float, root: Path):  # noqa: ANN0
         return int.from_bytes(digest[:8], "big") / 2**64 < share
 
     examples = TrainingSet.read(lake, quarter)
-    keep = [o == "human" or kept(p) for o, p in zip(examples["origin"].to_pylist(), examples["problem_id"].to_pylist(), strict=True)]
+    keep = [
+        o == "human" or kept(p)
+        for o, p in zip(examples["origin"].to_pylist(), examples["problem_id"].to_pylist(), strict=True)
+    ]
     files = {TrainingSet.EXAMPLES: examples.filter(pa.array(keep))}
     for name in (TrainingSet.PAIRS, TrainingSet.PROMPTS):
         table = TrainingSet.read(lake, quarter, name)
@@ -265,6 +275,15 @@ def positives_share(lake, quarter: str, share: float, root: Path):  # noqa: ANN0
     out.write_partition(TrainingSet.TABLE, quarter, files)
     positives = sum(1 for o, k in zip(examples["origin"].to_pylist(), keep, strict=True) if k and o != "human")
     print(f"  {share:g} of the positives: {positives} examples, {files[TrainingSet.PAIRS].num_rows} pairs")
+    return out
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """The config's section with a variant's settings on top, field by field (a preset's on_policy.temperature
+    stays unless the variant sets it)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return out
 
 
