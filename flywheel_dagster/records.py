@@ -95,7 +95,9 @@ class StageRecord:
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
         missing = [name for name in required if name not in data]
         if missing:
-            raise StageRecordError(f"{where}: missing {missing}; a {cls.__name__} record has {[f.name for f in fields(cls)]}")
+            raise StageRecordError(
+                f"{where}: missing {missing}; a {cls.__name__} record has {[f.name for f in fields(cls)]}"
+            )
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -266,3 +266,29 @@ def test_monitor_texts_name_only_the_levels_that_are_set():
     off = MonitorConfig().model_copy(update={"answer_diversity_min": ThresholdConfig()})
     assert judge("answer_diversity", 0.5, off).message == "answer_diversity = 0.5 (no warn or block level set)"
     assert judge("answer_diversity", 0.1, cfg).message == "answer_diversity = 0.1 is below the warn level 0.2"
+
+
+def test_lab_switches_verification_exact_dedup_and_traces_off(task):
+    """The lab's arms: no_verification trains on wrong traces, no_dedup keeps copies, anchors_only drops traces."""
+    a, b = task.traffic(0, 2)
+    wrong = a.solution.replace(f"A:{a.reference}", f"A:{int(a.reference) + 1}")
+    traces = _traces(task, [(a, a.solution), (a, a.solution), (a, wrong), (b, b.solution)])
+    labels = lambda **h: harvest(traces, task, _cfg(**h)).harvested.column("label").to_pylist()  # noqa: E731
+    assert labels() == ["positive", "dropped", "negative", "positive"]
+    # (near dedup off: the wrong trace differs from the right one in one character)
+    assert labels(verify=False, dedup={"near_duplicates": False}) == ["positive", "dropped", "positive", "positive"]
+    assert labels(dedup={"exact": False, "near_duplicates": False}) == ["positive", "positive", "negative", "positive"]
+    # the verdict stays recorded when nothing trusts it: the monitors' verified accuracy still sees it
+    assert harvest(traces, task, _cfg(verify=False)).harvested.column("correct").to_pylist() == [
+        True,
+        True,
+        False,
+        True,
+    ]
+
+    harvested = harvest(traces, task, _cfg()).harvested
+    mixed = build_training_dataset(harvested, task.anchors(10, 1), _cfg(anchor_fraction=0.5), task)
+    control = build_training_dataset(harvested, task.anchors(10, 1), _cfg(anchor_fraction=0.5, synthetic=False), task)
+    assert mixed.table.num_rows == control.table.num_rows == 4
+    assert set(control.table.column("origin").to_pylist()) == {"human"} and control.composition["synthetic"] == 0
+    assert control.pairs.num_rows == 0 and control.prompts.num_rows == mixed.prompts.num_rows

@@ -52,3 +52,11 @@ def test_gate_flags_unsound_reports():
     assert not d.promote and not d.sound and "missing suites ['b']" in d.reason
     nan = [_cmp("a", float("nan"), 0, 0), _cmp("overall", 0.1, 0.05, 0.15)]
     assert not decide_promotion(nan, gate, ["a"]).sound
+
+
+def test_always_promote_takes_a_worse_candidate_but_never_an_unsound_report():
+    gate = GateConfig(always_promote=True)
+    worse = [_cmp("a", -0.2, -0.3, -0.1), _cmp("overall", -0.2, -0.3, -0.1)]
+    d = decide_promotion(worse, gate, ["a"])
+    assert d.promote and d.sound and "always_promote" in d.reason and "-0.200" in d.reason
+    assert not decide_promotion(worse, gate, ["a", "b"]).promote  # a missing suite still blocks

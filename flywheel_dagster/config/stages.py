@@ -101,6 +101,7 @@ class IngestConfig(Strict):
 
 
 class DedupConfig(Strict):
+    exact: bool = Field(default=True, description="drop exact duplicates (normalized prompt + completion)")
     near_duplicates: bool = True
     jaccard_threshold: float = Field(default=0.9, ge=0.5, le=0.98, description="MinHash LSH near-duplicate threshold")
     num_perm: int = Field(default=64, ge=16, le=512)
@@ -148,6 +149,16 @@ class HarvestConfig(Strict):
         default=0, ge=0, description="human anchors fill the training set up to this size when positives are scarce"
     )
     redact_names: bool = Field(default=True, description="redact person names (cue- and full-name based)")
+    verify: bool = Field(
+        default=True,
+        description="label traces by the verifier; false (an experiment, `flywheel lab`'s no_verification arm): "
+        "every kept trace is a positive, correct or not",
+    )
+    synthetic: bool = Field(
+        default=True,
+        description="train on the harvested positives; false (the lab's anchors_only control): as many human "
+        "anchors as the mix would have had examples, and no traces",
+    )
     decontamination_ngram: int = Field(default=8, gt=0, description="shared token n-gram with a benchmark prompt")
     dedup: DedupConfig = DedupConfig()
     filters: FilterConfig = FilterConfig()
@@ -257,6 +268,11 @@ class GateConfig(Strict):
         default=0.0, description="promote only if the overall delta's 95% CI lower bound >= this"
     )
     max_regression: float = Field(default=0.05, ge=0, description="no suite's accuracy may drop by more than this")
+    always_promote: bool = Field(
+        default=False,
+        description="promote every candidate with a complete report, better or not: for experiments that study the "
+        "loop's own dynamics (`flywheel lab`'s collapse arms), never for a model that serves",
+    )
     require_approval: bool = Field(
         default=False,
         description="hold a promotion that passed the gate until a named person approves it (flywheel approve)",

@@ -166,9 +166,12 @@ class Harvester:
         # Exact duplicates (normalized prompt + completion), across the whole quarter.
         seen = self.seen
         reached = 0
+        exact = self.cfg.dedup.exact
         for i in range(n):
             if drop[i] is None:
                 reached += 1
+                if not exact:
+                    continue
                 key = hashlib.blake2b(exact_key(prompts[i], completions_r[i]), digest_size=12).digest()
                 if key in seen:
                     drop[i] = "exact_duplicate"
@@ -178,9 +181,12 @@ class Harvester:
         t = self._timed("exact_dedup", t)
 
         labels: list[str] = []
+        trust_all = not self.cfg.verify  # the no_verification experiment: every kept trace trains
         for i in range(n):
             if drop[i] is not None:
                 labels.append("dropped")
+            elif trust_all:
+                labels.append("positive")
             elif correct[i] is None:
                 labels.append("unverifiable")
             else:
@@ -312,6 +318,8 @@ def build_training_dataset(
             f"{dict(sorted(labels.items()))}); the deployed model solved none of this quarter's problems"
         )
     n_anchor = anchors_needed(len(positives), cfg.anchor_fraction, cfg.min_training_examples)
+    if not cfg.synthetic:  # the anchors-only control: as many examples as the mix, all of them human
+        n_anchor, positives = len(positives) + n_anchor, []
     if n_anchor > len(anchors):
         raise ValueError(
             f"harvest needs {n_anchor} anchor examples for anchor_fraction={cfg.anchor_fraction}, got {len(anchors)}"

@@ -22,6 +22,13 @@ def decide_promotion(comparisons: list[SuiteComparison], gate: GateConfig, expec
             return GateDecision(False, False, f"benchmark report has non-finite figures for suite {c.suite!r}")
     overall = by_suite["overall"]
     low = overall.delta_ci[0]
+    if gate.always_promote:
+        return GateDecision(
+            True,
+            True,
+            f"gate.always_promote: promoted whatever its delta ({overall.delta:+.3f}, 95% CI {low:+.3f}.."
+            f"{overall.delta_ci[1]:+.3f})",
+        )
     if overall.delta <= 0:
         return GateDecision(
             False, True, f"overall delta {overall.delta:+.3f}: the candidate is not better than the champion"

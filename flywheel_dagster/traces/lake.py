@@ -181,7 +181,9 @@ class PartitionWriter:
             out.write(content)
         self._rows[name] = 0
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         for writer, stream in self._writers.values():
             writer.close()
             stream.close()

@@ -125,7 +125,9 @@ def train_candidate(
         ]
         if method == "sft":
             return run_sft(champion_dir, train, eval_rows=val or None, **common)
-        pairs = train_split(lake.read_table(TrainingSet.TABLE, cycle, TrainingSet.PAIRS), ["prompt", "chosen", "rejected"])
+        pairs = train_split(
+            lake.read_table(TrainingSet.TABLE, cycle, TrainingSet.PAIRS), ["prompt", "chosen", "rejected"]
+        )
         if not pairs:
             raise ValueError(
                 f"training.method 'redi' needs positive/negative pairs of the same prompt; training_dataset {cycle} "
@@ -133,7 +135,9 @@ def train_candidate(
             )
         return run_redi(champion_dir, train, pairs, **common)
     op = cfg.training.on_policy
-    prompts = on_policy_prompts(lake.read_table(TrainingSet.TABLE, cycle, TrainingSet.PROMPTS), op.max_prompts, op.prompts)
+    prompts = on_policy_prompts(
+        lake.read_table(TrainingSet.TABLE, cycle, TrainingSet.PROMPTS), op.max_prompts, op.prompts
+    )
     if not prompts:
         which = " the champion both solved and failed (on_policy.prompts: mixed)" if op.prompts == "mixed" else ""
         raise ValueError(

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     )
     from transformers.trainer_utils import TrainOutput
 
+
 def check_rows(rows: list[dict[str, str]], keys: tuple[str, ...], what: str) -> None:
     if not rows:
         raise ValueError(f"{what} is empty; expected at least one row with {list(keys)}")
