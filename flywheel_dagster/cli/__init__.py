@@ -15,6 +15,7 @@ render.py prints, commands.py holds the typer app.
 
 from flywheel_dagster.cli.commands import app
 from flywheel_dagster.cli.runs import run_cycle
-from flywheel_dagster.cli.session import INSTANCE_YAML, Session, ensure_instance_dir, quiet_libraries
+from flywheel_dagster.cli.session import Session
+from flywheel_dagster.code_location import INSTANCE_YAML, ensure_instance_dir, quiet_libraries
 
 __all__ = ["INSTANCE_YAML", "Session", "app", "ensure_instance_dir", "quiet_libraries", "run_cycle"]

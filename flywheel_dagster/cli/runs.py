@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from flywheel_dagster.cli.render import console
 from flywheel_dagster.cli.session import Session
+from flywheel_dagster.code_location import failure_reason, run_job
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -33,37 +34,6 @@ def bootstrap_base(s: Session) -> None:
         )
     else:
         console.print(f"bootstrap: base already registered ({res.ref.name} v{res.ref.version}); reusing it")
-
-
-def failure_reason(result: dg.ExecuteInProcessResult) -> str:
-    """The first failed step and the error its code raised."""
-    for event in result.all_events:
-        if event.is_step_failure:
-            err = event.step_failure_data.error
-            return f"{event.step_key}: {(err.cause or err).message.strip()}"
-    return "see the run in the Dagster UI"
-
-
-def run_job(defs: dg.Definitions, name: str, partition_key: str) -> tuple[dg.ExecuteInProcessResult, dict[str, float]]:
-    """Execute one of the code location's jobs for a partition, in process on the persistent instance (errors
-    quiet, none raised): its result and seconds per step, asset steps by name and the asset checks (monitors,
-    PII, overlap, gate, approval) summed as one "checks" entry."""
-    import dagster as dg
-
-    job = defs.resolve_job_def(name)
-    with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            partition_key=partition_key,
-            instance=instance,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-        )
-        assets = {k.path[-1] for k in job.asset_layer.executable_asset_keys}
-        steps: dict[str, float] = {}
-        for st in instance.get_run_step_stats(result.run_id):
-            step = st.step_key if st.step_key in assets else "checks"
-            steps[step] = steps.get(step, 0.0) + (st.end_time or 0) - (st.start_time or 0)
-    return result, steps
 
 
 def run_cycle(s: Session, defs: dg.Definitions, quarter: str) -> dict:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from flywheel_dagster.cli.render import console
+from flywheel_dagster.code_location import ensure_instance_dir, quiet_libraries
 from flywheel_dagster.config import (
     CONFIG_ENV,
     HOME_ENV,
@@ -41,38 +42,6 @@ class Session:
         from flywheel_dagster.traces.lake import Lake
 
         return Lake(str(self.home / "lake"))
-
-
-# The embedded instance (SQLite): no telemetry; runs launched from the UI wait in a queue and run one at a
-# time, since cycles share the registry's champion alias: a backfill of several quarters then runs them in
-# quarter order (each cycle's deployment waits for the one before it).
-INSTANCE_YAML = "telemetry:\n  enabled: false\nrun_queue:\n  max_concurrent_runs: 1\n"
-
-
-def ensure_instance_dir(dagster_home: Path) -> None:
-    """The embedded Dagster instance's folder, with a dagster.yaml (INSTANCE_YAML) unless it has one."""
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    cfg = dagster_home / "dagster.yaml"
-    if not cfg.exists():
-        cfg.write_text(INSTANCE_YAML)
-
-
-def quiet_libraries() -> None:
-    """Keep the terminal for the flywheel's own progress: no library progress bars, INFO logs or warnings."""
-    import logging
-    import warnings
-
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    warnings.filterwarnings("ignore")
-    for name in ("mlflow", "alembic", "dagster", "transformers", "datasets"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 def open_session(home: Path | None, config: Path | None, preset: str | None) -> Session:

@@ -1,0 +1,98 @@
+"""flywheel lab: arms as config overlays, the lead-time arithmetic, and a small real lab that is killed and resumed."""
+
+from datetime import date
+
+import pytest
+
+from flywheel_dagster.config import build_config
+from flywheel_dagster.lab.analysis import outcome, serving_curve
+from flywheel_dagster.lab.arms import ArmError, select_arms
+from flywheel_dagster.lab.runner import first_quarter, prepare, quarter_keys
+
+
+def test_built_in_arms_are_overlays_of_one_base(tmp_path):
+    base = build_config({"preset": "playground"}).model_dump(mode="json")
+    arms = {a.name: a for a in select_arms(None, 8)}
+    assert list(arms) == [
+        "full",
+        "full_gated",
+        "no_verification",
+        "no_anchors",
+        "no_dedup",
+        "anchors_only",
+        "sft_then_rl",
+    ]
+    cfg = {name: build_config(arm.config(base, 1)) for name, arm in arms.items()}
+    assert cfg["full"].gate.always_promote and not cfg["full_gated"].gate.always_promote
+    assert not cfg["no_verification"].harvest.verify and cfg["full"].harvest.verify
+    assert cfg["no_anchors"].harvest.anchor_fraction == 0.0
+    assert not cfg["no_dedup"].harvest.dedup.exact and not cfg["no_dedup"].harvest.dedup.near_duplicates
+    assert not cfg["anchors_only"].harvest.synthetic
+    # everything an arm does not set is the base's
+    assert all(c.traffic == cfg["full_gated"].traffic for c in cfg.values())
+    rl = arms["sft_then_rl"]
+    assert [build_config(rl.config(base, k)).training.method for k in range(1, 9)] == ["sft"] * 4 + ["grpo"] * 4
+    assert build_config(rl.config(base, 5)).training.on_policy.prompts == "mixed"
+
+
+def test_user_arms_and_their_errors(tmp_path):
+    base = build_config({"preset": "playground"}).model_dump(mode="json")
+    f = tmp_path / "arms.yaml"
+    f.write_text("hot:\n  description: hotter traffic\n  overlay: {traffic: {temperature: 1.5}}\n")
+    (hot,) = select_arms(["hot"], 2, f)
+    assert build_config(hot.config(base, 1)).traffic.temperature == 1.5
+    assert [a.name for a in select_arms(None, 2, f)][-1] == "hot"
+    with pytest.raises(ArmError, match=r"unknown arms \['nope'\]"):
+        select_arms(["nope"], 2)
+    f.write_text("full:\n  overlay: {}\n")
+    with pytest.raises(ArmError, match="shadow built-in arms"):
+        select_arms(None, 2, f)
+    f.write_text("typo:\n  overlay: {traffic: {temprature: 1.5}}\n")
+    with pytest.raises(ArmError, match=r"(?s)lab arm typo, cycle 1.*traffic.temprature: unknown field"):
+        prepare(tmp_path / "lab", base, select_arms(["typo"], 2, f), 2)
+
+
+def test_quarters_and_a_resumed_lab_keeps_its_start_and_refuses_changed_arms(tmp_path):
+    assert first_quarter(8, date(2026, 12, 3)) == "2024-10-01"
+    assert quarter_keys("2024-10-01", 3) == ["2024-10-01", "2025-01-01", "2025-04-01"]
+    base = build_config({"preset": "playground"}).model_dump(mode="json")
+    lab = prepare(tmp_path, base, select_arms(["full"], 2), 2)
+    again = prepare(tmp_path, base, select_arms(["full", "no_dedup"], 2), 2)
+    assert again.quarters == lab.quarters and len(lab.quarters) == 2
+    f = tmp_path / "arms.yaml"
+    f.write_text("mine:\n  overlay: {traffic: {temperature: 1.5}}\n")
+    prepare(tmp_path, base, select_arms(["mine"], 2, f), 2)
+    f.write_text("mine:\n  overlay: {traffic: {temperature: 0.5}}\n")
+    with pytest.raises(ArmError, match="arm 'mine' changed since it ran"):
+        prepare(tmp_path, base, select_arms(["mine"], 2, f), 2)
+
+
+def _row(cycle, champion, candidate, decision="promoted", **monitors):
+    overall = {
+        "champion": champion,
+        "champion_ci": [champion - 0.02, champion + 0.02],
+        "candidate": candidate,
+        "candidate_ci": [candidate - 0.02, candidate + 0.02],
+        "delta": candidate - champion,
+        "delta_ci": [0, 0],
+    }
+    healthy = {"distinct_3": 0.5, "near_duplicate_rate": 0.1, "answer_diversity": 0.3, "verified_accuracy": 0.4}
+    return {"cycle": cycle, "suites": {"overall": overall}, "decision": decision, "monitors": healthy | monitors}
+
+
+def test_lead_time_misses_and_false_alarms():
+    levels = build_config({}).harvest.monitors
+    # warned at cycle 2 (distinct-3 below 0.05), dropped more than 2 points below the best at cycle 4: lead 2
+    collapse = [_row(1, 0.30, 0.34), _row(2, 0.34, 0.35, distinct_3=0.04), _row(3, 0.35, 0.34), _row(4, 0.34, 0.30)]
+    o = outcome(collapse, levels)
+    assert (o.first_warning, o.warned_by, o.first_drop, o.lead, o.verdict) == (2, ["distinct_3"], 4, 2, "lead 2")
+    # a drop the monitors never saw
+    o = outcome([_row(1, 0.30, 0.34), _row(2, 0.34, 0.31)], levels)
+    assert (o.first_drop, o.verdict) == (2, "missed")
+    # a warning with no drop after it
+    o = outcome([_row(1, 0.30, 0.34, length_ks=0.4), _row(2, 0.34, 0.35)], levels)
+    assert (o.first_warning, o.warned_by, o.verdict) == (1, ["length_ks"], "false alarm")
+    # a rejected candidate leaves the champion serving: no drop however bad the candidate
+    gated = [_row(1, 0.30, 0.34), _row(2, 0.34, 0.20, decision="rejected")]
+    assert [p.accuracy for p in serving_curve(gated)] == [0.30, 0.34, 0.34]
+    assert outcome(gated, levels).verdict == "quiet"
