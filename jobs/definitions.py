@@ -19,6 +19,7 @@ from flywheel_dagster.config import ComputeConfig, FlywheelConfig, load_config
 from flywheel_dagster.partitions import quarterly_partitions
 from flywheel_dagster.resources import FlywheelConfigResource, resources_for
 from jobs.cycle import cycle_jobs
+from jobs.lab import lab_job
 
 
 def executor_for(compute: ComputeConfig) -> dg.ExecutorDefinition:
@@ -40,7 +41,7 @@ def build_defs(cfg: FlywheelConfig, profile: str | None = None) -> dg.Definition
     return dg.Definitions(
         assets=stages.assets,
         asset_checks=stages.checks,
-        jobs=[cycle_job, release_job],
+        jobs=[cycle_job, release_job, lab_job],
         schedules=[schedule],
         resources=resources,
         executor=executor_for(cfg.compute),

@@ -96,3 +96,47 @@ def test_lead_time_misses_and_false_alarms():
     gated = [_row(1, 0.30, 0.34), _row(2, 0.34, 0.20, decision="rejected")]
     assert [p.accuracy for p in serving_curve(gated)] == [0.30, 0.34, 0.34]
     assert outcome(gated, levels).verdict == "quiet"
+
+
+@pytest.mark.slow
+def test_a_small_lab_killed_mid_run_resumes_where_it_stopped(tmp_path, trained_flywheel):
+    """2 arms x 2 cycles of the tiny flywheel through `flywheel lab`: kill it once the first arm has finished a
+    cycle, run it again, and every arm ends with both cycles, the finished one untouched."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+    from conftest import REPO, TINY
+
+    base_dir = trained_flywheel.registry.local_path(trained_flywheel.base.ref)
+    config = tmp_path / "flywheel.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "model": {"kind": "hf", "hf_path": str(base_dir), "max_length": 128}}))
+    folder = tmp_path / "lab"
+    flywheel = str(Path(sys.executable).parent / "flywheel")
+    cmd = [flywheel, "lab", "--folder", str(folder), "--cycles", "2", "--arms", "full,no_verification"]
+    cmd += ["--config", str(config), "--full-size", "--workers", "2"]
+    first = folder / "arms" / "full" / "cycles.jsonl"
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while not (first.exists() and first.read_text().strip()) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = first.read_text().splitlines()
+    assert len(kept) >= 1, (folder / "arms" / "full" / "log.txt").read_text()
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "full: starting at cycle 2 of 2" in again.stdout or "full: 2 cycles already done" in again.stdout
+    for arm in ("full", "no_verification"):
+        rows = [json.loads(line) for line in (folder / "arms" / arm / "cycles.jsonl").read_text().splitlines()]
+        assert [r["cycle"] for r in rows] == [1, 2], arm
+        assert all(r["decision"] == "promoted" for r in rows)  # both arms always promote
+    assert (folder / "arms" / "full" / "cycles.jsonl").read_text().splitlines()[0] == kept[0]
+    table = (folder / "lab.md").read_text()
+    assert "| full |" in table and "| no_verification |" in table and (folder / "lab.png").stat().st_size > 10_000

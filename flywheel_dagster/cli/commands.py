@@ -385,35 +385,24 @@ def lab(
     preset: PresetOpt = None,
 ) -> None:
     """Run several arms of the same flywheel side by side for N cycles from one base: converge or collapse?"""
-    import os
-
     from flywheel_dagster.config import ConfigError, load_config
-    from flywheel_dagster.lab import report
-    from flywheel_dagster.lab.arms import ArmError, merged, select_arms
-    from flywheel_dagster.lab.runner import PLAYGROUND_LAB_SIZE, bootstrap_base, prepare, run_lab
+    from flywheel_dagster.lab import ArmError, open_lab, run
 
     try:
-        cfg = load_config(config, preset=preset)
-        base = cfg.model_dump(mode="json")
-        if cfg.preset == "playground" and not full_size:
-            base = merged(base, PLAYGROUND_LAB_SIZE)
-        chosen = select_arms([a.strip() for a in arms.split(",")] if arms else None, cycles, arms_file)
-        the_lab = prepare(folder.resolve(), base, chosen, cycles)
+        the_lab = open_lab(
+            folder,
+            load_config(config, preset=preset),
+            cycles,
+            [a.strip() for a in arms.split(",")] if arms else None,
+            arms_file,
+            full_size,
+        )
     except (ConfigError, ArmError) as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from None
-    workers = workers or max(1, (os.cpu_count() or 2) // 2)
-    started = time.perf_counter()
-    console.print(
-        f"lab {the_lab.folder}: {len(chosen)} arms x {cycles} cycles ({the_lab.quarters[0]} .. "
-        f"{the_lab.quarters[-1]}), {workers} at a time"
-    )
-    with console.status("[bold]lab[/bold]: bootstrapping the base model every arm starts from"):
-        bootstrap_base(the_lab)
-    outcome = run_lab(the_lab, workers, say=console.print)
-    md, png = report.write(the_lab)
-    console.print(md.read_text())
-    console.print(f"lab finished in {time.perf_counter() - started:.0f}s: table {md}, figure {png}")
-    if any(v != "done" for v in outcome.values()):
+    done = run(the_lab, workers, say=console.print)
+    console.print(done.table.read_text())
+    console.print(f"lab finished in {done.seconds:.0f}s: table {done.table}, figure {done.figure}")
+    if any(v != "done" for v in done.outcome.values()):
         console.print("[yellow]some arms stopped; run the same command again to resume them[/yellow]")
         raise typer.Exit(1)
