@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from flywheel_dagster.config import build_config
 from flywheel_dagster.curation.monitors import MONITORS
@@ -162,7 +162,7 @@ def run_lab(lab: Lab, workers: int = 1, say: Callable[[str], None] = print) -> d
             say(f"lab: {arm.name}: {lab.cycles} cycles already done")
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    running: dict[str, tuple[subprocess.Popen, float, IO[str]]] = {}
     outcome: dict[str, str] = {a.name: "done" for a in lab.arms if a.name not in todo}
     while todo or running:
         while todo and len(running) < max(workers, 1):
@@ -176,12 +176,13 @@ def run_lab(lab: Lab, workers: int = 1, say: Callable[[str], None] = print) -> d
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-            running[name] = (proc, time.perf_counter())
+            running[name] = (proc, time.perf_counter(), log)
         time.sleep(0.5)
-        for name, (proc, started) in list(running.items()):
+        for name, (proc, started, log) in list(running.items()):
             if proc.poll() is None:
                 continue
             del running[name]
+            log.close()
             done = len(lab.finished(name))
             if proc.returncode == 0 and done >= lab.cycles:
                 outcome[name] = "done"
