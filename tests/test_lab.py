@@ -92,6 +92,10 @@ def test_lead_time_misses_and_false_alarms():
     # a warning with no drop after it
     o = outcome([_row(1, 0.30, 0.34, length_ks=0.4), _row(2, 0.34, 0.35)], levels)
     assert (o.first_warning, o.warned_by, o.verdict) == (1, ["length_ks"], "false alarm")
+    # a dip inside the benchmark's noise (its CI reaches the best so far) is not a drop
+    noisy = [_row(1, 0.30, 0.34), _row(2, 0.34, 0.31)]
+    noisy[1]["suites"]["overall"]["candidate_ci"] = [0.25, 0.37]
+    assert outcome(noisy, levels).verdict == "quiet"
     # a rejected candidate leaves the champion serving: no drop however bad the candidate
     gated = [_row(1, 0.30, 0.34), _row(2, 0.34, 0.20, decision="rejected")]
     assert [p.accuracy for p in serving_curve(gated)] == [0.30, 0.34, 0.34]

@@ -3,7 +3,8 @@ warned, when accuracy first dropped, and the monitors' lead time, misses and fal
 
 - *Serving accuracy* after cycle k: the candidate's held-out pass@1 if it was promoted, else the champion's
   (the same model as after cycle k-1). Cycle 0 is the base model.
-- *A drop*: the first cycle whose serving accuracy is more than `drop` (default 2 points) below the best so far.
+- *A drop*: the first cycle whose serving accuracy is more than `drop` (default 2 points) below the best so far,
+  with its whole 95% CI below that best (a dip inside the benchmark's noise is not a drop).
 - *A warning*: the first cycle at which any monitor reached its warn (or block) level, judged against the
   lab's base config. A monitor at cycle k judged the traces the cycle-(k-1) model generated, before the
   cycle-k model trained on them: a warning at the drop's own cycle came in time to stop it.
@@ -45,10 +46,10 @@ def serving_curve(rows: list[dict[str, Any]]) -> list[Point]:
 
 
 def first_drop(points: list[Point], drop: float = DROP) -> int | None:
-    """The first cycle whose accuracy is more than `drop` below the best before it."""
+    """The first cycle whose accuracy is more than `drop` below the best before it, its CI wholly below that best."""
     best = None
     for p in points:
-        if best is not None and p.accuracy < best - drop:
+        if best is not None and p.accuracy < best - drop and p.ci[1] < best:
             return p.cycle
         best = p.accuracy if best is None else max(best, p.accuracy)
     return None

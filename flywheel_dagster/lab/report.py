@@ -17,7 +17,7 @@ def table(lab: Lab) -> str:
     levels = build_config(lab.base, source="lab base").harvest.monitors
     head = " | ".join(f"c{k}" for k in range(lab.cycles + 1))
     lines = [
-        f"| arm | {head} | last [95% CI] | first warning | first drop (> {DROP * 100:.0f} pts) | monitors | "
+        f"| arm | {head} | last [95% CI] | first warning | first drop (> {DROP * 100:.0f} pts, CI below) | monitors | "
         "tokens trained | wall s |",
         "|---|" + "---|" * (lab.cycles + 1) + "---|---|---|---|---|---|",
     ]
