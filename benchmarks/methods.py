@@ -120,7 +120,7 @@ def main() -> None:
 
     from flywheel_dagster import cycle as core
     from flywheel_dagster.bootstrap import bootstrap
-    from flywheel_dagster.config import build_config, load_config
+    from flywheel_dagster.config import build_config, load_config, merged
     from flywheel_dagster.engines.transformers_engine import load_engine
     from flywheel_dagster.evaluation.benchmark import compare_evaluations, evaluate
     from flywheel_dagster.evaluation.fmt import with_ci
@@ -275,15 +275,6 @@ def positives_share(lake, quarter: str, share: float, root: Path):  # noqa: ANN0
     out.write_partition(TrainingSet.TABLE, quarter, files)
     positives = sum(1 for o, k in zip(examples["origin"].to_pylist(), keep, strict=True) if k and o != "human")
     print(f"  {share:g} of the positives: {positives} examples, {files[TrainingSet.PAIRS].num_rows} pairs")
-    return out
-
-
-def merged(base: dict, overrides: dict) -> dict:
-    """The config's section with a variant's settings on top, field by field (a preset's on_policy.temperature
-    stays unless the variant sets it)."""
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return out
 
 

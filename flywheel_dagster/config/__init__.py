@@ -9,11 +9,19 @@ A config file picks a preset and overrides any field of it:
 Unknown fields are errors (a typo must not silently fall back to a default).
 
 The modules: `stages` and `operations` (the sections), `models` (the whole file, `FlywheelConfig`),
-`presets` (`PRESETS`) and `loading` (`load_config`, `build_config`); everything is re-exported here.
+`presets` (`PRESETS`) and `loading` (`load_config`, `build_config`, `merged`); everything is re-exported here.
 """
 
 from flywheel_dagster.config.base import ConfigError
-from flywheel_dagster.config.loading import CONFIG_ENV, HOME_ENV, PRESET_ENV, build_config, flywheel_home, load_config
+from flywheel_dagster.config.loading import (
+    CONFIG_ENV,
+    HOME_ENV,
+    PRESET_ENV,
+    build_config,
+    flywheel_home,
+    load_config,
+    merged,
+)
 from flywheel_dagster.config.models import FlywheelConfig
 from flywheel_dagster.config.operations import (
     ComputeConfig,
@@ -49,6 +57,7 @@ from flywheel_dagster.config.stages import (
 )
 
 __all__ = [
+    "merged",
     "CONFIG_ENV",
     "CPU_KV_CACHE_BYTES",
     "HOME_ENV",

@@ -20,13 +20,15 @@ HOME_ENV = "FLYWHEEL_HOME"
 PRESET_ENV = "FLYWHEEL_PRESET"
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merged(base: dict[str, Any], *overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with each override merged in, field by field (a nested section keeps what it does not set)."""
     out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
+    for override in overrides:
+        for key, value in override.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = value
     return out
 
 
@@ -57,7 +59,7 @@ def build_config(
         )
     overrides["preset"] = name
     try:
-        return FlywheelConfig.model_validate(_merge(PRESETS[name], overrides))
+        return FlywheelConfig.model_validate(merged(PRESETS[name], overrides))
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flywheel_dagster.config import FlywheelConfig
-from flywheel_dagster.lab.arms import ArmError, merged, select_arms
+from flywheel_dagster.config import FlywheelConfig, merged
+from flywheel_dagster.lab.arms import ArmError, select_arms
 from flywheel_dagster.lab.runner import PLAYGROUND_LAB_SIZE, Lab, prepare, run_lab
 
 __all__ = ["ArmError", "LabRun", "open_lab", "run"]

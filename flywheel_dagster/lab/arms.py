@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from flywheel_dagster.config import ConfigError, build_config
+from flywheel_dagster.config import ConfigError, build_config, merged
 
 ALWAYS_PROMOTE: dict[str, Any] = {"gate": {"always_promote": True}}
 # The on-policy setting that came closest to gaining on the playground (docs/distill.md, grpo-mixed-8-e3).
@@ -34,18 +34,6 @@ RL_AFTER_SFT: dict[str, Any] = {
 
 class ArmError(ValueError):
     """An arm that cannot run: a bad arms file, an unknown arm, an overlay the config refuses."""
-
-
-def merged(base: dict[str, Any], *overlays: dict[str, Any]) -> dict[str, Any]:
-    """`base` with each overlay merged in, field by field (a nested section keeps the fields it does not set)."""
-    out = dict(base)
-    for overlay in overlays:
-        for key, value in overlay.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merged(out[key], value)
-            else:
-                out[key] = value
-    return out
 
 
 @dataclass(frozen=True)

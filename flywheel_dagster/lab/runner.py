@@ -29,9 +29,9 @@ from datetime import date
 from pathlib import Path
 from typing import IO, Any
 
-from flywheel_dagster.config import build_config
+from flywheel_dagster.config import build_config, merged
 from flywheel_dagster.curation.monitors import MONITORS
-from flywheel_dagster.lab.arms import Arm, ArmError, check_arm, merged
+from flywheel_dagster.lab.arms import Arm, ArmError, check_arm
 
 LAB_FILE = "lab.json"
 CYCLES_FILE = "cycles.jsonl"

@@ -30,6 +30,7 @@ def load_lab(folder: Path, cycles: int) -> Lab:
 
 def cycle_figures(lake: Any, quarter: str) -> dict[str, Any]:  # noqa: ANN401 - a Lake
     """What the lab keeps of a finished cycle: accuracies with CIs, the decision, monitors, tokens."""
+    from flywheel_dagster.curation.monitors import MONITORS
     from flywheel_dagster.records import REASONING_TRACES, BenchmarkReport, Candidate, Decision, HarvestedSet
 
     report = BenchmarkReport.read(lake, quarter)
@@ -43,10 +44,7 @@ def cycle_figures(lake: Any, quarter: str) -> dict[str, Any]:  # noqa: ANN401 - 
             for s in report.suites
         },
         "decision": decision.decision,
-        "monitors": {
-            k: monitors.get(k)
-            for k in ("distinct_3", "near_duplicate_rate", "answer_diversity", "length_ks", "verified_accuracy")
-        },
+        "monitors": {name: monitors.get(name) for name in MONITORS},
         "tokens_generated_at_deploy": int(sum(traces.column("tokens").to_pylist())),
         "tokens_trained": candidate.tokens_trained,
         "tokens_generated_in_training": candidate.tokens_generated,

@@ -15,7 +15,14 @@ from __future__ import annotations
 import random
 import re
 
-from flywheel_dagster.tasks.base import ParsedCompletion, Problem, Verdict
+from flywheel_dagster.tasks.base import (
+    ParsedCompletion,
+    Problem,
+    Verdict,
+    chatml_format_violation,
+    draw_held_out,
+    generated_benchmark,
+)
 
 SUITES = ["add_2d", "sub_2d", "mul_1d", "add_3d", "sub_3d", "mul_2d"]
 INSTRUCTION = "Give the final answer on its own line as '#### <number>'."
@@ -99,25 +106,10 @@ class ArithmeticTask:
         return list(SUITES)
 
     def benchmark(self, problems_per_suite: int, seed: int) -> list[Problem]:
-        out: list[Problem] = []
-        for suite in SUITES:
-            # One stream per suite: a smaller benchmark is a prefix of a larger one.
-            rng = random.Random(f"arithmetic-benchmark-{seed}-{suite}")
-            seen: set[str] = set()
-            while len(seen) < problems_per_suite:
-                p = random_problem(suite, rng)
-                if p.problem_id not in seen:
-                    seen.add(p.problem_id)
-                    out.append(p)
-        return out
+        return generated_benchmark(SUITES, problems_per_suite, f"arithmetic-benchmark-{seed}", random_problem)
 
     def _draw(self, n: int, rng: random.Random) -> list[Problem]:
-        out: list[Problem] = []
-        while len(out) < n:
-            p = random_problem(SUITES[len(out) % len(SUITES)], rng)
-            if p.problem_id not in self._held_out:
-                out.append(p)
-        return out
+        return draw_held_out(SUITES, n, rng, random_problem, self._held_out)
 
     def traffic(self, cycle_index: int, n: int) -> list[Problem]:
         return self._draw(n, random.Random(f"arithmetic-traffic-{self.seed}-{cycle_index}"))
@@ -164,8 +156,4 @@ class ArithmeticTask:
         return f"<|im_start|>user\n{q}\n{INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"
 
     def format_violation(self, prompt: str, completion: str) -> str | None:
-        if "<|im_start|>" in completion or "<|im_end|>" in completion.rstrip().removesuffix("<|im_end|>"):
-            return "completion contains chat-template tokens"
-        if not prompt.strip():
-            return "empty prompt"
-        return None
+        return chatml_format_violation(prompt, completion)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -83,3 +85,43 @@ class TaskSource(Protocol):
 
     teacher_template: str
     """The on-policy self-distillation teacher's prompt: `{prompt}` and `{privileged_context}` (the solution)."""
+
+
+def generated_benchmark(
+    suites: list[str], per_suite: int, stream: str, make: Callable[[str, random.Random], Problem]
+) -> list[Problem]:
+    """`per_suite` distinct generated problems a suite, one random stream per suite (`{stream}-{suite}`): a
+    smaller benchmark is a prefix of a larger one, so the held-out set excluded from traffic and anchors covers
+    every size up to the configured one."""
+    out: list[Problem] = []
+    for suite in suites:
+        rng = random.Random(f"{stream}-{suite}")
+        seen: set[str] = set()
+        while len(seen) < per_suite:
+            p = make(suite, rng)
+            if p.problem_id not in seen:
+                seen.add(p.problem_id)
+                out.append(p)
+    return out
+
+
+def draw_held_out(
+    suites: list[str], n: int, rng: random.Random, make: Callable[[str, random.Random], Problem], held_out: set[str]
+) -> list[Problem]:
+    """`n` generated problems, the suites in turn, none of them in `held_out`."""
+    out: list[Problem] = []
+    while len(out) < n:
+        p = make(suites[len(out) % len(suites)], rng)
+        if p.problem_id not in held_out:
+            out.append(p)
+    return out
+
+
+def chatml_format_violation(prompt: str, completion: str) -> str | None:
+    """Why a ChatML prompt/completion pair does not fit training, or None: chat-template tokens inside the
+    completion (a closing <|im_end|> is fine), or an empty prompt."""
+    if "<|im_start|>" in completion or "<|im_end|>" in completion.rstrip().removesuffix("<|im_end|>"):
+        return "completion contains chat-template tokens"
+    if not prompt.strip():
+        return "empty prompt"
+    return None

@@ -9,7 +9,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from flywheel_dagster.tasks.base import ParsedCompletion, Problem, Verdict
+from flywheel_dagster.tasks.base import ParsedCompletion, Problem, Verdict, chatml_format_violation
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "gsm8k"
 
@@ -140,11 +140,7 @@ class GSM8KTask:
         return PROMPT_FORMATS[self.prompt_format].format(question=question.replace(_INSTRUCTION, "").strip())
 
     def format_violation(self, prompt: str, completion: str) -> str | None:
-        if "<|im_start|>" in completion or "<|im_end|>" in completion.rstrip().removesuffix("<|im_end|>"):
-            return "completion contains chat-template tokens"
-        if not prompt.strip():
-            return "empty prompt"
-        return None
+        return chatml_format_violation(prompt, completion)
 
 
 def _question_key(question: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import re
 
-from flywheel_dagster.tasks.base import ParsedCompletion, Problem, Verdict
+from flywheel_dagster.tasks.base import ParsedCompletion, Problem, Verdict, draw_held_out, generated_benchmark
 
 EASY_SUITES = ["add_short", "sub_short", "mul_2x1"]
 HARD_SUITES = ["add_long", "sub_long", "mul_3x1"]
@@ -143,26 +143,10 @@ class PlaygroundTask:
         return list(SUITES)
 
     def benchmark(self, problems_per_suite: int, seed: int) -> list[Problem]:
-        out: list[Problem] = []
-        for suite in SUITES:
-            # One stream per suite: a smaller benchmark is a prefix of a larger one, so the held-out set
-            # excluded from traffic and anchors covers every size up to the configured one.
-            rng = random.Random(f"benchmark-{seed}-{suite}")
-            seen: set[str] = set()
-            while len(seen) < problems_per_suite:
-                p = random_problem(suite, rng)
-                if p.problem_id not in seen:
-                    seen.add(p.problem_id)
-                    out.append(p)
-        return out
+        return generated_benchmark(SUITES, problems_per_suite, f"benchmark-{seed}", random_problem)
 
     def _draw(self, suites: list[str], n: int, rng: random.Random) -> list[Problem]:
-        out: list[Problem] = []
-        while len(out) < n:
-            p = random_problem(suites[len(out) % len(suites)], rng)
-            if p.problem_id not in self._held_out:
-                out.append(p)
-        return out
+        return draw_held_out(suites, n, rng, random_problem, self._held_out)
 
     def traffic(self, cycle_index: int, n: int) -> list[Problem]:
         return self._draw(SUITES, n, random.Random(f"traffic-{self.seed}-{cycle_index}"))
