@@ -377,7 +377,7 @@ def lab(
         str | None, typer.Option(help="comma-separated arms (default: every built-in arm, then the file's)")
     ] = None,
     arms_file: Annotated[Path | None, typer.Option(help="a YAML file of your own arms (config overlays)")] = None,
-    workers: Annotated[int, typer.Option(min=0, help="arms run at once (0: one per two cores)")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="arms run at once, sharing the cores (0: one per core)")] = 0,
     full_size: Annotated[
         bool, typer.Option(help="the preset's own sizes (default on the playground: the lab's smaller cycles)")
     ] = False,

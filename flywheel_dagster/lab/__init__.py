@@ -44,12 +44,12 @@ def open_lab(
 
 
 def run(lab: Lab, workers: int = 0, say: Callable[[str], None] = print) -> LabRun:
-    """Bootstrap the base once, run every arm's missing cycles (`workers` at a time; 0: one per two cores), then
-    write the table and the figure."""
+    """Bootstrap the base once, run every arm's missing cycles (`workers` at a time, sharing the cores; 0: one
+    per core, up to one per arm), then write the table and the figure."""
     from flywheel_dagster.lab import report
 
     started = time.perf_counter()
-    workers = workers or max(1, (os.cpu_count() or 2) // 2)
+    workers = workers or min(os.cpu_count() or 1, len(lab.arms))
     say(
         f"lab {lab.folder}: {len(lab.arms)} arms x {lab.cycles} cycles ({lab.quarters[0]} .. {lab.quarters[-1]}), "
         f"{workers} at a time"

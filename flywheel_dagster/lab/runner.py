@@ -39,7 +39,7 @@ BASE_MODEL_DIR = "model"
 # The default lab's sizes on the playground: 7 arms x 8 cycles within an hour on two cores.
 PLAYGROUND_LAB_SIZE: dict[str, Any] = {
     "traffic": {"problems_per_cycle": 1500},
-    "benchmark": {"problems_per_suite": 100, "samples_per_problem": 2},
+    "benchmark": {"problems_per_suite": 200, "samples_per_problem": 2},
     "training": {"epochs": 2},
 }
 NO_BLOCKING: dict[str, Any] = {"harvest": {"monitors": {field: {"block": None} for field, _ in MONITORS.values()}}}
@@ -160,7 +160,7 @@ def run_lab(lab: Lab, workers: int = 1, say: Callable[[str], None] = print) -> d
     for arm in lab.arms:
         if arm.name not in todo:
             say(f"lab: {arm.name}: {lab.cycles} cycles already done")
-    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))  # workers share the cores
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     running: dict[str, tuple[subprocess.Popen, float, IO[str]]] = {}
     outcome: dict[str, str] = {a.name: "done" for a in lab.arms if a.name not in todo}
