@@ -123,7 +123,7 @@ class TrainingJobResource(dg.ConfigurableResource):
         import json
         import sys
 
-        from flywheel_dagster.training.job import RESULT_FILE
+        from flywheel_dagster.training.job import RESULT_FILE, command
 
         done = Path(job.checkpoint_dir) / RESULT_FILE
         if done.exists() and Path(job.out_dir).is_dir():
@@ -136,20 +136,26 @@ class TrainingJobResource(dg.ConfigurableResource):
             invocation = PipesK8sClient().run(
                 context=context,
                 image=self.image or None,
-                command=["python", "-m", "flywheel_dagster.training.job"],
+                command=command("python", cfg.training.processes),
                 namespace=self.namespace or None,
                 base_pod_spec=training_pod_spec(cfg, self.checkpoint_root, self.checkpoint_claim),
                 extras={"job": job.as_dict()},
             )
         elif self.launcher == "subprocess":
+            processes = FlywheelConfig.model_validate(job.config).training.processes
             invocation = dg.PipesSubprocessClient().run(
                 context=context,
-                command=[self.python or sys.executable, "-m", "flywheel_dagster.training.job"],
+                command=command(self.python or sys.executable, processes),
                 extras={"job": job.as_dict()},
             )
         elif self.launcher == "in_process":
             from flywheel_dagster.training.job import run_job
 
+            if (processes := FlywheelConfig.model_validate(job.config).training.processes) > 1:
+                raise ValueError(
+                    f"training.processes is {processes}, but the in_process launcher trains in this one process; "
+                    "use the subprocess launcher (torchrun) or training.processes 1"
+                )
             context.log.info(f"training {job.cycle} with {job.config['training']['method']} in this process")
             return run_job(job, log=context.log.info)
         else:

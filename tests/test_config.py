@@ -47,6 +47,8 @@ def test_cross_field_rules():
         build_config({"model": {"kind": "hf"}})
     with pytest.raises(ConfigError, match="playground-tiny"):
         build_config({"task": {"source": "gsm8k"}, "model": {"kind": "playground-tiny"}})
+    with pytest.raises(ConfigError, match="batch_size 10 does not divide among training.processes 4"):
+        build_config({"training": {"batch_size": 10, "processes": 4}})
 
 
 def test_yaml_errors_are_clear(tmp_path):

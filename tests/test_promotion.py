@@ -64,7 +64,10 @@ def test_a_candidate_that_passed_becomes_champion_and_the_record_says_so(registr
     assert done.aliases_set == [CHAMPION, cycle_alias(Q)]
     d = done.decision
     assert (d.decision, d.previous_champion, d.candidate, d.champion) == ("promoted", "1", "2", "2")
-    assert d.reason == PASS.reason and d.serving == {"state": "switched", "reason": "v2 serves after 4/4 health prompts"}
+    assert d.reason == PASS.reason and d.serving == {
+        "state": "switched",
+        "reason": "v2 serves after 4/4 health prompts",
+    }
     tags = registry.version_tags("2")
     assert tags["flywheel.decision"] == "promoted" and tags["dagster.decision_run_id"] == "run-7"
     run = registry.client.get_run(registry.cycle_run(Q, 1))

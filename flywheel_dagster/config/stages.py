@@ -245,11 +245,31 @@ class TrainingConfig(Strict):
     seed: int = 0
     checkpoint_every: int = Field(default=50, gt=0, description="steps between checkpoints (a rerun resumes)")
     gpus: int = Field(default=1, ge=0, description="GPUs requested for the training job on Kubernetes")
+    processes: int = Field(
+        default=1,
+        ge=1,
+        description="processes the job trains in, data-parallel (torchrun; one per GPU, so usually = gpus); "
+        "batch_size stays the global batch and must divide among them",
+    )
+    sharding: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="with processes > 1: ddp (a full copy of the model per process) or fsdp (weights, gradients "
+        "and optimizer state sharded across the processes, for a model that does not fit one GPU)",
+    )
     lora: LoraConfig | None = Field(default=None, description="null: full fine-tuning")
     redi: RediConfig = RediConfig()
     on_policy: OnPolicyConfig = OnPolicyConfig()
     opsd: OpsdConfig = OpsdConfig()
     grpo: GrpoConfig = GrpoConfig()
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainingConfig:
+        if self.batch_size % self.processes:
+            raise ValueError(
+                f"training.batch_size {self.batch_size} does not divide among training.processes {self.processes}: "
+                "the global batch is split evenly, so make it a multiple of the processes"
+            )
+        return self
 
 
 class BenchmarkConfig(Strict):

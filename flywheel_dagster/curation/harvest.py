@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from flywheel_dagster.config import HarvestConfig
 from flywheel_dagster.curation import pii
+from flywheel_dagster.curation.batching import paused_gc
 from flywheel_dagster.curation.decontam import BenchmarkIndex
 from flywheel_dagster.curation.dedup import NearDuplicateIndex, exact_key, tokens
 from flywheel_dagster.curation.monitors import MonitorAccumulator
@@ -93,6 +94,10 @@ class Harvester:
 
     def process(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
         """Harvested rows (HARVESTED_SCHEMA) for one batch of traces (TRACE_SCHEMA)."""
+        with paused_gc():
+            return self._process(batch)
+
+    def _process(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
         table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
         n = table.num_rows
         counts = self.stats.counts

@@ -41,6 +41,7 @@ def train_settings(cfg: FlywheelConfig) -> TrainSettings:
         seed=t.seed,
         device=cfg.engine.device,
         checkpoint_every=t.checkpoint_every,
+        sharding=t.sharding,
         lora=lora,
         redi=ts.RediSettings(alpha=t.redi.alpha, learning_rate=t.redi.learning_rate, epochs=t.redi.epochs),
         on_policy=ts.OnPolicySettings(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -86,6 +87,36 @@ def load_policy(
     return PeftModel.from_pretrained(base, model_dir, is_trainable=True), tokenizer
 
 
+def world_size() -> int:
+    """The processes training together: torchrun's WORLD_SIZE (1 for a job run on its own)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0: the one process of a distributed job that saves the model, writes the result and reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def per_process(batch: int, what: str = "training.batch_size") -> int:
+    """A global batch's share per process; it must divide evenly (the optimizer step sees the same batch)."""
+    world = world_size()
+    if batch % world:
+        raise ValueError(f"{what} {batch} does not divide among {world} training processes")
+    return batch // world
+
+
+def distributed_args(settings: TrainSettings, device: str) -> dict[str, Any]:
+    """TrainingArguments for a job of several processes: the collective backend, and FSDP when asked."""
+    if world_size() == 1:
+        return {}
+    args: dict[str, Any] = {"ddp_backend": "gloo" if device == "cpu" else "nccl"}
+    if settings.sharding == "fsdp":
+        if settings.lora is not None:
+            raise ValueError("training.sharding fsdp with training.lora: shard full fine-tuning only (LoRA fits DDP)")
+        args |= {"fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": True}}
+    return args
+
+
 def total_steps(n_examples: int, batch_size: int, epochs: float, max_steps: int) -> int:
     return max_steps if max_steps > 0 else max(1, math.ceil(math.ceil(n_examples / batch_size) * epochs))
 
@@ -94,14 +125,16 @@ def trainer_args(
     settings: TrainSettings, out_dir: Path, steps: int, device: str, checkpoints: bool = True
 ) -> dict[str, Any]:
     """The TrainingArguments every method shares: schedule, checkpoints every N steps (unless `checkpoints`
-    is off: a run without a checkpoint folder), CPU/GPU, no reporting."""
+    is off: a run without a checkpoint folder), CPU/GPU, no reporting. `settings.batch_size` is the global
+    batch: each of a distributed job's processes takes its share."""
     return {
+        **distributed_args(settings, device),
         "output_dir": str(out_dir),
         "learning_rate": settings.learning_rate,
         "num_train_epochs": settings.epochs,
         "max_steps": settings.max_steps,
-        "per_device_train_batch_size": settings.batch_size,
-        "per_device_eval_batch_size": settings.batch_size,
+        "per_device_train_batch_size": per_process(settings.batch_size),
+        "per_device_eval_batch_size": per_process(settings.batch_size),
         "lr_scheduler_type": "cosine",
         # No warmup below 20 steps: a one-step run must not spend its only step at learning rate 0.
         "warmup_steps": int(settings.warmup_ratio * steps),
@@ -222,8 +255,8 @@ def _counter_callback(trainer: Trainer) -> TrainerCallback:
 
         def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            counts = {k: getattr(trainer, k, 0) for k in COUNTERS}
-            if folder.is_dir():
+            counts = summed_over_processes({k: getattr(trainer, k, 0) for k in COUNTERS})  # every rank calls it
+            if folder.is_dir() and is_main_process():
                 (folder / COUNTERS_FILE).write_text(json.dumps(counts))
 
     return _Counters()
@@ -237,10 +270,27 @@ def train_with_resume(trainer: Trainer, checkpoint_dir: Path) -> tuple[TrainOutp
     """
     trainer.add_callback(_counter_callback(trainer))
     resume, step = last_checkpoint(checkpoint_dir)
-    if resume is not None and (Path(resume) / COUNTERS_FILE).exists():
+    if resume is not None and (Path(resume) / COUNTERS_FILE).exists() and is_main_process():
+        # The saved counts are the whole job's; rank 0 carries them on, the other ranks count from 0.
         for k, v in json.loads((Path(resume) / COUNTERS_FILE).read_text()).items():
             setattr(trainer, k, v)
-    return trainer.train(resume_from_checkpoint=resume), step
+    output = trainer.train(resume_from_checkpoint=resume)
+    for k, v in summed_over_processes({k: getattr(trainer, k, 0) for k in COUNTERS}).items():
+        if hasattr(trainer, k):
+            setattr(trainer, k, v)  # each process counted its own share of the tokens
+    return output, step
+
+
+def summed_over_processes(counts: dict[str, int]) -> dict[str, int]:
+    """`counts` summed over a distributed job's processes (a collective: every rank must call it)."""
+    if world_size() == 1:
+        return counts
+    import torch
+    import torch.distributed as dist
+
+    values = torch.tensor([counts[k] for k in counts], dtype=torch.float64)
+    dist.all_reduce(values)
+    return {k: int(v) for k, v in zip(counts, values.tolist(), strict=True)}
 
 
 def save_model(
@@ -352,7 +402,7 @@ class TrainingRun:
         steps = total_steps(prompts * op.num_generations, batch, s.epochs, s.max_steps)
         return {
             **self.trainer_args(steps),
-            "per_device_train_batch_size": batch,
+            "per_device_train_batch_size": per_process(batch, "the on-policy batch (whole groups of samples)"),
             "num_generations": op.num_generations,
             "max_completion_length": op.max_new_tokens,
             "temperature": op.temperature,
@@ -366,7 +416,16 @@ class TrainingRun:
         started = time.perf_counter()
         output, resumed = train_with_resume(trainer, self.checkpoints)
         seconds = time.perf_counter() - started
-        adapter = save_model(trainer.model, tokenizer, self.out_dir, self.settings.lora)
+        if self.settings.sharding == "fsdp" and world_size() > 1:
+            trainer.save_model(str(self.out_dir))  # every rank: the shards are gathered, rank 0 writes
+            if is_main_process():
+                tokenizer.save_pretrained(self.out_dir)
+            adapter = False
+        else:
+            adapter = (
+                save_model(trainer.model, tokenizer, self.out_dir, self.settings.lora) if is_main_process() else False
+            )
+        trainer.accelerator.wait_for_everyone()
         return Fitted(int(output.global_step), float(output.training_loss), resumed, seconds, adapter)
 
     def result(

@@ -7,6 +7,11 @@ resumes from the newest), saves the model to `out_dir` and reports the result as
 
     python -m flywheel_dagster.training.job              # under Dagster Pipes (the spec comes as extras)
     python -m flywheel_dagster.training.job job.json     # by hand, the same spec in a JSON file
+
+With `training.processes` N > 1 the job runs data-parallel under torchrun, N copies of this module
+(`command()` says how): every rank trains its share of each global batch, rank 0 alone saves the model,
+logs to MLflow, writes the result and reports through Pipes (the other ranks read the same job spec from
+the Pipes context, or the same file).
 """
 
 from __future__ import annotations
@@ -65,11 +70,13 @@ def run_job(job: TrainJob, log: Callable[[str], None] | None = None) -> dict[str
     from flywheel_dagster.tasks import load_task
     from flywheel_dagster.traces.lake import Lake
     from flywheel_dagster.training.candidate import train_candidate
+    from flywheel_dagster.training.common import is_main_process
 
     cfg = FlywheelConfig.model_validate(job.config)
     checkpoint_dir = Path(job.checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    to_mlflow = mlflow_curve_logger(job.tracking_uri, job.run_id) if job.tracking_uri and job.run_id else None
+    main = is_main_process()
+    to_mlflow = mlflow_curve_logger(job.tracking_uri, job.run_id) if job.tracking_uri and job.run_id and main else None
 
     def on_log(step: int, point: dict[str, float]) -> None:
         if to_mlflow is not None:
@@ -87,15 +94,39 @@ def run_job(job: TrainJob, log: Callable[[str], None] | None = None) -> dict[str
         checkpoint_dir=checkpoint_dir,
         on_log=on_log,
     )
+    if not main:
+        return result.as_dict()
     payload = {**result.as_dict(), "weights_sha256": weights_sha256(result.model_dir)}
     (checkpoint_dir / RESULT_FILE).write_text(json.dumps(payload, indent=2))
     return payload
 
 
+def command(python: str, processes: int, module: str = "flywheel_dagster.training.job") -> list[str]:
+    """The job's command line: the module itself, or torchrun starting `processes` ranks of it on this machine
+    (or pod) that find each other on a free local port."""
+    if processes <= 1:
+        return [python, "-m", module]
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", module]
+
+
+def _pipes_job() -> TrainJob:
+    """A non-zero rank's job spec: read from the Pipes context that rank 0 opens (without opening it again)."""
+    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader
+
+    with PipesDefaultContextLoader().load_context(PipesEnvVarParamsLoader().load_context_params()) as data:
+        return TrainJob(**data["extras"]["job"])
+
+
 def main(argv: list[str]) -> int:
+    from flywheel_dagster.training.common import is_main_process
+
     if len(argv) > 1:
         payload = run_job(TrainJob(**json.loads(Path(argv[1]).read_text())), log=print)
-        print(json.dumps(payload, indent=2))
+        if is_main_process():
+            print(json.dumps(payload, indent=2))
+        return 0
+    if not is_main_process():
+        run_job(_pipes_job())
         return 0
     from dagster_pipes import open_dagster_pipes
 

@@ -91,6 +91,7 @@ class TrainSettings:
     warmup_ratio: float = 0.05
     device: str = "auto"
     checkpoint_every: int = 50
+    sharding: str = "ddp"  # with several processes: "ddp" or "fsdp"
     lora: LoraSettings | None = None
     redi: RediSettings = RediSettings()
     on_policy: OnPolicySettings = OnPolicySettings()

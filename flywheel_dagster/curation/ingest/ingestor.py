@@ -14,6 +14,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flywheel_dagster.curation.batching import gc_paused_batches
 from flywheel_dagster.curation.ingest.chat import RecordError, Settings, _repeated_key, chat_record_traces
 from flywheel_dagster.curation.ingest.files import _log_kind, _shown
 from flywheel_dagster.curation.ingest.parquet import _batch_rows, _trace_row
@@ -129,6 +130,9 @@ class Ingestor:
         Raises nothing for what a file holds: a line that cannot be used is quarantined, a damaged or
         vanished file quarantines its rest, a path that is not a log file (and `files.skipped`, when
         `files` comes from find_log_files) is counted in stats.files_skipped."""
+        return gc_paused_batches(self._batches(files))
+
+    def _batches(self, files: list[str]) -> Iterator[tuple[list[dict], list[dict]]]:
         traces: list[dict] = []
         self.stats.files_skipped.extend(_shown(p) for p in getattr(files, "skipped", ()))
         for path in map(os.fspath, files):
