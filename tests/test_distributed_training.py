@@ -13,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from test_distill import Q1, _training_partition
 
 from flywheel_dagster.config import build_config
+from flywheel_dagster.resources import TrainingJobResource
 from flywheel_dagster.traces.lake import Lake
 from flywheel_dagster.training.job import RESULT_FILE, TrainJob, command
 
@@ -118,3 +120,24 @@ def test_a_killed_two_process_job_resumes_from_its_last_checkpoint(untrained_mod
     assert result["steps"] == STEPS and result["resumed_from_step"] >= 8
     logged = sorted(_losses(tmp_path))
     assert len(logged) == len(set(logged))
+
+
+@pytest.mark.slow
+def test_dagster_launches_the_two_process_job_through_pipes_and_gets_rank_zeros_result(untrained_model, tmp_path):
+    argv = _job(untrained_model, tmp_path, 2)
+    job = TrainJob(**json.loads(Path(argv[-1]).read_text()))
+    got: dict = {}
+
+    @dg.asset
+    def trained(context, training: TrainingJobResource) -> dg.MaterializeResult:  # noqa: ANN001 - Dagster reads the bare name
+        got.update(training.train(context, job))
+        return dg.MaterializeResult()  # as candidate_model does, after registering the model
+
+    resource = TrainingJobResource(checkpoint_root=str(tmp_path / "ckpt"), launcher="subprocess")
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([trained], resources={"training": resource}, instance=instance)
+    assert result.success
+    assert got["steps"] == STEPS and got["resumed_from_step"] == 0
+    assert got == json.loads((tmp_path / "ckpt" / RESULT_FILE).read_text())  # one result, rank 0's
+    messages = [r.user_message for r in instance.all_logs(result.run_id)]
+    assert sum("training 2026-01-01 with sft" in m for m in messages) == 1  # rank 0 alone speaks through Pipes
