@@ -14,7 +14,7 @@ from flywheel_dagster import timing
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.curation import pii
 from flywheel_dagster.curation.decontam import BenchmarkIndex
-from flywheel_dagster.curation.harvest import Harvester, anchors_needed, build_training_dataset
+from flywheel_dagster.curation.harvest import Harvester, anchor_pool, build_training_dataset
 from flywheel_dagster.curation.monitors import MONITORS, judge
 from flywheel_dagster.records import (
     DEPLOYMENT,
@@ -134,14 +134,11 @@ def training_dataset(
     share, split train/validation by problem; and positive/negative pairs of the same prompt."""
     cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
     task = load_task(cfg)
-    # The anchor pool covers the most any outcome can need: the share at the most positives this quarter can
-    # yield, or the floor when it yields none (plus one spare).
     most_positives = sum(
         int((b.column(0).to_numpy(zero_copy_only=False) == "positive").sum())
         for b in the_lake.iter_batches(HarvestedSet.TABLE, key, columns=["label"])
     )
-    pool = max(anchors_needed(most_positives, cfg.harvest.anchor_fraction), cfg.harvest.min_training_examples) + 1
-    anchors = task.anchors(pool, seed=1000 + index)
+    anchors = task.anchors(anchor_pool(most_positives, cfg.harvest), seed=1000 + index)
     eng = None
     if cfg.harvest.reformat.get("rephrase", 0) > 0:
         deployed = registry.version(Deployment.read(the_lake, key).version)

@@ -70,12 +70,26 @@ class EngineResource(dg.ConfigurableResource):
         from flywheel_dagster.engines.transformers_engine import load_engine
 
         device = cfg.engine.device if self.device == "auto" else self.device
+        e = cfg.engine
+        if e.replicas > 1:
+            from flywheel_dagster.engines.replicas import EngineSpec, ReplicatedEngine
+
+            spec = EngineSpec(
+                e.kind,
+                str(model_dir),
+                device,
+                e.batch_size,
+                kv_cache_bytes=e.kv_cache_bytes,
+                tensor_parallel=e.tensor_parallel,
+            )
+            return ReplicatedEngine(spec, e.replicas, e.shard_prompts, address=cfg.compute.ray_address)
         return load_engine(
-            cfg.engine.kind,
+            e.kind,
             model_dir,
             device=device,
-            batch_size=cfg.engine.batch_size,
-            kv_cache_bytes=cfg.engine.kv_cache_bytes,
+            batch_size=e.batch_size,
+            kv_cache_bytes=e.kv_cache_bytes,
+            tensor_parallel=e.tensor_parallel,
         )
 
 

@@ -243,6 +243,18 @@ def test_anchors_needed_share_and_floor():
     assert anchors_needed(100, 0.5, min_examples=8) == 100
 
 
+def test_the_anchor_pool_covers_the_mix_and_the_all_human_control():
+    """The pool drawn before the training set is built covers what build_training_dataset takes: the share (or
+    the floor), and for `synthetic: false` (the lab's anchors_only arm) the positives' places too."""
+    from flywheel_dagster.config import build_config
+    from flywheel_dagster.curation.harvest import anchor_pool, anchors_needed
+
+    mix = build_config({"harvest": {"anchor_fraction": 0.5}}).harvest
+    human = build_config({"harvest": {"anchor_fraction": 0.5, "synthetic": False}}).harvest
+    assert anchor_pool(628, mix) == anchors_needed(628, 0.5) + 1 == 629
+    assert anchor_pool(628, human) == 628 + 628 + 1  # was 629: the lab's anchors_only arm failed at cycle 1
+
+
 def test_human_anchors_are_redacted_too():
     """GSM8K's human solutions name people with titles ("Mr. Benson"); the training set must not."""
     from flywheel_dagster.curation import pii

@@ -33,6 +33,11 @@ class ComputeConfig(Strict):
         "(on two cores a tiny cycle took 194 s that way against 67 s of step work)",
     )
     gpu: GpuNodesConfig = GpuNodesConfig()
+    ray_address: str = Field(
+        default="",
+        description="the Ray cluster engine replicas run on (e.g. ray://head:10001, or a KubeRay service); empty: "
+        "RAY_ADDRESS, else a local cluster started on first use",
+    )
 
 
 class HealthCheckConfig(Strict):

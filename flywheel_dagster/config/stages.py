@@ -70,6 +70,16 @@ class EngineConfig(Strict):
         description="vLLM's KV cache in bytes (an integer or e.g. '512MiB', '2GiB'); default: 512 MiB on the CPU, "
         "on GPUs vLLM's own share of GPU memory",
     )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        description="engine replicas generating data-parallel (Ray actors; one per GPU, or per tensor_parallel "
+        "GPUs); the traces are the same for any number of replicas",
+    )
+    shard_prompts: int = Field(
+        default=256, gt=0, description="with replicas > 1: prompts per unit of work, each sampled with its own seed"
+    )
+    tensor_parallel: int = Field(default=1, ge=1, description="vLLM: GPUs one model is split over")
 
 
 class TrafficConfig(Strict):

@@ -274,6 +274,14 @@ def anchors_needed(positives: int, anchor_fraction: float, min_examples: int = 0
     return max(share, min_examples - positives)
 
 
+def anchor_pool(positives: int, cfg: HarvestConfig) -> int:
+    """Anchors to draw so that build_training_dataset has enough whatever the quarter's outcome: the share at
+    `positives` (the most the quarter can yield) or the floor, plus the positives themselves when the mix is
+    all human (`synthetic: false`), plus one spare."""
+    needed = max(anchors_needed(positives, cfg.anchor_fraction), cfg.min_training_examples)
+    return needed + (0 if cfg.synthetic else positives) + 1
+
+
 @dataclass
 class TrainingSet:
     table: pa.Table

@@ -109,14 +109,24 @@ def load_engine(
     batch_size: int = 256,
     max_model_len: int | None = None,
     kv_cache_bytes: int | None = None,
+    tensor_parallel: int = 1,
 ) -> InferenceEngine:
-    """The engine named in config: transformers (the CPU default) or vllm (the `vllm` extra)."""
+    """The engine named in config: transformers (the CPU default) or vllm (the `vllm` extra; `tensor_parallel`
+    GPUs hold one model)."""
     if kind == "transformers":
+        if tensor_parallel > 1:
+            raise ValueError("engine.tensor_parallel > 1 needs engine.kind 'vllm'")
         return TransformersEngine(model_dir, device=device, batch_size=batch_size)
     if kind == "vllm":
         try:
             from flywheel_dagster.engines.vllm_engine import VllmEngine
         except ImportError as err:  # pragma: no cover - depends on the install
             raise ValueError(f"engine.kind 'vllm' needs the vllm extra (pip install -e '.[vllm]'): {err}") from err
-        return VllmEngine(model_dir, device=device, max_model_len=max_model_len, kv_bytes=kv_cache_bytes)
+        return VllmEngine(
+            model_dir,
+            device=device,
+            max_model_len=max_model_len,
+            kv_bytes=kv_cache_bytes,
+            tensor_parallel=tensor_parallel,
+        )
     raise ValueError(f"engine.kind {kind!r}: expected 'transformers' or 'vllm'")

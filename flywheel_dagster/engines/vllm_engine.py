@@ -95,6 +95,7 @@ class VllmEngine:
         max_lora_rank: int = 64,
         memory_fraction: float | None = None,
         kv_bytes: int | None = None,
+        tensor_parallel: int = 1,
     ) -> None:
         from vllm import LLM
 
@@ -114,6 +115,8 @@ class VllmEngine:
         }
         if self.lora_dir:
             kwargs["max_lora_rank"] = max_lora_rank
+        if tensor_parallel > 1:
+            kwargs["tensor_parallel_size"] = tensor_parallel  # one model over that many GPUs
         kwargs["kv_cache_memory_bytes"] = kv_bytes
         if cpu:
             # No chunked prefill: a seeded request whose prompt is prefilled in chunks makes the CPU worker rewind

@@ -160,12 +160,13 @@ def run_lab(lab: Lab, workers: int = 1, say: Callable[[str], None] = print) -> d
     for arm in lab.arms:
         if arm.name not in todo:
             say(f"lab: {arm.name}: {lab.cycles} cycles already done")
-    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))  # workers share the cores
+    workers = max(1, min(workers, len(todo)))  # a resumed lab with one arm left gives it every core
+    threads = max(1, (os.cpu_count() or 1) // workers)  # workers share the cores
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     running: dict[str, tuple[subprocess.Popen, float, IO[str]]] = {}
     outcome: dict[str, str] = {a.name: "done" for a in lab.arms if a.name not in todo}
     while todo or running:
-        while todo and len(running) < max(workers, 1):
+        while todo and len(running) < workers:
             name = todo.pop(0)
             lab.arm_dir(name).mkdir(parents=True, exist_ok=True)
             log = (lab.arm_dir(name) / "log.txt").open("a")
