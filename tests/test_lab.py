@@ -67,6 +67,21 @@ def test_quarters_and_a_resumed_lab_keeps_its_start_and_refuses_changed_arms(tmp
         prepare(tmp_path, base, select_arms(["mine"], 2, f), 2)
 
 
+def test_a_lab_started_by_an_older_version_resumes_and_another_base_is_refused(tmp_path):
+    """A config field added since the lab started (here: training.processes) takes its default on both sides."""
+    import json
+
+    base = build_config({"preset": "playground"}).model_dump(mode="json")
+    prepare(tmp_path, base, select_arms(["full"], 2), 2)
+    spec = json.loads((tmp_path / "lab.json").read_text())
+    del spec["base"]["training"]["processes"]  # as an older flywheel recorded it
+    (tmp_path / "lab.json").write_text(json.dumps(spec))
+    assert prepare(tmp_path, base, select_arms(["full"], 2), 2).quarters
+    hotter = build_config({"preset": "playground", "traffic": {"temperature": 1.7}}).model_dump(mode="json")
+    with pytest.raises(ArmError, match="this lab ran with another base config"):
+        prepare(tmp_path, hotter, select_arms(["full"], 2), 2)
+
+
 def _row(cycle, champion, candidate, decision="promoted", **monitors):
     overall = {
         "champion": champion,

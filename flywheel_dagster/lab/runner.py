@@ -29,7 +29,7 @@ from datetime import date
 from pathlib import Path
 from typing import IO, Any
 
-from flywheel_dagster.config import build_config, merged
+from flywheel_dagster.config import ConfigError, build_config, merged
 from flywheel_dagster.curation.monitors import MONITORS
 from flywheel_dagster.lab.arms import Arm, ArmError, check_arm
 
@@ -112,7 +112,7 @@ def prepare(folder: Path, base: dict[str, Any], arms: list[Arm], cycles: int) ->
             "ended yet; run fewer cycles or start a new lab folder"
         )
     base = merged(base, {"schedule": {"start_date": start}})
-    if recorded and recorded["base"] != base:
+    if recorded and not _same_config(recorded["base"], base):
         raise ArmError(f"{folder}: this lab ran with another base config; start a new lab folder (or remove {path})")
     for arm in arms:
         before = recorded.get("arms", {}).get(arm.name)
@@ -130,6 +130,17 @@ def prepare(folder: Path, base: dict[str, Any], arms: list[Arm], cycles: int) ->
     tmp.write_text(json.dumps(spec, indent=2, default=str))
     tmp.replace(path)
     return lab
+
+
+def _same_config(recorded: dict[str, Any], base: dict[str, Any]) -> bool:
+    """The same settings, read by today's code: a field added since the lab started takes its default on both
+    sides, so a newer version of the flywheel resumes an older lab; a recorded field that no longer exists
+    makes it another config."""
+    try:
+        before = build_config(recorded, source="the lab's recorded base").model_dump(mode="json")
+    except ConfigError:
+        return False
+    return before == build_config(base, source="lab base").model_dump(mode="json")
 
 
 def bootstrap_base(lab: Lab) -> Path:
