@@ -134,9 +134,9 @@ def _ingest_logs(
             traces_part.write_bytes(TraceSet.SOURCES, json.dumps(sources, sort_keys=True).encode())
             traces_out = traces_part.parquet(TraceSet.DATA, TRACE_SCHEMA)
             quarantine_out = quarantine_part.parquet(DATA_FILE, ingest.QUARANTINE_SCHEMA)
-            for trace_rows, quarantine_rows in ingestor.batches(files):
-                traces_out.write_table(ingest.to_table(trace_rows))
-                quarantine_out.write_table(ingest.quarantine_table(quarantine_rows))
+            for traces, quarantined in ingestor.tables(files):
+                traces_out.write_table(traces)
+                quarantine_out.write_table(quarantined)
     stats = ingestor.stats
     if stats.lines_read != stats.lines_ingested + stats.lines_quarantined:  # the invariant the tests check
         raise RuntimeError(f"ingest lost lines: {stats.as_metadata()}")

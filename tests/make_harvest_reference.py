@@ -126,10 +126,9 @@ def run(task_name: str, path: Path, near: bool) -> dict[str, object]:
     ingestor = ingest.Ingestor(task, ingest.Settings("2026-01-01", ingest.Window(START, END)), batch_rows=512)
     harvester = Harvester(task, cfg.harvest, [p.prompt for p in task.benchmark(20, 0)])
     traces, quarantine, harvested = [], [], []
-    for rows, bad in ingestor.batches([str(path)]):
-        table = ingest.to_table(rows)
+    for table, bad in ingestor.tables([str(path)]):
         traces.append(table)
-        quarantine.append(ingest.quarantine_table(bad))
+        quarantine.append(bad)
         harvested.append(harvester.process(table))
     quarantined = pa.concat_tables(quarantine)
     files = pa.array([Path(f).name for f in quarantined.column("file").to_pylist()], pa.string())

@@ -14,6 +14,7 @@ import orjson
 
 from flywheel_dagster.curation.ingest.files import Window
 from flywheel_dagster.tasks.base import Problem, TaskSource
+from flywheel_dagster.traces.schema import TRACE_SCHEMA
 
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
 INT32_MAX = 2**31 - 1
@@ -141,105 +142,153 @@ def chat_record_traces(
     """Trace rows from one chat-completions log record; raises RecordError with a reason code.
 
     `lookup` (question -> Problem | None) defaults to task.lookup; Ingestor passes a cached one."""
+    return [
+        dict(zip(TRACE_COLUMNS, row, strict=True)) for row in chat_record_rows(record, task, settings, line_key, lookup)
+    ]
+
+
+TRACE_COLUMNS = tuple(TRACE_SCHEMA.names)
+
+
+def chat_record_rows(
+    record: object,
+    task: TaskSource,
+    settings: Settings,
+    line_key: str,
+    lookup: Callable[[str], Problem | None] | None = None,
+) -> list[tuple]:
+    """chat_record_traces' rows as tuples in TRACE_SCHEMA's column order (what the Ingestor collects: a tuple
+    costs a fraction of a dict, and the columns come out of zip(*rows)).
+
+    The checks run in a fixed order, the first failing one names the reason. Each check tests the exact type
+    orjson produces first and falls back to the general check (which raises, or accepts a subclass)."""
     lookup = lookup or task.lookup
-    if not isinstance(record, dict):
-        raise RecordError("not_an_object", f"expected a JSON object, got {type(record).__name__}")
+    if type(record) is not dict:
+        if not isinstance(record, dict):
+            raise RecordError("not_an_object", f"expected a JSON object, got {type(record).__name__}")
     ts = _timestamp(record)
-    if not settings.window.contains(ts):
-        raise RecordError(
-            "outside_window", f"{ts.isoformat()} is outside [{settings.window.start}, {settings.window.end})"
-        )
-    request = _get(record, "request", dict, "request")
-    response = _get(record, "response", dict, "response")
-    messages = _get(request, "messages", list, "request.messages")
+    window = settings.window
+    if not (window.start <= ts < window.end):
+        raise RecordError("outside_window", f"{ts.isoformat()} is outside [{window.start}, {window.end})")
+    request = record.get("request")
+    if type(request) is not dict:
+        request = _get(record, "request", dict, "request")
+    response = record.get("response")
+    if type(response) is not dict:
+        response = _get(record, "response", dict, "response")
+    messages = request.get("messages")
+    if type(messages) is not list:
+        messages = _get(request, "messages", list, "request.messages")
     question = None
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
+        if type(msg) is not dict and not isinstance(msg, dict):
             raise RecordError("wrong_type", f"'request.messages[{i}]' must be an object")
         if msg.get("role") == "user":
-            question = _text(msg.get("content"), f"request.messages[{i}].content")
+            content = msg.get("content")
+            question = content if type(content) is str else _text(content, f"request.messages[{i}].content")
     if question is None:
         raise RecordError("no_user_message", "request.messages has no user turn")
-    choices = _get(response, "choices", list, "response.choices")
+    choices = response.get("choices")
+    if type(choices) is not list:
+        choices = _get(response, "choices", list, "response.choices")
     if not choices:
         raise RecordError("missing_field", "'response.choices' is empty")
     user_id = record.get("user_id")
     workload = record.get("workload_id")
-    for key, value in (("user_id", user_id), ("workload_id", workload), ("request_id", record.get("request_id"))):
-        if value is not None and not isinstance(value, str):
-            raise RecordError("wrong_type", f"'{key}' must be a string, got {type(value).__name__}")
+    request_id = record.get("request_id")
+    if not (
+        (user_id is None or type(user_id) is str)
+        and (workload is None or type(workload) is str)
+        and (request_id is None or type(request_id) is str)
+    ):
+        for key, value in (("user_id", user_id), ("workload_id", workload), ("request_id", request_id)):
+            if value is not None and not isinstance(value, str):
+                raise RecordError("wrong_type", f"'{key}' must be a string, got {type(value).__name__}")
     metadata = record.get("metadata") or {}
-    if not isinstance(metadata, dict):
+    if type(metadata) is not dict and not isinstance(metadata, dict):
         raise RecordError("wrong_type", f"'metadata' must be an object, got {type(metadata).__name__}")
     reference = metadata.get("reference_answer")
     if reference is not None and not isinstance(reference, str | int | float):
         raise RecordError("wrong_type", "'metadata.reference_answer' must be a string or a number")
     model = response.get("model") or request.get("model") or "unknown"
-    if not isinstance(model, str):
+    if type(model) is not str and not isinstance(model, str):
         raise RecordError("wrong_type", f"'model' (response or request) must be a string, got {type(model).__name__}")
     version = metadata.get("model_version") or "unknown"
-    if isinstance(version, bool) or not isinstance(version, (str, int, float)):
+    if type(version) is not str and (isinstance(version, bool) or not isinstance(version, (str, int, float))):
         raise RecordError("wrong_type", "'metadata.model_version' must be a string or a number")
     usage = response.get("usage")
     if usage is None:
         usage = {}
-    elif not isinstance(usage, dict):
+    elif type(usage) is not dict and not isinstance(usage, dict):
         raise RecordError("wrong_type", f"'response.usage' must be an object, got {type(usage).__name__}")
     tokens = None
-    for key in _USAGE_COUNTS:
-        if (count := usage.get(key)) is not None:
-            count = _count(count, f"response.usage.{key}")
-            if key == "completion_tokens" and len(choices) == 1:
-                tokens = count
+    if usage:
+        for key in _USAGE_COUNTS:
+            if (count := usage.get(key)) is not None:
+                if not (type(count) is int and 0 <= count <= INT32_MAX):
+                    count = _count(count, f"response.usage.{key}")
+                if key == "completion_tokens" and len(choices) == 1:
+                    tokens = count
     problem = lookup(question)
     if reference is None and problem is not None:
         reference = problem.reference
     prompt = problem.prompt if problem is not None else task.prompt_for(question)
-    request_id = record.get("request_id") or line_key
+    problem_id, suite = (problem.problem_id, problem.suite) if problem is not None else (None, None)
+    request_id = request_id or line_key
+    reference = None if reference is None else str(reference)
+    version = version if type(version) is str else str(version)
+    cycle, markup, parse = settings.cycle, settings.reasoning_markup, task.parse
     rows = []
     for j, choice in enumerate(choices):
-        where = f"response.choices[{j}]"
-        if not isinstance(choice, dict):
-            raise RecordError("wrong_type", f"'{where}' must be an object")
+        if type(choice) is not dict and not isinstance(choice, dict):
+            raise RecordError("wrong_type", f"'response.choices[{j}]' must be an object")
         index = choice.get("index")
-        index = j if index is None else _count(index, f"{where}.index")
-        message = _get(choice, "message", dict, f"{where}.message")
-        content = _text(
-            message.get("content") if message.get("content") is not None else "", f"{where}.message.content"
-        )
+        if index is None:
+            index = j
+        elif not (type(index) is int and 0 <= index <= INT32_MAX):
+            index = _count(index, f"response.choices[{j}].index")
+        message = choice.get("message")
+        if type(message) is not dict:
+            message = _get(choice, "message", dict, f"response.choices[{j}].message")
+        content = message.get("content")
+        if content is None:
+            content = ""
+        elif type(content) is not str:
+            content = _text(content, f"response.choices[{j}].message.content")
         reasoning = message.get("reasoning_content", message.get("reasoning"))
-        if reasoning is not None and not isinstance(reasoning, str):
-            raise RecordError("wrong_type", f"'{where}.message.reasoning_content' must be a string")
-        completion, split_reasoning = _completion(reasoning, content, settings.reasoning_markup)
+        if reasoning is not None and type(reasoning) is not str and not isinstance(reasoning, str):
+            raise RecordError("wrong_type", f"'response.choices[{j}].message.reasoning_content' must be a string")
+        completion, split_reasoning = _completion(reasoning, content, markup)
         if not completion.strip():
-            raise RecordError("empty_completion", f"'{where}' has no content and no reasoning")
-        parsed = task.parse(completion)
+            raise RecordError("empty_completion", f"'response.choices[{j}]' has no content and no reasoning")
+        parsed = parse(completion)
+        finish = choice.get("finish_reason")
         rows.append(
-            {
-                "trace_id": hashlib.sha256(f"{settings.cycle}\x1f{request_id}\x1f{j}".encode()).hexdigest()[:24],
-                "cycle": settings.cycle,
-                "source": "production",
-                "model_name": model,
-                "model_version": str(version),
-                "problem_id": problem.problem_id if problem is not None else None,
-                "suite": problem.suite if problem is not None else None,
-                "prompt": prompt,
-                "completion": completion,
-                "reasoning": split_reasoning if split_reasoning is not None else parsed.reasoning,
-                "answer": parsed.answer,
-                "reference_answer": None if reference is None else str(reference),
-                "correct": None,
-                "verifier": None,
-                "verdict": None,
-                "tokens": tokens if tokens is not None else len(completion.split()),
-                "mean_logprob": None,
-                "finish_reason": choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None,
-                "sample_index": index,
-                "created_at": ts,
-                "workload_id": workload,
-                "user_id": user_id,
-                "request_id": request_id,
-            }
+            (
+                hashlib.sha256(f"{cycle}\x1f{request_id}\x1f{j}".encode()).hexdigest()[:24],
+                cycle,
+                "production",
+                model,
+                version,
+                problem_id,
+                suite,
+                prompt,
+                completion,
+                split_reasoning if split_reasoning is not None else parsed.reasoning,
+                parsed.answer,
+                reference,
+                None,
+                None,
+                None,
+                tokens if tokens is not None else len(completion.split()),
+                None,
+                finish if type(finish) is str or isinstance(finish, str) else None,
+                index,
+                ts,
+                workload,
+                user_id,
+                request_id,
+            )
         )
     return rows
 

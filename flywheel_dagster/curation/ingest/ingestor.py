@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flywheel_dagster.curation.batching import gc_paused_batches
-from flywheel_dagster.curation.ingest.chat import RecordError, Settings, _repeated_key, chat_record_traces
+from flywheel_dagster.curation.ingest.chat import TRACE_COLUMNS, RecordError, Settings, _repeated_key, chat_record_rows
 from flywheel_dagster.curation.ingest.files import _log_kind, _shown
 from flywheel_dagster.curation.ingest.parquet import _batch_rows, _trace_row
 from flywheel_dagster.curation.ingest.streams import _excerpt, _Inflater, _lines, _row_bytes, _user_id_of, _where
@@ -124,16 +124,22 @@ class Ingestor:
         out, self._pending = self._pending, []
         return out
 
-    def batches(self, files: list[str]) -> Iterator[tuple[list[dict], list[dict]]]:
-        """(trace rows, quarantine rows) chunks, each at most about batch_rows traces and quarantine rows.
+    def tables(self, files: list[str]) -> Iterator[tuple[pa.Table, pa.Table]]:
+        """(traces, quarantine) tables (TRACE_SCHEMA, QUARANTINE_SCHEMA), each at most about batch_rows rows.
 
         Raises nothing for what a file holds: a line that cannot be used is quarantined, a damaged or
         vanished file quarantines its rest, a path that is not a log file (and `files.skipped`, when
         `files` comes from find_log_files) is counted in stats.files_skipped."""
-        return gc_paused_batches(self._batches(files))
+        for rows, quarantine in gc_paused_batches(self._batches(files)):
+            yield rows_table(rows), quarantine_table(quarantine)
 
-    def _batches(self, files: list[str]) -> Iterator[tuple[list[dict], list[dict]]]:
-        traces: list[dict] = []
+    def batches(self, files: list[str]) -> Iterator[tuple[list[dict], list[dict]]]:
+        """tables(), as lists of row dicts (trace rows, quarantine rows)."""
+        for rows, quarantine in gc_paused_batches(self._batches(files)):
+            yield [dict(zip(TRACE_COLUMNS, r, strict=True)) for r in rows], quarantine
+
+    def _batches(self, files: list[str]) -> Iterator[tuple[list[tuple], list[dict]]]:
+        traces: list[tuple] = []
         self.stats.files_skipped.extend(_shown(p) for p in getattr(files, "skipped", ()))
         for path in map(os.fspath, files):
             kind = _log_kind(path)
@@ -149,7 +155,7 @@ class Ingestor:
         if traces or self._pending:
             yield traces, self._take_quarantine()
 
-    def _jsonl_traces(self, path: str) -> Iterator[list[dict]]:
+    def _jsonl_traces(self, path: str) -> Iterator[list[tuple]]:
         shown = _shown(path)
         name = Path(shown).name
         limit = self.settings.max_record_bytes
@@ -158,7 +164,7 @@ class Ingestor:
         except (OSError, ValueError) as err:  # ValueError: a NUL in the path
             self._unreadable(shown, 0, err)
             return
-        out: list[dict] = []
+        out: list[tuple] = []
         line_no = 0  # physical lines, blank ones included, so a quarantined line is found where it says
         with f:
             lines = _lines(io.BufferedReader(_Inflater(f), 1 << 16) if path.endswith(".gz") else f, limit)
@@ -198,7 +204,7 @@ class Ingestor:
         if out:
             yield out
 
-    def _line(self, path: str, name: str, line_no: int, raw: bytes) -> list[dict] | None:
+    def _line(self, path: str, name: str, line_no: int, raw: bytes) -> list[tuple] | None:
         try:
             record = orjson.loads(raw)  # orjson rejects invalid UTF-8 too; tell the two apart only on failure
         except orjson.JSONDecodeError as err:
@@ -213,12 +219,12 @@ class Ingestor:
             ambiguous = _repeated_key(raw, record)
             if ambiguous is not None:
                 raise ambiguous
-            return chat_record_traces(record, self.task, self.settings, f"{name}:{line_no}", self._lookup)
+            return chat_record_rows(record, self.task, self.settings, f"{name}:{line_no}", self._lookup)
         except RecordError as err:
             self._quarantine(path, line_no, err.reason, err.detail, raw)
             return None
 
-    def _parquet_traces(self, path: str) -> Iterator[list[dict]]:
+    def _parquet_traces(self, path: str) -> Iterator[list[tuple]]:
         shown = _shown(path)
         try:
             pf = pq.ParquetFile(path, page_checksum_verification=True)
@@ -260,7 +266,8 @@ class Ingestor:
                     try:
                         if problem is not None:
                             raise problem
-                        good.append(_trace_row(r, self.settings))
+                        row_dict = _trace_row(r, self.settings)
+                        good.append(tuple(row_dict[name] for name in TRACE_COLUMNS))
                     except RecordError as err:
                         self._quarantine(shown, row, err.reason, err.detail, _row_bytes(r))
                         continue
@@ -275,6 +282,16 @@ class Ingestor:
 def to_table(rows: list[dict]) -> pa.Table:
     # Column by column: about twice as fast as Table.from_pylist on a batch of trace dicts.
     return pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in TRACE_SCHEMA.names}, schema=TRACE_SCHEMA)
+
+
+def rows_table(rows: list[tuple]) -> pa.Table:
+    """Trace rows as tuples in TRACE_SCHEMA's column order, as a table."""
+    if not rows:
+        return TRACE_SCHEMA.empty_table()
+    columns = zip(*rows, strict=True)
+    return pa.Table.from_arrays(
+        [pa.array(c, f.type) for c, f in zip(columns, TRACE_SCHEMA, strict=True)], schema=TRACE_SCHEMA
+    )
 
 
 def quarantine_table(rows: list[dict]) -> pa.Table:
