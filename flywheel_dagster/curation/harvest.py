@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from flywheel_dagster.config import HarvestConfig
 from flywheel_dagster.curation import pii
-from flywheel_dagster.curation.batching import paused_gc
+from flywheel_dagster.curation.batching import Memo, paused_gc
 from flywheel_dagster.curation.decontam import BenchmarkIndex
 from flywheel_dagster.curation.dedup import NearDuplicateIndex, exact_key, tokens
 from flywheel_dagster.curation.monitors import MonitorAccumulator
@@ -30,6 +30,7 @@ from flywheel_dagster.tasks.base import Problem, TaskSource
 from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, PAIRS_SCHEMA, PROMPTS_SCHEMA, TRAINING_SCHEMA
 
 LABELS = ("positive", "negative", "unverifiable", "dropped")
+MEMO_ENTRIES = 20_000  # per memo: at 2 KB a text, tens of MB at most
 DROP_REASONS = (
     "decontaminated",  # prompt shares an n-gram with a benchmark problem
     "format_violation",  # does not fit the task's training format
@@ -86,6 +87,9 @@ class Harvester:
         self.per_problem: Counter = Counter()
         self.stats = HarvestStats()
         self.monitors = MonitorAccumulator(cfg.monitors.sample_size)
+        # Verdicts and redactions of texts seen before in the quarter (both are pure functions of the text).
+        self._verified = Memo(MEMO_ENTRIES)
+        self._redacted = Memo(MEMO_ENTRIES)
 
     def _timed(self, step: str, start: float) -> float:
         now = time.perf_counter()
@@ -108,11 +112,12 @@ class Harvester:
         completions = table.column("completion").to_pylist()
         references = table.column("reference_answer").to_pylist()
         correct, verdicts, answers = [None] * n, ["no_reference"] * n, table.column("answer").to_pylist()
-        verify = self.task.verify
+        verify, verified = self.task.verify, self._verified
         for i in range(n):
             ref = references[i]
             if ref is not None:
-                v = verify(completions[i], ref)
+                key = (completions[i], ref)
+                v = verified.get(key) or verified.keep(key, verify(completions[i], ref))
                 correct[i], verdicts[i], answers[i] = v.correct, v.reason, v.answer
             elif answers[i] is None:
                 answers[i] = self.task.parse(completions[i]).answer
@@ -133,7 +138,7 @@ class Harvester:
             ("answer", pa.array(answers, pa.string())),
         ):
             redacted[col], kinds = pii.redact_rows(
-                column, self.cfg.redact_names, raw_prompts if col == "prompt" else None
+                column, self.cfg.redact_names, raw_prompts if col == "prompt" else None, self._redacted
             )
             for i, k in enumerate(kinds):
                 if k:

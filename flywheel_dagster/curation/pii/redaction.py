@@ -84,18 +84,29 @@ def _detect_in_mode(text: str, mode: int, names: bool) -> list[Span]:
 
 
 def redact_rows(
-    column: pa.Array | pa.ChunkedArray, names: bool = True, values: list[str | None] | None = None
+    column: pa.Array | pa.ChunkedArray,
+    names: bool = True,
+    values: list[str | None] | None = None,
+    memo: dict | None = None,
 ) -> tuple[list[str | None], list[list[str]]]:
     """Redact a string column row by row: the new values and, per row, the types replaced.
 
-    `values` is the column as a Python list when the caller already has it (saves converting twice).
+    `values` is the column as a Python list when the caller already has it (saves converting twice). `memo`
+    (a batching.Memo) keeps each distinct text's redaction across calls: repeated texts are detected once.
     """
     modes = _row_modes(column, names)
     values = list(values if values is not None else column.to_pylist())
     kinds: list[list[str]] = [[] for _ in values]
     for i, mode in enumerate(modes):
         if mode and values[i] is not None:
-            values[i], kinds[i] = _apply(values[i], _detect_in_mode(values[i], mode, names))
+            if memo is None:
+                values[i], kinds[i] = _apply(values[i], _detect_in_mode(values[i], mode, names))
+                continue
+            key = (values[i], mode, names)
+            done = memo.get(key)
+            if done is None:
+                done = memo.keep(key, _apply(values[i], _detect_in_mode(values[i], mode, names)))
+            values[i], kinds[i] = done[0], list(done[1])
     return values, kinds
 
 
