@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 
 from flywheel_dagster.config import build_config
-from flywheel_dagster.curation.harvest import DROP_REASONS, build_training_dataset, harvest
+from flywheel_dagster.curation.harvest import DROP_REASONS, Harvester, build_training_dataset, harvest
 from flywheel_dagster.curation.monitors import judge
 from flywheel_dagster.curation.reformat import template
 from flywheel_dagster.tasks.playground import PlaygroundTask
@@ -290,6 +290,10 @@ def test_lab_switches_verification_exact_dedup_and_traces_off(task):
     # (near dedup off: the wrong trace differs from the right one in one character)
     assert labels(verify=False, dedup={"near_duplicates": False}) == ["positive", "dropped", "positive", "positive"]
     assert labels(dedup={"exact": False, "near_duplicates": False}) == ["positive", "positive", "negative", "positive"]
+    # the copy stays in, but the near_duplicate_rate monitor still sees it (it read 0.0 with dedup off before)
+    h = Harvester(task, _cfg(dedup={"exact": False, "near_duplicates": False}), [])
+    h.process(traces)
+    assert h.monitors.result(None)["near_duplicate_rate"] == 0.25
     # the verdict stays recorded when nothing trusts it: the monitors' verified accuracy still sees it
     assert harvest(traces, task, _cfg(verify=False)).harvested.column("correct").to_pylist() == [
         True,

@@ -173,18 +173,20 @@ class Harvester:
                 drop[i] = "missing_final_answer"
         t = self._timed("filters", t)
 
-        # Exact duplicates (normalized prompt + completion), across the whole quarter.
+        # Exact duplicates (normalized prompt + completion), across the whole quarter. With exact dedup off they
+        # stay in, but the near_duplicate_rate monitor still counts them: it watches the traffic, not the dedup.
         seen = self.seen
         reached = 0
         exact = self.cfg.dedup.exact
         for i in range(n):
             if drop[i] is None:
                 reached += 1
-                if not exact:
-                    continue
                 key = hashlib.blake2b(exact_key(prompts[i], completions_r[i]), digest_size=12).digest()
                 if key in seen:
-                    drop[i] = "exact_duplicate"
+                    if exact:
+                        drop[i] = "exact_duplicate"
+                    else:
+                        self.monitors.duplicates += 1
                 else:
                     seen.add(key)
         self.monitors.dedup_seen += reached

@@ -2,7 +2,8 @@
 
 - distinct_3: distinct token 3-grams / all 3-grams over a fixed-size sample of reasonings (a sample, so
   the figure does not shrink as the quarter grows); a collapsing model repeats itself.
-- near_duplicate_rate: exact + near duplicates among the traces that reached deduplication.
+- near_duplicate_rate: exact + near duplicates among the traces that reached deduplication. Exact duplicates
+  are counted with exact dedup switched off too (they are kept then): the lab's no_dedup arms read 0.0 before.
 - answer_diversity: over prompts with two or more samples, (distinct final answers - 1) / (samples - 1),
   averaged: 0 when every sample of every prompt gives the same answer.
 - length_ks: two-sample Kolmogorov-Smirnov statistic between this quarter's reasoning lengths and the
