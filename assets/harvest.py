@@ -37,10 +37,9 @@ def benchmark_prompts(cfg: FlywheelConfig, task: TaskSource) -> list[str]:
     return [p.prompt for p in task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)]
 
 
-def _previous_lengths(cfg: FlywheelConfig, the_lake: Lake, key: str) -> list[int] | None:
+def _previous_monitors(cfg: FlywheelConfig, the_lake: Lake, key: str) -> dict | None:
     prev = previous_of(key, cfg)
-    monitors = HarvestedSet.monitors(the_lake, prev) if prev is not None else None
-    return monitors.get("reasoning_lengths") if monitors else None
+    return HarvestedSet.monitors(the_lake, prev) if prev is not None else None
 
 
 def build(stage: Stage) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
@@ -82,7 +81,7 @@ def harvested_traces(
             out = part.parquet(HarvestedSet.DATA, HARVESTED_SCHEMA)
             for batch in the_lake.iter_batches(TraceSet.TABLE, key):
                 out.write_table(harvester.process(batch))
-            monitors = harvester.monitors.result(_previous_lengths(cfg, the_lake, key))
+            monitors = harvester.monitors.result(None, _previous_monitors(cfg, the_lake, key))
             part.write_bytes(HarvestedSet.MONITORS, json.dumps(monitors).encode())
     written = part.files[HarvestedSet.DATA]
     counts = harvester.stats.as_counts()

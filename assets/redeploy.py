@@ -88,7 +88,9 @@ def benchmark_report(
         for target in (run_id, registry.cycle_run(key, index)):
             registry.log_metrics(target, metrics, step=index)
         registry.log_trend(metrics, step=index)
-        registry.log_artifact(run_id, f"{the_lake.partition_dir(BenchmarkReport.TABLE, key)}/{BenchmarkReport.PLOT_FILE}")
+        registry.log_artifact(
+            run_id, f"{the_lake.partition_dir(BenchmarkReport.TABLE, key)}/{BenchmarkReport.PLOT_FILE}"
+        )
         registry.set_tags(
             run_id, {"flywheel.gate": "pass" if decision.promote else "fail", "flywheel.gate_reason": decision.reason}
         )
@@ -204,7 +206,9 @@ def champion_model(
             "reason": decision.reason,
             "champion": f"{registry.model_name} v{decision.champion}",
             "champion_version": dg.MetadataValue.url(registry.model_version_url(cfg.ui.mlflow_url, decision.champion)),
-            "candidate_version": dg.MetadataValue.url(registry.model_version_url(cfg.ui.mlflow_url, decision.candidate)),
+            "candidate_version": dg.MetadataValue.url(
+                registry.model_version_url(cfg.ui.mlflow_url, decision.candidate)
+            ),
             "mlflow_cycle_run": dg.MetadataValue.url(registry.run_url(cfg.ui.mlflow_url, cycle_run)),
             "previous_champion": f"v{decision.previous_champion}",
             "candidate": f"v{decision.candidate}",

@@ -43,7 +43,14 @@ def test_definitions_hold_the_cycle():
     assert checks == {
         *(
             ("harvested_traces", m)
-            for m in ("distinct_3", "near_duplicate_rate", "answer_diversity", "length_ks", "verified_accuracy")
+            for m in (
+                "distinct_3",
+                "near_duplicate_rate",
+                "answer_diversity",
+                "length_ks",
+                "verified_accuracy",
+                "verified_accuracy_drop",
+            )
         ),
         ("training_dataset", "no_pii"),
         ("training_dataset", "no_benchmark_overlap"),

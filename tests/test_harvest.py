@@ -308,3 +308,26 @@ def test_lab_switches_verification_exact_dedup_and_traces_off(task):
     assert mixed.table.num_rows == control.table.num_rows == 4
     assert set(control.table.column("origin").to_pylist()) == {"human"} and control.composition["synthetic"] == 0
     assert control.pairs.num_rows == 0 and control.prompts.num_rows == mixed.prompts.num_rows
+
+
+def test_verified_accuracy_drop_is_measured_from_the_best_quarter_before():
+    from flywheel_dagster.config import MonitorConfig
+    from flywheel_dagster.curation.monitors import MonitorAccumulator
+
+    def quarter(correct: int, previous: dict | None) -> dict:
+        m = MonitorAccumulator(50)
+        for i in range(100):
+            m.add(f"t{i}", f"p{i}", "r", "1", i < correct)
+        return m.result(None, previous)
+
+    first = quarter(40, None)
+    assert first["verified_accuracy_drop"] is None and first["verified_accuracy_best"] == 0.4
+    second = quarter(45, first)
+    third = quarter(41, second)  # 4 points below the best before it (0.45), not the quarter just before
+    assert (second["verified_accuracy_drop"], second["verified_accuracy_best"]) == (-0.05, 0.45)
+    assert (third["verified_accuracy_drop"], third["verified_accuracy_best"]) == (0.04, 0.45)
+    levels = MonitorConfig()
+    assert judge("verified_accuracy_drop", third["verified_accuracy_drop"], levels).level == "warn"
+    assert judge("verified_accuracy_drop", 0.02, levels).level == "ok"
+    # a monitors.json written before this monitor existed: its own verified accuracy is the best known
+    assert quarter(30, {"verified_accuracy": 0.4})["verified_accuracy_drop"] == 0.1

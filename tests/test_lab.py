@@ -111,6 +111,15 @@ def test_lead_time_misses_and_false_alarms():
     noisy = [_row(1, 0.30, 0.34), _row(2, 0.34, 0.31)]
     noisy[1]["suites"]["overall"]["candidate_ci"] = [0.25, 0.37]
     assert outcome(noisy, levels).verdict == "quiet"
+    # verified accuracy 4 points below its best before (derived for cycles recorded without the monitor): it
+    # warns at the drop's own cycle, in time to stop that model: lead 0
+    feeding = [
+        _row(1, 0.35, 0.35, verified_accuracy=0.40),
+        _row(2, 0.35, 0.34, verified_accuracy=0.385),
+        _row(3, 0.34, 0.31, verified_accuracy=0.36),
+    ]
+    o = outcome(feeding, levels)
+    assert (o.first_warning, o.warned_by, o.first_drop, o.verdict) == (3, ["verified_accuracy_drop"], 3, "lead 0")
     # a rejected candidate leaves the champion serving: no drop however bad the candidate
     gated = [_row(1, 0.30, 0.34), _row(2, 0.34, 0.20, decision="rejected")]
     assert [p.accuracy for p in serving_curve(gated)] == [0.30, 0.34, 0.34]

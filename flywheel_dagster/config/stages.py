@@ -146,6 +146,11 @@ class MonitorConfig(Strict):
     answer_diversity_min: ThresholdConfig = ThresholdConfig(warn=0.02, block=None)
     length_ks_max: ThresholdConfig = ThresholdConfig(warn=0.3, block=0.6)
     verified_accuracy_min: ThresholdConfig = ThresholdConfig(warn=0.05, block=None)
+    verified_accuracy_drop_max: ThresholdConfig = Field(
+        default=ThresholdConfig(warn=0.03, block=None),
+        description="verified accuracy this far below its best in earlier quarters (calibrated in docs/lab.md: "
+        "warned in time for the self-consuming loop's collapse, never on the healthy arms)",
+    )
     sample_size: int = Field(default=2000, gt=10, description="reasonings sampled for distinct-n and the KS test")
 
 

@@ -9,6 +9,10 @@
 - length_ks: two-sample Kolmogorov-Smirnov statistic between this quarter's reasoning lengths and the
   previous quarter's (from its monitors.json); None in the first cycle.
 - verified_accuracy: correct / verified traces.
+- verified_accuracy_drop: how far verified_accuracy fell below its best in the quarters before (the serving
+  model's accuracy on its own traffic, measured before the next model trains on that traffic). The flywheel
+  lab found it the signal that moves first when the loop feeds on itself (docs/lab.md); None in the first
+  cycle.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ MONITORS = {
     "answer_diversity": ("answer_diversity_min", True),
     "length_ks": ("length_ks_max", False),
     "verified_accuracy": ("verified_accuracy_min", True),
+    "verified_accuracy_drop": ("verified_accuracy_drop_max", False),
 }
 
 
@@ -63,7 +68,20 @@ class MonitorAccumulator:
     def lengths(self) -> list[int]:
         return sorted(len(r) for _, r in self._sample)
 
-    def result(self, previous_lengths: list[int] | None) -> dict:
+    def result(self, previous_lengths: list[int] | None, previous: dict | None = None) -> dict:
+        """The figures; `previous`: the quarter before's result (its lengths and best verified accuracy)."""
+        figures = self._figures(
+            previous_lengths if previous_lengths is not None else (previous or {}).get("reasoning_lengths")
+        )
+        best_before = best_verified_accuracy(previous)
+        accuracy = figures["verified_accuracy"]
+        figures["verified_accuracy_drop"] = (
+            round(best_before - accuracy, 4) if best_before is not None and accuracy is not None else None
+        )
+        figures["verified_accuracy_best"] = max((a for a in (best_before, accuracy) if a is not None), default=None)
+        return figures
+
+    def _figures(self, previous_lengths: list[int] | None) -> dict:
         reasonings = [r for _, r in self._sample]
         grams, distinct = 0, set()
         for r in reasonings:
@@ -83,6 +101,13 @@ class MonitorAccumulator:
             "mean_reasoning_chars": round(float(np.mean(lengths)), 1) if lengths else None,
             "reasoning_lengths": lengths,
         }
+
+
+def best_verified_accuracy(monitors: dict | None) -> float | None:
+    """The best verified accuracy up to the quarter whose monitors these are (older files: its own)."""
+    if not monitors:
+        return None
+    return monitors.get("verified_accuracy_best", monitors.get("verified_accuracy"))
 
 
 def ks_statistic(a: list[int], b: list[int]) -> float:

@@ -56,11 +56,21 @@ def first_drop(points: list[Point], drop: float = DROP) -> int | None:
 
 
 def monitor_events(rows: list[dict[str, Any]], levels: MonitorConfig) -> list[tuple[int, str, str, float]]:
-    """(cycle, monitor, 'warn' or 'block', value) for every monitor that fired, in cycle order."""
+    """(cycle, monitor, 'warn' or 'block', value) for every monitor that fired, in cycle order. A cycle recorded
+    before verified_accuracy_drop existed gets it from the arm's own verified accuracies, as the harvest
+    computes it."""
     events = []
+    best: float | None = None
     for row in rows:
+        monitors = dict(row["monitors"])
+        accuracy = monitors.get("verified_accuracy")
+        if "verified_accuracy_drop" not in monitors:
+            drop = None if best is None or accuracy is None else round(best - accuracy, 4)
+            monitors["verified_accuracy_drop"] = drop
+        if accuracy is not None:
+            best = accuracy if best is None else max(best, accuracy)
         for name in MONITORS:
-            verdict = judge(name, row["monitors"].get(name), levels)
+            verdict = judge(name, monitors.get(name), levels)
             if verdict.level in ("warn", "block"):
                 events.append((row["cycle"], name, verdict.level, verdict.value))
     return events
