@@ -21,8 +21,11 @@ def test_built_in_arms_are_overlays_of_one_base(tmp_path):
         "no_dedup",
         "anchors_only",
         "sft_then_rl",
+        "self_consuming",
     ]
     cfg = {name: build_config(arm.config(base, 1)) for name, arm in arms.items()}
+    off = cfg["self_consuming"].harvest
+    assert (off.verify, off.anchor_fraction, off.dedup.exact, off.dedup.near_duplicates) == (False, 0.0, False, False)
     assert cfg["full"].gate.always_promote and not cfg["full_gated"].gate.always_promote
     assert not cfg["no_verification"].harvest.verify and cfg["full"].harvest.verify
     assert cfg["no_anchors"].harvest.anchor_fraction == 0.0

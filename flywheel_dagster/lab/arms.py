@@ -58,7 +58,8 @@ class Arm:
 
 
 def built_in_arms(cycles: int) -> dict[str, Arm]:
-    """The six arms of the question (is it converging or collapsing?) and `full` once more behind the gate."""
+    """The six arms of the question (is it converging or collapsing?), `full` once more behind the gate, and
+    the loop with every safeguard off (`self_consuming`: the one that collapses on the playground)."""
     switch = cycles // 2 + 1
     arms = [
         Arm("full", "verification, dedup, decontamination, anchors; every candidate promoted", ALWAYS_PROMOTE),
@@ -89,11 +90,34 @@ def built_in_arms(cycles: int) -> dict[str, Arm]:
             ALWAYS_PROMOTE,
             {switch: RL_AFTER_SFT},
         ),
+        Arm(
+            "self_consuming",
+            "the loop feeding on itself alone - no verification, no anchors, no dedup, every candidate promoted",
+            merged(
+                ALWAYS_PROMOTE,
+                {
+                    "harvest": {
+                        "verify": False,
+                        "anchor_fraction": 0.0,
+                        "dedup": {"exact": False, "near_duplicates": False},
+                    }
+                },
+            ),
+        ),
     ]
     return {a.name: a for a in arms}
 
 
-DEFAULT_ARMS = ("full", "full_gated", "no_verification", "no_anchors", "no_dedup", "anchors_only", "sft_then_rl")
+DEFAULT_ARMS = (
+    "full",
+    "full_gated",
+    "no_verification",
+    "no_anchors",
+    "no_dedup",
+    "anchors_only",
+    "sft_then_rl",
+    "self_consuming",
+)
 
 
 def load_arms_file(path: Path) -> dict[str, Arm]:

@@ -36,7 +36,7 @@ from flywheel_dagster.lab.arms import Arm, ArmError, check_arm
 LAB_FILE = "lab.json"
 CYCLES_FILE = "cycles.jsonl"
 BASE_MODEL_DIR = "model"
-# The default lab's sizes on the playground: 7 arms x 8 cycles within an hour on two cores.
+# The default lab's sizes on the playground: 8 arms x 8 cycles in about 40 minutes on two cores (docs/lab.md).
 PLAYGROUND_LAB_SIZE: dict[str, Any] = {
     "traffic": {"problems_per_cycle": 1500},
     "benchmark": {"problems_per_suite": 200, "samples_per_problem": 2},
