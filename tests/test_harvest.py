@@ -331,3 +331,35 @@ def test_verified_accuracy_drop_is_measured_from_the_best_quarter_before():
     assert judge("verified_accuracy_drop", 0.02, levels).level == "ok"
     # a monitors.json written before this monitor existed: its own verified accuracy is the best known
     assert quarter(30, {"verified_accuracy": 0.4})["verified_accuracy_drop"] == 0.1
+
+
+def test_the_band_index_answers_as_datasketchs_minhash_lsh():
+    """The near-dedup index (plain sets of band values) against datasketch's MinHashLSH, the oracle, on the same
+    signatures: texts edited by a word or two, copies and unrelated texts, in one stream."""
+    import random
+
+    from datasketch import LeanMinHash, MinHashLSH
+
+    from flywheel_dagster.curation.dedup import NearDuplicateIndex
+
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(60)]
+    texts = []
+    for _ in range(400):
+        if texts and rng.random() < 0.5:
+            t = rng.choice(texts).split()
+            t[rng.randrange(len(t))] = rng.choice(words)
+            texts.append(" ".join(t))
+        else:
+            texts.append(" ".join(rng.choice(words) for _ in range(40)))
+    for threshold in (0.5, 0.8, 0.9):
+        index = NearDuplicateIndex(threshold, 64, 3)
+        sigs = index.signatures(texts)
+        oracle, answers = MinHashLSH(threshold=threshold, num_perm=64), []
+        for i, sig in enumerate(sigs):
+            m = LeanMinHash(seed=1, hashvalues=sig, scheme="legacy")
+            answers.append(bool(oracle.query(m)))
+            if not answers[-1]:
+                oracle.insert(i, m, check_duplication=False)
+        assert index.check_and_add(sigs) == answers
+        assert 20 < sum(answers) < 380  # both kinds of answer occur
