@@ -131,14 +131,20 @@ class Harvester:
         # Redact PII in every text column (the answer is the verifier's), recording which types each row lost.
         pii_rows: list[list[str]] = [[] for _ in range(n)]
         redacted = {}
-        for col, column in (
-            ("prompt", table.column("prompt")),
-            ("completion", table.column("completion")),
-            ("reasoning", table.column("reasoning")),
-            ("answer", pa.array(answers, pa.string())),
-        ):
+        columns = {
+            "prompt": table.column("prompt"),
+            "completion": table.column("completion"),
+            "reasoning": table.column("reasoning"),
+            "answer": pa.array(answers, pa.string()),
+        }
+        modes = pii.row_modes_of(list(columns.values()), self.cfg.redact_names)  # one prefilter pass for all four
+        for (col, column), column_modes in zip(columns.items(), modes, strict=True):
             redacted[col], kinds = pii.redact_rows(
-                column, self.cfg.redact_names, raw_prompts if col == "prompt" else None, self._redacted
+                column,
+                self.cfg.redact_names,
+                raw_prompts if col == "prompt" else None,
+                self._redacted,
+                column_modes,
             )
             for i, k in enumerate(kinds):
                 if k:

@@ -80,7 +80,7 @@ def _split(task: TaskSource, completion: str) -> tuple[str | None, str]:
 
 
 def _corrupt(solution: str, rng: random.Random) -> str:
-    digits = [i for i, c in enumerate(solution) if c.isdigit()]
+    digits = [i for i, c in enumerate(solution) if "0" <= c <= "9"]  # not isdigit(): "³" is a digit to it
     i = rng.choice(digits)
     return solution[:i] + str((int(solution[i]) + rng.randint(1, 9)) % 10) + solution[i + 1 :]
 

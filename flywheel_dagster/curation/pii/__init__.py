@@ -31,6 +31,7 @@ from flywheel_dagster.curation.pii.redaction import (
     redact,
     redact_column,
     redact_rows,
+    row_modes_of,
 )
 from flywheel_dagster.curation.pii.structured import iban_ok, luhn_ok, ssn_ok
 
@@ -50,5 +51,6 @@ __all__ = [
     "redact",
     "redact_column",
     "redact_rows",
+    "row_modes_of",
     "ssn_ok",
 ]

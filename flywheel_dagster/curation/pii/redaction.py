@@ -77,6 +77,18 @@ def _row_modes(column: pa.Array | pa.ChunkedArray, names: bool) -> list[int]:
     return [2 if o else int(p) for o, p in zip(others, pairs, strict=True)]
 
 
+def row_modes_of(columns: list[pa.Array | pa.ChunkedArray], names: bool = True) -> list[list[int]]:
+    """_row_modes of several string columns in one pass: Arrow compiles a regex on every call (about 5 ms for
+    the two prefilters, as long as matching 8,192 rows), so the columns go through it together."""
+    chunks = [c for col in columns for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
+    modes = _row_modes(pa.chunked_array(chunks, pa.string()), names)
+    out, start = [], 0
+    for col in columns:
+        out.append(modes[start : start + len(col)])
+        start += len(col)
+    return out
+
+
 def _detect_in_mode(text: str, mode: int, names: bool) -> list[Span]:
     if mode == 2:
         return _spans(text, names)
@@ -88,13 +100,15 @@ def redact_rows(
     names: bool = True,
     values: list[str | None] | None = None,
     memo: dict | None = None,
+    modes: list[int] | None = None,
 ) -> tuple[list[str | None], list[list[str]]]:
     """Redact a string column row by row: the new values and, per row, the types replaced.
 
     `values` is the column as a Python list when the caller already has it (saves converting twice). `memo`
     (a batching.Memo) keeps each distinct text's redaction across calls: repeated texts are detected once.
+    `modes`: the prefilter's answer for the column when the caller asked for it (row_modes_of).
     """
-    modes = _row_modes(column, names)
+    modes = _row_modes(column, names) if modes is None else modes
     values = list(values if values is not None else column.to_pylist())
     kinds: list[list[str]] = [[] for _ in values]
     for i, mode in enumerate(modes):
