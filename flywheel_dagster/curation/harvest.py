@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from flywheel_dagster.config import HarvestConfig
@@ -68,46 +69,59 @@ class HarvestStats:
         return out
 
 
-class Harvester:
-    """Labels traces batch by batch; state (dedup keys, LSH index, caps, monitors) spans the whole quarter."""
+@dataclass
+class RowWork:
+    """What the harvest decides about each trace of a batch on its own, with no quarter state: verdicts, the
+    contamination check, redactions, the filters' drop reason, exact-dedup keys and (optionally) MinHash
+    signatures. Picklable: the Ray engine computes it in workers and the driver decides the rest in order."""
+
+    table: pa.Table
+    correct: list[bool | None]
+    verdicts: list[str]
+    answers: list[str | None]
+    prompts: list[str]
+    completions: list[str]
+    reasonings: list[str]
+    redacted_answers: list[str | None]
+    pii_rows: list[list[str]]
+    drop: list[str | None]
+    keys: list[bytes | None]  # the exact-dedup key of every row the filters kept
+    signatures: np.ndarray | None  # MinHash rows (prompt + reasoning) of the rows the filters kept, else zeros
+    pii: Counter
+    seconds: Counter
+
+
+class RowWorker:
+    """The per-trace part of the harvest. Its memos only save work: the same text always gets the same answer,
+    whichever worker (or order) it comes in."""
 
     def __init__(self, task: TaskSource, cfg: HarvestConfig, benchmark_prompts: Iterable[str]) -> None:
         self.task = task
         self.cfg = cfg
         self.decontam = BenchmarkIndex.for_task(task, benchmark_prompts, cfg.decontamination_ngram)
-        self.near = (
-            {
-                label: NearDuplicateIndex(cfg.dedup.jaccard_threshold, cfg.dedup.num_perm, cfg.dedup.shingle_tokens)
-                for label in ("positive", "negative")
-            }
-            if cfg.dedup.near_duplicates
-            else None
+        d = cfg.dedup
+        self.hasher = (
+            NearDuplicateIndex(d.jaccard_threshold, d.num_perm, d.shingle_tokens) if d.near_duplicates else None
         )
-        self.seen: set[bytes] = set()
-        self.per_problem: Counter = Counter()
-        self.stats = HarvestStats()
-        self.monitors = MonitorAccumulator(cfg.monitors.sample_size)
         # Verdicts and redactions of texts seen before in the quarter (both are pure functions of the text).
         self._verified = Memo(MEMO_ENTRIES)
         self._redacted = Memo(MEMO_ENTRIES)
 
-    def _timed(self, step: str, start: float) -> float:
-        now = time.perf_counter()
-        self.stats.seconds[step] += now - start
-        return now
-
-    def process(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
-        """Harvested rows (HARVESTED_SCHEMA) for one batch of traces (TRACE_SCHEMA)."""
+    def work(self, batch: pa.RecordBatch | pa.Table, signatures: bool = False) -> RowWork:
         with paused_gc():
-            return self._process(batch)
+            return self._work(batch, signatures)
 
-    def _process(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    def _work(self, batch: pa.RecordBatch | pa.Table, signatures: bool) -> RowWork:
         table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
         n = table.num_rows
-        counts = self.stats.counts
-        counts["read"] += n
-        t = time.perf_counter()
+        seconds: Counter = Counter()
 
+        def timed(step: str, start: float) -> float:
+            now = time.perf_counter()
+            seconds[step] += now - start
+            return now
+
+        t = time.perf_counter()
         # Verify against the reference answer (raw text: redaction must not change the verdict).
         completions = table.column("completion").to_pylist()
         references = table.column("reference_answer").to_pylist()
@@ -121,15 +135,16 @@ class Harvester:
                 correct[i], verdicts[i], answers[i] = v.correct, v.reason, v.answer
             elif answers[i] is None:
                 answers[i] = self.task.parse(completions[i]).answer
-        t = self._timed("verify", t)
+        t = timed("verify", t)
 
         # Decontaminate on the raw prompt.
         raw_prompts = table.column("prompt").to_pylist()
         contaminated = [self.decontam.contaminated(p) for p in raw_prompts]
-        t = self._timed("decontaminate", t)
+        t = timed("decontaminate", t)
 
         # Redact PII in every text column (the answer is the verifier's), recording which types each row lost.
         pii_rows: list[list[str]] = [[] for _ in range(n)]
+        pii_counts: Counter = Counter()
         redacted = {}
         columns = {
             "prompt": table.column("prompt"),
@@ -149,9 +164,9 @@ class Harvester:
             for i, k in enumerate(kinds):
                 if k:
                     pii_rows[i].extend(k)
-                    self.stats.pii.update(k)
+                    pii_counts.update(k)
         prompts, completions_r, reasonings = redacted["prompt"], redacted["completion"], redacted["reasoning"]
-        t = self._timed("pii", t)
+        t = timed("pii", t)
 
         # Quality filters, in DROP_REASONS order.
         f = self.cfg.filters
@@ -177,17 +192,81 @@ class Harvester:
                 drop[i] = "repetition"
             elif answers[i] is None:
                 drop[i] = "missing_final_answer"
-        t = self._timed("filters", t)
+        t = timed("filters", t)
 
-        # Exact duplicates (normalized prompt + completion), across the whole quarter. With exact dedup off they
-        # stay in, but the near_duplicate_rate monitor still counts them: it watches the traffic, not the dedup.
+        # Exact-dedup keys (normalized prompt + completion) of the rows the filters kept.
+        keys: list[bytes | None] = [
+            hashlib.blake2b(exact_key(prompts[i], completions_r[i]), digest_size=12).digest()
+            if drop[i] is None
+            else None
+            for i in range(n)
+        ]
+        t = timed("exact_dedup", t)
+
+        sigs = None
+        if signatures and self.hasher is not None:
+            kept = [i for i in range(n) if drop[i] is None]
+            sigs = np.zeros((n, self.hasher.num_perm), dtype=np.uint64)
+            if kept:
+                sigs[kept] = self.hasher.signatures([prompts[i] + "\n" + reasonings[i] for i in kept])
+            timed("near_dedup", t)
+        return RowWork(
+            table, correct, verdicts, answers, prompts, completions_r, reasonings, redacted["answer"], pii_rows, drop,
+            keys, sigs, pii_counts, seconds,
+        )  # fmt: skip
+
+
+class Harvester:
+    """Labels traces batch by batch; state (dedup keys, LSH index, caps, monitors) spans the whole quarter.
+
+    `process` = the per-trace part (RowWorker.work) then `decide`, the part that depends on the traces before:
+    exact and near duplicates (the first in the quarter's order survives), the per-problem cap, the monitors.
+    The Ray engine runs the first part in workers and calls `decide` on their results in the same order."""
+
+    def __init__(self, task: TaskSource, cfg: HarvestConfig, benchmark_prompts: Iterable[str]) -> None:
+        self.task = task
+        self.cfg = cfg
+        self.rows = RowWorker(task, cfg, benchmark_prompts)
+        self.near = (
+            {
+                label: NearDuplicateIndex(cfg.dedup.jaccard_threshold, cfg.dedup.num_perm, cfg.dedup.shingle_tokens)
+                for label in ("positive", "negative")
+            }
+            if cfg.dedup.near_duplicates
+            else None
+        )
+        self.seen: set[bytes] = set()
+        self.per_problem: Counter = Counter()
+        self.stats = HarvestStats()
+        self.monitors = MonitorAccumulator(cfg.monitors.sample_size)
+
+    def process(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        """Harvested rows (HARVESTED_SCHEMA) for one batch of traces (TRACE_SCHEMA)."""
+        return self.decide(self.rows.work(batch))
+
+    def decide(self, work: RowWork) -> pa.Table:
+        """The harvested rows of one batch's RowWork, batches taken in the quarter's order."""
+        with paused_gc():
+            return self._decide(work)
+
+    def _decide(self, w: RowWork) -> pa.Table:
+        table, n = w.table, w.table.num_rows
+        counts = self.stats.counts
+        counts["read"] += n
+        self.stats.pii.update(w.pii)
+        self.stats.seconds.update(w.seconds)
+        prompts, reasonings, answers, correct, drop = w.prompts, w.reasonings, w.answers, w.correct, list(w.drop)
+        t = time.perf_counter()
+
+        # Exact duplicates, across the whole quarter. With exact dedup off they stay in, but the
+        # near_duplicate_rate monitor still counts them: it watches the traffic, not the dedup.
         seen = self.seen
         reached = 0
         exact = self.cfg.dedup.exact
         for i in range(n):
             if drop[i] is None:
                 reached += 1
-                key = hashlib.blake2b(exact_key(prompts[i], completions_r[i]), digest_size=12).digest()
+                key = w.keys[i]
                 if key in seen:
                     if exact:
                         drop[i] = "exact_duplicate"
@@ -216,7 +295,10 @@ class Harvester:
             for label, index in self.near.items():
                 rows = [i for i in range(n) if labels[i] == label]
                 if rows:
-                    sigs = index.signatures([prompts[i] + "\n" + reasonings[i] for i in rows])
+                    if w.signatures is not None:
+                        sigs = w.signatures[rows]
+                    else:
+                        sigs = index.signatures([prompts[i] + "\n" + reasonings[i] for i in rows])
                     for i, dup in zip(rows, index.check_and_add(sigs), strict=True):
                         if dup:
                             labels[i], drop[i] = "dropped", "near_duplicate"
@@ -242,21 +324,26 @@ class Harvester:
         out = table.select(HARVESTED_SCHEMA.names[: len(table.schema.names)])
         for name, values, type_ in (
             ("prompt", prompts, pa.string()),
-            ("completion", completions_r, pa.string()),
+            ("completion", w.completions, pa.string()),
             ("reasoning", reasonings, pa.string()),
-            ("answer", redacted["answer"], pa.string()),
+            ("answer", w.redacted_answers, pa.string()),
             ("correct", correct, pa.bool_()),
             ("verifier", [self.task.verifier_name] * n, pa.string()),
-            ("verdict", verdicts, pa.string()),
+            ("verdict", w.verdicts, pa.string()),
         ):
             out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, type_))
         out = out.append_column("label", pa.array(labels, pa.string()))
         out = out.append_column("drop_reason", pa.array(drop, pa.string()))
         out = out.append_column(
-            "pii_types", pa.array([",".join(sorted(set(k))) or None for k in pii_rows], pa.string())
+            "pii_types", pa.array([",".join(sorted(set(k))) or None for k in w.pii_rows], pa.string())
         )
         self._timed("assemble", t)
         return out.cast(HARVESTED_SCHEMA)
+
+    def _timed(self, step: str, start: float) -> float:
+        now = time.perf_counter()
+        self.stats.seconds[step] += now - start
+        return now
 
 
 @dataclass
