@@ -5,9 +5,11 @@ training_dataset, are blocking checks: an ERROR stops the cycle before anything 
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import dagster as dg
+import pyarrow as pa
 
 from assets import Stage, dagster_tags, lake_file_result, mlflow_run_links, open_cycle, previous_of
 from flywheel_dagster import timing
@@ -75,12 +77,13 @@ def harvested_traces(
     """Every trace with its label and, when unused, the reason; PII redacted; loop-health monitors."""
     cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
     task = load_task(cfg)
-    harvester = Harvester(task, cfg.harvest, benchmark_prompts(cfg, task))
+    prompts = benchmark_prompts(cfg, task)
+    harvester = Harvester(task, cfg.harvest, prompts)
     with timing.compute(HARVESTED_TRACES):
-        with the_lake.open_partition(HarvestedSet.TABLE, key) as part:
+        with the_lake.open_partition(HarvestedSet.TABLE, key) as part, _harvested(cfg, harvester, prompts) as run:
             out = part.parquet(HarvestedSet.DATA, HARVESTED_SCHEMA)
-            for batch in the_lake.iter_batches(TraceSet.TABLE, key):
-                out.write_table(harvester.process(batch))
+            for table in run(the_lake.iter_batches(TraceSet.TABLE, key)):
+                out.write_table(table)
             monitors = harvester.monitors.result(None, _previous_monitors(cfg, the_lake, key))
             part.write_bytes(HarvestedSet.MONITORS, json.dumps(monitors).encode())
     written = part.files[HarvestedSet.DATA]
@@ -104,6 +107,24 @@ def harvested_traces(
         **{f"pii/{k}": harvester.stats.pii.get(k, 0) for k in pii.PII_TYPES},
         **{f"monitor/{k}": v for k, v in figures.items()},
     )
+
+
+@contextmanager
+def _harvested(
+    cfg: FlywheelConfig, harvester: Harvester, prompts: list[str]
+) -> Iterator[Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Table]]]:
+    """batches -> harvested tables: in this process (compute.engine local) or with Ray workers (ray)."""
+    if cfg.compute.engine == "local":
+        yield lambda batches: (harvester.process(b) for b in batches)
+        return
+    from flywheel_dagster.curation import ray_harvest
+
+    c = cfg.compute
+    actors = ray_harvest.start_workers(cfg.model_dump(mode="json"), prompts, c.ray_workers, c.ray_address)
+    try:
+        yield lambda batches: ray_harvest.harvest_batches(harvester, batches, actors)
+    finally:
+        ray_harvest.stop_workers(actors)
 
 
 def _monitor_check(name: str) -> Callable[..., dg.AssetCheckResult]:

@@ -33,6 +33,12 @@ class ComputeConfig(Strict):
         "(on two cores a tiny cycle took 194 s that way against 67 s of step work)",
     )
     gpu: GpuNodesConfig = GpuNodesConfig()
+    engine: Literal["local", "ray"] = Field(
+        default="local",
+        description="where the harvest's per-trace work runs: local (in the step's process) or ray (Ray actors, "
+        "`ray_workers` of them; the same rows and labels)",
+    )
+    ray_workers: int = Field(default=0, ge=0, description="engine ray: harvest workers (0: one per CPU Ray sees)")
     ray_address: str = Field(
         default="",
         description="the Ray cluster engine replicas run on (e.g. ray://head:10001, or a KubeRay service); empty: "
