@@ -108,16 +108,62 @@ def one_pass(path: Path, near: bool, batch: int, task_name: str) -> dict:
     }
 
 
+def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -> dict:
+    """The harvest of the already-ingested traces (as harvested_traces reads them from the lake) with `workers`
+    Ray actors doing the per-trace work and this process deciding in order; traces/s of the harvest alone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from flywheel_dagster.config import build_config
+    from flywheel_dagster.curation import ingest, ray_harvest
+    from flywheel_dagster.curation.harvest import Harvester
+    from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, TRACE_SCHEMA
+
+    pa.set_cpu_count(1)
+    task = make_task(task_name)
+    traces = path.with_suffix(".traces.parquet")
+    if not traces.exists():  # ingest once, untimed: the Ray pass starts from the reasoning_traces table
+        ingestor = ingest.Ingestor(task, ingest.Settings("2026-01-01", ingest.Window(START, END)), batch_rows=batch)
+        with pq.ParquetWriter(traces, TRACE_SCHEMA) as w:
+            for table, _ in ingestor.tables([str(path)]):
+                w.write_table(table)
+    model = {} if task_name == "playground" else {"model": {"kind": "hf", "hf_path": "unused-by-the-harvest"}}
+    cfg = build_config({"task": {"source": task_name}, **model, "harvest": {"dedup": {"near_duplicates": near}}})
+    prompts = [p.prompt for p in task.benchmark(150, cfg.benchmark.seed)]
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    actors = ray_harvest.start_workers(cfg.model_dump(mode="json"), prompts, workers)
+    ray.get([a.pid.remote() for a in actors])  # started and built before the clock
+    harvester = Harvester(task, cfg.harvest, prompts)
+    out = path.with_suffix(f".ray{workers}.parquet")
+    started = time.perf_counter()
+    with pq.ParquetWriter(out, HARVESTED_SCHEMA, compression="zstd") as writer:
+        for table in ray_harvest.harvest_batches(harvester, pq.ParquetFile(traces).iter_batches(batch), actors):
+            writer.write_table(table)
+    total = time.perf_counter() - started
+    ray_harvest.stop_workers(actors)
+    return {"traces": harvester.stats.counts["read"], "total_s": total, "counts": harvester.stats.as_counts()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=8192)
     parser.add_argument("--task", choices=["playground", "gsm8k"], default="playground")
     parser.add_argument("--pass", dest="one", choices=["exact", "near"], help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=["local", "ray"], default="local")
+    parser.add_argument("--workers", default="1,2", help="--engine ray: worker counts to compare")
     parser.add_argument("--log", help=argparse.SUPPRESS)
+    parser.add_argument("--ray-workers", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one and args.ray_workers:
+        print(json.dumps(ray_pass(Path(args.log), args.one == "near", args.batch, args.task, args.ray_workers)))
+        return
     if args.one:
         print(json.dumps(one_pass(Path(args.log), args.one == "near", args.batch, args.task)))
+        return
+    if args.engine == "ray":
+        ray_bench(args)
         return
 
     work = Path(tempfile.mkdtemp(prefix="flywheel-harvest-bench-"))
@@ -153,6 +199,31 @@ def main() -> None:
         c = r["counts"]
         print("  labels: " + ", ".join(f"{k}={v:,}" for k, v in c.items() if v))
         print("  pii: " + ", ".join(f"{k}={v:,}" for k, v in sorted(r["pii"].items())))
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+
+
+def ray_bench(args: argparse.Namespace) -> None:
+    """Traces/s of the harvest (after the ingest) with 1, 2, ... Ray workers, and the scale-out efficiency."""
+    work = Path(tempfile.mkdtemp(prefix="flywheel-harvest-bench-"))
+    log = work / "gateway.jsonl"
+    generate(log, args.traces, args.task)
+    counts = [int(w) for w in args.workers.split(",")]
+    for mode in ("exact", "near"):
+        rates = {}
+        for workers in counts:
+            cmd = [sys.executable, __file__, "--pass", mode, "--log", str(log), "--batch", str(args.batch)]
+            cmd += ["--task", args.task, "--ray-workers", str(workers)]
+            r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            rates[workers] = r["traces"] / r["total_s"]
+            base = rates[counts[0]]
+            efficiency = rates[workers] / (base * workers / counts[0])
+            print(
+                f"{mode} harvest, ray, {workers} worker(s): {r['traces']:,} traces in {r['total_s']:.1f} s = "
+                f"{rates[workers]:,.0f} traces/s; scale-out efficiency from {counts[0]}: {efficiency:.2f}",
+                flush=True,
+            )
     for f in work.iterdir():
         f.unlink()
     work.rmdir()
