@@ -247,7 +247,7 @@ def test_training_settings_flatten_to_the_prefixed_keys():
     flat = settings.as_dict()
     assert list(flat) == [
         "method", "learning_rate", "epochs", "batch_size", "max_length", "max_steps", "seed", "warmup_ratio",
-        "device", "checkpoint_every", "lora", "redi_alpha", "redi_learning_rate", "redi_epochs",
+        "device", "checkpoint_every", "sharding", "lora", "redi_alpha", "redi_learning_rate", "redi_epochs",
         "num_generations", "max_new_tokens", "temperature", "opsd_clip", "grpo_beta", "grpo_format_reward",
     ]  # fmt: skip
     assert flat["redi_alpha"] == 0.7 and flat["opsd_clip"] is None and flat["grpo_format_reward"] == 0.5
