@@ -141,3 +141,19 @@ def test_dagster_launches_the_two_process_job_through_pipes_and_gets_rank_zeros_
     assert got == json.loads((tmp_path / "ckpt" / RESULT_FILE).read_text())  # one result, rank 0's
     messages = [r.user_message for r in instance.all_logs(result.run_id)]
     assert sum("training 2026-01-01 with sft" in m for m in messages) == 1  # rank 0 alone speaks through Pipes
+
+
+def test_a_job_killed_after_its_last_checkpoint_finishes_with_the_same_model(untrained_model, tmp_path):
+    """Killed between the final checkpoint and its result: the rerun takes the checkpoint as it is (transformers'
+    train() resumed there would run a 25th step of a 24-step run and change the model)."""
+    argv = _job(untrained_model, tmp_path, 1, checkpoint_every=4)
+    first = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    done = json.loads((tmp_path / "ckpt" / RESULT_FILE).read_text())
+    (tmp_path / "ckpt" / RESULT_FILE).unlink()  # as if killed before writing it
+    second = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((tmp_path / "ckpt" / RESULT_FILE).read_text())
+    assert (again["steps"], again["resumed_from_step"]) == (STEPS, STEPS)
+    assert again["weights_sha256"] == done["weights_sha256"]
+    assert not (tmp_path / "ckpt" / f"checkpoint-{STEPS + 1}").exists()

@@ -274,11 +274,31 @@ def train_with_resume(trainer: Trainer, checkpoint_dir: Path) -> tuple[TrainOutp
         # The saved counts are the whole job's; rank 0 carries them on, the other ranks count from 0.
         for k, v in json.loads((Path(resume) / COUNTERS_FILE).read_text()).items():
             setattr(trainer, k, v)
-    output = trainer.train(resume_from_checkpoint=resume)
+    finished = _finished_run(trainer, resume)
+    output = finished if finished is not None else trainer.train(resume_from_checkpoint=resume)
     for k, v in summed_over_processes({k: getattr(trainer, k, 0) for k in COUNTERS}).items():
         if hasattr(trainer, k):
             setattr(trainer, k, v)  # each process counted its own share of the tokens
     return output, step
+
+
+def _finished_run(trainer: Trainer, resume: str | None) -> TrainOutput | None:
+    """The run's output when the checkpoint resumed from is its last one (killed after the final checkpoint,
+    before the result was written): the checkpoint's weights, no further step. transformers' train() resumed
+    there runs one more optimizer step (measured: 25 steps of a 24-step run), which would change the model
+    a crash-free run produces."""
+    if resume is None or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        return None  # sharded checkpoints load after the model is prepared: train() does it
+    from transformers.trainer_utils import TrainOutput
+
+    state = json.loads((Path(resume) / "trainer_state.json").read_text())
+    if not 0 < state.get("max_steps", 0) <= state["global_step"]:
+        return None
+    # Trainer's own checkpoint loading (what train(resume_from_checkpoint=...) does first, FSDP and DeepSpeed
+    # aside): full weights or the PEFT adapter, onto the model in memory.
+    trainer._load_from_checkpoint(resume)  # noqa: SLF001 - no public way to load a checkpoint without training
+    losses = [h["loss"] for h in state.get("log_history", []) if "loss" in h]
+    return TrainOutput(state["global_step"], sum(losses) / len(losses) if losses else float("nan"), {})
 
 
 def summed_over_processes(counts: dict[str, int]) -> dict[str, int]:
