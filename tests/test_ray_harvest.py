@@ -89,3 +89,21 @@ def test_a_worker_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(ray_
     got = pa.concat_tables(out)
     assert got.num_rows == want.num_rows == sum(b.num_rows for b in batches)
     assert got.equals(want), first_difference(got, want)
+
+
+def test_the_harvested_traces_asset_takes_the_engine_from_the_config(ray_cluster, tmp_path):
+    """The asset's choice of engine (assets/harvest.py): compute.engine ray gives what local gives."""
+    from assets.harvest import _harvested
+
+    batches = _batches(tmp_path, "playground")
+    out = {}
+    for engine in ("local", "ray"):
+        cfg = build_config(
+            {"compute": {"engine": engine, "ray_workers": 2}, "harvest": {"dedup": {"near_duplicates": True}}}
+        )
+        task = load_task(cfg)
+        prompts = [p.prompt for p in task.benchmark(20, 0)]
+        harvester = Harvester(task, cfg.harvest, prompts)
+        with _harvested(cfg, harvester, prompts) as run:
+            out[engine] = pa.concat_tables(list(run(batches)))
+    assert out["ray"].equals(out["local"])
