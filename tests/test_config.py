@@ -49,6 +49,8 @@ def test_cross_field_rules():
         build_config({"task": {"source": "gsm8k"}, "model": {"kind": "playground-tiny"}})
     with pytest.raises(ConfigError, match="batch_size 10 does not divide among training.processes 4"):
         build_config({"training": {"batch_size": 10, "processes": 4}})
+    with pytest.raises(ConfigError, match="sharding fsdp with training.lora"):
+        build_config({"training": {"sharding": "fsdp", "lora": {"r": 8}}})
 
 
 def test_yaml_errors_are_clear(tmp_path):

@@ -279,6 +279,8 @@ class TrainingConfig(Strict):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainingConfig:
+        if self.sharding == "fsdp" and self.lora is not None:
+            raise ValueError("training.sharding fsdp with training.lora: shard full fine-tuning only (LoRA fits DDP)")
         if self.batch_size % self.processes:
             raise ValueError(
                 f"training.batch_size {self.batch_size} does not divide among training.processes {self.processes}: "

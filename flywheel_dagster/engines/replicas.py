@@ -90,6 +90,9 @@ class ReplicatedEngine:
             raise ValueError(f"engine.replicas ({replicas}) and engine.shard_prompts ({shard_prompts}) must be >= 1")
         if not ray.is_initialized():
             ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        from flywheel_dagster.engines.transformers_engine import pick_device
+
+        spec = replace(spec, device=pick_device(spec.device))  # "auto" decided here, where the GPUs are counted
         gpus = spec.tensor_parallel if spec.device == "cuda" else 0
         actor = ray.remote(num_cpus=cpus_per_replica, num_gpus=gpus)(_Replica)
         threads = max(1, int(cpus_per_replica)) if spec.device != "cuda" else 0
