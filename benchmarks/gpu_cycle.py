@@ -23,7 +23,6 @@ import os
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +52,6 @@ SMOKE: dict[str, Any] = {
 }
 
 
-def quarter_before(today: date) -> str:
-    index = today.year * 4 + (today.month - 1) // 3 - 1
-    return date(index // 4, (index % 4) * 3 + 1, 1).isoformat()
-
-
 def run(home: Path, raw: dict[str, Any]) -> dict[str, Any]:
     """Bootstrap in `home`, run one cycle; the figures per stage."""
     os.environ["FLYWHEEL_HOME"] = str(home)
@@ -69,11 +63,12 @@ def run(home: Path, raw: dict[str, Any]) -> dict[str, Any]:
     from flywheel_dagster.bootstrap import bootstrap
     from flywheel_dagster.code_location import definitions_for, failure_reason, find_workspace, run_job
     from flywheel_dagster.config import CONFIG_ENV, build_config, merged
+    from flywheel_dagster.lab.runner import first_quarter
     from flywheel_dagster.records import EVALUATIONS, REASONING_TRACES, BenchmarkReport, Candidate, Decision
     from flywheel_dagster.resources import local_resources
     from flywheel_dagster.traces.lake import Lake
 
-    quarter = quarter_before(date.today())
+    quarter = first_quarter(1)  # the quarter that ended last
     raw = merged(raw, {"schedule": {"start_date": quarter}})
     config_file = home / "config.json"
     config_file.write_text(json.dumps(raw, indent=2))

@@ -149,27 +149,33 @@ def _training_partition(lake: Lake, n: int) -> None:
     lake.write_table("training_dataset", Q1, pa.Table.from_pylist(rows, schema=TRAINING_SCHEMA))
 
 
-def test_training_job_resumes_from_its_last_checkpoint_after_a_kill(untrained_model, tmp_path):
-    """Kill the training process mid-run (SIGKILL, no chance to clean up); the rerun resumes, not restarts. (From
-    the untrained model: resuming does not depend on what the weights know.)"""
+def training_job_spec(untrained_model: Path, root: Path, examples: int, **training: object) -> Path:
+    """A TrainJob file for the untrained playground model on `examples` anchor rows, sft with `training` on top of
+    the tiny config, checkpointing into root/ckpt."""
     from conftest import TINY
 
     from flywheel_dagster.config import build_config
 
-    lake = Lake(str(tmp_path / "lake"))
-    _training_partition(lake, 512)
-    training = {**TINY["training"], "method": "sft", "max_steps": 60, "checkpoint_every": 5, "batch_size": 64}
-    cfg = build_config({**TINY, "model": {"kind": "hf", "hf_path": str(untrained_model)}, "training": training})
+    _training_partition(Lake(str(root / "lake")), examples)
+    settings = {**TINY["training"], "method": "sft", **training}
+    cfg = build_config({**TINY, "model": {"kind": "hf", "hf_path": str(untrained_model)}, "training": settings})
     job = TrainJob(
         config=cfg.model_dump(mode="json"),
         cycle=Q1,
         champion_dir=str(untrained_model),
-        lake_root=str(tmp_path / "lake"),
-        out_dir=str(tmp_path / "ckpt" / "model"),
-        checkpoint_dir=str(tmp_path / "ckpt"),
+        lake_root=str(root / "lake"),
+        out_dir=str(root / "ckpt" / "model"),
+        checkpoint_dir=str(root / "ckpt"),
     )
-    spec = tmp_path / "job.json"
+    spec = root / "job.json"
     spec.write_text(json.dumps(job.as_dict()))
+    return spec
+
+
+def test_training_job_resumes_from_its_last_checkpoint_after_a_kill(untrained_model, tmp_path):
+    """Kill the training process mid-run (SIGKILL, no chance to clean up); the rerun resumes, not restarts. (From
+    the untrained model: resuming does not depend on what the weights know.)"""
+    spec = training_job_spec(untrained_model, tmp_path, 512, max_steps=60, checkpoint_every=5, batch_size=64)
     command = [sys.executable, "-m", "flywheel_dagster.training.job", str(spec)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from test_distill import Q1, _training_partition
+from test_distill import training_job_spec
 
-from flywheel_dagster.config import build_config
 from flywheel_dagster.resources import TrainingJobResource
-from flywheel_dagster.traces.lake import Lake
 from flywheel_dagster.training.job import RESULT_FILE, TrainJob, command
 
 STEPS = 24
@@ -30,25 +28,8 @@ TOLERANCE = 1e-4
 
 
 def _job(untrained_model: Path, root: Path, processes: int, **training: object) -> list[str]:
-    from conftest import TINY
-
-    lake = Lake(str(root / "lake"))
-    _training_partition(lake, 256)
-    settings = {**TINY["training"], "method": "sft", "max_steps": STEPS, "batch_size": 16, "processes": processes}
-    cfg = build_config(
-        {**TINY, "model": {"kind": "hf", "hf_path": str(untrained_model)}, "training": settings | training}
-    )
-    job = TrainJob(
-        config=cfg.model_dump(mode="json"),
-        cycle=Q1,
-        champion_dir=str(untrained_model),
-        lake_root=str(root / "lake"),
-        out_dir=str(root / "ckpt" / "model"),
-        checkpoint_dir=str(root / "ckpt"),
-    )
-    spec = root / "job.json"
-    spec.write_text(json.dumps(job.as_dict()))
-    return [*command(sys.executable, processes), str(spec)]
+    settings = {"max_steps": STEPS, "batch_size": 16, "processes": processes} | training
+    return [*command(sys.executable, processes), str(training_job_spec(untrained_model, root, 256, **settings))]
 
 
 def _env() -> dict[str, str]:

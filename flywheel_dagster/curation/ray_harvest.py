@@ -58,8 +58,9 @@ def start_workers(
     """`workers` actors (0: one per CPU the cluster has), starting a local Ray cluster if none is running."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from flywheel_dagster.engines.replicas import ensure_ray
+
+    ensure_ray(address)
     workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(_RowActor)
     return [actor.remote(config, benchmark_prompts) for _ in range(workers)]

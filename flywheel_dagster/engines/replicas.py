@@ -53,6 +53,14 @@ def shard_seed(seed: int, shard: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{shard}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+def ensure_ray(address: str = "") -> None:
+    """Join the Ray cluster at `address` (else RAY_ADDRESS), or start a local one, unless this process is in one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
 class _Replica:
     """One engine in a Ray actor; generates one shard at a time."""
 
@@ -88,8 +96,7 @@ class ReplicatedEngine:
 
         if replicas < 1 or shard_prompts < 1:
             raise ValueError(f"engine.replicas ({replicas}) and engine.shard_prompts ({shard_prompts}) must be >= 1")
-        if not ray.is_initialized():
-            ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ensure_ray(address)
         from flywheel_dagster.engines.transformers_engine import pick_device
 
         spec = replace(spec, device=pick_device(spec.device))  # "auto" decided here, where the GPUs are counted
