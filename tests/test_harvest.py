@@ -363,3 +363,24 @@ def test_the_band_index_answers_as_datasketchs_minhash_lsh():
                 oracle.insert(i, m, check_duplication=False)
         assert index.check_and_add(sigs) == answers
         assert 20 < sum(answers) < 380  # both kinds of answer occur
+
+
+def test_repeated_traces_get_the_same_results_however_batched_and_whatever_the_memos_hold(task):
+    """The harvest works on each distinct trace content once (within a batch, and across batches through
+    bounded memos); splitting the quarter into small batches and shrinking every memo to a few entries, so
+    that they forget as they go, changes no label, redaction or count."""
+    from flywheel_dagster.curation.batching import Memo
+
+    ps = task.traffic(0, 6)
+    pairs = [(p, p.solution) for p in ps] + [(ps[0], ps[0].solution.replace("A:", "I am Laura Chen. A:"))]
+    pairs = [pairs[i % len(pairs)] for i in (0, 1, 6, 0, 2, 6, 1, 3, 4, 5, 0, 6, 2, 2, 5, 4, 6, 3, 1, 0)]
+    traces = _traces(task, pairs)
+    whole = Harvester(task, _cfg(), [])
+    want = whole.process(traces)
+    small = Harvester(task, _cfg(), [])
+    small.rows._rows, small.rows._verified, small.rows._redacted = Memo(2), Memo(2), Memo(3)
+    got = pa.concat_tables([small.process(traces.slice(i, 3)) for i in range(0, traces.num_rows, 3)])
+    assert got.to_pylist() == want.to_pylist()
+    assert small.stats.as_counts() == whole.stats.as_counts() and small.stats.pii == whole.stats.pii
+    # The name is in 4 traces, in the completion and the reasoning of each: every repeat is counted.
+    assert whole.stats.pii["PERSON"] == 8 and whole.stats.as_counts()["drop/exact_duplicate"] > 0

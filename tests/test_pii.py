@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from flywheel_dagster.curation import pii
+from flywheel_dagster.curation.batching import Memo
 
 CORPUS = Path(__file__).parent / "data" / "pii_corpus.jsonl"
 CORPUS2 = Path(__file__).parent / "data" / "pii_corpus2.jsonl"
@@ -200,3 +201,11 @@ def test_the_prefilter_never_hides_a_detection(corpus, corpus2):
     # Rows that only a capitalised pair lets through get the name-pair check alone: the same result.
     values, kinds = pii.redact_rows(pa.array(texts))
     assert list(zip(values, kinds, strict=True)) == [pii.redact(t) for t in texts]
+    # The harvest's form: several columns, each distinct text redacted once through a small memo that
+    # forgets as it goes; the same results, repeats and None included.
+    memo = Memo(50)
+    columns = [texts[:300] + [None] + texts[:40], texts[40:] + texts[::-1]]
+    for column, (values, kinds) in zip(columns, pii.redact_texts(columns, memo=memo), strict=True):
+        want = [(None, ()) if t is None else pii.redact(t) for t in column]
+        assert list(zip(values, map(list, kinds), strict=True)) == [(v, list(k)) for v, k in want]
+    assert 0 < len(memo) <= 50

@@ -9,7 +9,7 @@ raises), so the caller's own objects are collected as usual."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -41,15 +41,42 @@ _END = object()
 
 
 class Memo(dict):
-    """Results of a pure function kept by argument, at most `capacity` of them (past that, new arguments are
-    computed every time): production traffic repeats itself (the same questions, the same correct answers), so
-    the harvest verifies and redacts each distinct text once. Memory stays bounded whatever the quarter holds."""
+    """Results of a pure function kept by argument: production traffic repeats itself (the same questions, the
+    same correct answers), so the harvest verifies and redacts each distinct text once. At most `capacity`
+    entries and, with `weigh` (an argument's size, e.g. its characters), at most `max_weight` in all; when
+    full, the older half is forgotten (dicts keep insertion order), so a long quarter keeps the texts of its
+    recent traffic. Memory stays bounded whatever the quarter holds."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self, capacity: int, max_weight: int | None = None, weigh: Callable[[object], int] | None = None
+    ) -> None:
         super().__init__()
-        self.capacity = capacity
+        self.capacity = max(capacity, 2)
+        self.max_weight = max_weight
+        self.weigh = weigh
+        self.weight = 0
 
     def keep(self, key: object, value: T) -> T:
-        if len(self) < self.capacity:
+        if key in self:
             self[key] = value
+            return value
+        weigh, cap = self.weigh, self.max_weight
+        w = weigh(key) if weigh is not None else 0
+        if cap is not None and w > cap:
+            return value  # larger than the whole memo: computed every time
+        if len(self) >= self.capacity or (cap is not None and self.weight + w > cap):
+            # Forget the oldest entries down to half the count and half the weight, so that the next
+            # eviction is many insertions away.
+            drop, count, weight = [], len(self), self.weight
+            for old in self:
+                if count <= self.capacity // 2 and (cap is None or weight + w <= cap // 2):
+                    break
+                drop.append(old)
+                count -= 1
+                weight -= weigh(old) if weigh is not None else 0
+            for old in drop:
+                del self[old]
+            self.weight = weight
+        self.weight += w
+        self[key] = value
         return value

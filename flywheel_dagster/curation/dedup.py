@@ -13,7 +13,6 @@ import zlib
 
 import numpy as np
 
-_SPACE = re.compile(r"\s+")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _PRIME = np.uint64((1 << 61) - 1)
 _MAX32 = np.uint64(0xFFFFFFFF)
@@ -21,7 +20,7 @@ _MAX32 = np.uint64(0xFFFFFFFF)
 
 def normalize(text: str) -> str:
     """Text as compared by exact dedup: case-folded, whitespace collapsed."""
-    return _SPACE.sub(" ", text.casefold()).strip()
+    return " ".join(text.casefold().split())  # = re.sub(r"\s+", " ", ...).strip(): both split on str.isspace
 
 
 def exact_key(prompt: str, completion: str) -> bytes:

@@ -32,6 +32,7 @@ from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, PAIRS_SCHEMA, PROMP
 
 LABELS = ("positive", "negative", "unverifiable", "dropped")
 MEMO_ENTRIES = 20_000  # per memo: at 2 KB a text, tens of MB at most
+MEMO_CHARS = 32_000_000  # the redaction memo holds every distinct text seen lately: bounded by their length
 DROP_REASONS = (
     "decontaminated",  # prompt shares an n-gram with a benchmark problem
     "format_violation",  # does not fit the task's training format
@@ -52,7 +53,16 @@ def repeated_fraction(text: str, n: int) -> float:
     total = len(t) - n + 1
     if total <= 1:
         return 0.0
-    return 1 - len({tuple(t[i : i + n]) for i in range(total)}) / total
+    grams = zip(*(t[i:] for i in range(n)), strict=False)  # zip(t, t[1:], ...): the n-grams, shortest list first
+    return 1 - len(set(grams)) / total
+
+
+def _text_chars(key: object) -> int:
+    return len(key[0])  # type: ignore[index]
+
+
+def _row_chars(key: object) -> int:
+    return sum(len(v) for v in key if v is not None)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -67,6 +77,11 @@ class HarvestStats:
         out["dropped"] = sum(self.counts[f"drop/{r}"] for r in DROP_REASONS)
         out.update({f"drop/{r}": self.counts[f"drop/{r}"] for r in DROP_REASONS})
         return out
+
+
+# The trace columns the per-trace work reads: rows equal in these get equal results.
+ROW_INPUTS = ("prompt", "completion", "reasoning", "answer", "reference_answer", "finish_reason")
+_KINDS, _DROP, _SIG = 7, 8, 10  # positions in a per-row result tuple (see RowWorker._distinct_rows)
 
 
 @dataclass
@@ -103,18 +118,72 @@ class RowWorker:
         self.hasher = (
             NearDuplicateIndex(d.jaccard_threshold, d.num_perm, d.shingle_tokens) if d.near_duplicates else None
         )
-        # Verdicts and redactions of texts seen before in the quarter (both are pure functions of the text).
+        # Verdicts and redactions of texts seen before in the quarter (both are pure functions of the text),
+        # and whole rows' results by their content (ROW_INPUTS): a repeated trace costs one lookup.
         self._verified = Memo(MEMO_ENTRIES)
-        self._redacted = Memo(MEMO_ENTRIES)
+        self._redacted = Memo(MEMO_ENTRIES * 10, MEMO_CHARS, _text_chars)
+        self._rows = Memo(200_000, MEMO_CHARS * 2, _row_chars)
 
     def work(self, batch: pa.RecordBatch | pa.Table, signatures: bool = False) -> RowWork:
         with paused_gc():
             return self._work(batch, signatures)
 
     def _work(self, batch: pa.RecordBatch | pa.Table, signatures: bool) -> RowWork:
+        """Each distinct row content (the columns in ROW_INPUTS) is worked on once: a row seen before in the
+        quarter (the row memo) or earlier in the batch takes that row's results, computed or not."""
         table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
         n = table.num_rows
         seconds: Counter = Counter()
+        t = time.perf_counter()
+        need_sig = signatures and self.hasher is not None
+        inputs = list(zip(*(table.column(c).to_pylist() for c in ROW_INPUTS), strict=True)) if n else []
+        memo = self._rows
+        results: list[tuple | None] = [None] * n
+        todo: list[int] = []  # the first row of each content not in the memo
+        first: dict[tuple, int] = {}
+        pending: list[tuple[int, int]] = []  # (row, its position in todo)
+        for i, key in enumerate(inputs):
+            r = memo.get(key)
+            if r is None or (need_sig and r[_SIG] is None and r[_DROP] is None):
+                j = first.get(key)
+                if j is None:
+                    j = first[key] = len(todo)
+                    todo.append(i)
+                pending.append((i, j))
+            else:
+                results[i] = r
+        seconds["repeats"] += time.perf_counter() - t
+        if todo:
+            computed = self._distinct_rows(table.take(todo) if len(todo) < n else table, need_sig, seconds)
+            for j, i in enumerate(todo):
+                memo.keep(inputs[i], computed[j])
+            for i, j in pending:
+                results[i] = computed[j]
+        t = time.perf_counter()
+        pii_counts: Counter = Counter()
+        for r in results:
+            if r[_KINDS]:  # type: ignore[index]
+                pii_counts.update(r[_KINDS])  # type: ignore[index]
+        if n:
+            columns = [list(c) for c in zip(*results, strict=True)]  # type: ignore[misc]
+        else:
+            columns = [[] for _ in range(_SIG + 1)]
+        correct, verdicts, answers, prompts, completions, reasonings, red_answers, kinds, drop, keys, sig = columns
+        sigs = None
+        if need_sig:
+            sigs = np.zeros((n, self.hasher.num_perm), dtype=np.uint64)  # type: ignore[union-attr]
+            for i, s in enumerate(sig):
+                if s is not None:
+                    sigs[i] = s
+        seconds["repeats"] += time.perf_counter() - t
+        return RowWork(
+            table, correct, verdicts, answers, prompts, completions, reasonings, red_answers, kinds, drop, keys,
+            sigs, pii_counts, seconds,
+        )  # fmt: skip
+
+    def _distinct_rows(self, table: pa.Table, need_sig: bool, seconds: Counter) -> list[tuple]:
+        """The per-row results (in _SIG order) of rows of distinct content."""
+        n = table.num_rows
 
         def timed(step: str, start: float) -> float:
             now = time.perf_counter()
@@ -144,27 +213,20 @@ class RowWorker:
 
         # Redact PII in every text column (the answer is the verifier's), recording which types each row lost.
         pii_rows: list[list[str]] = [[] for _ in range(n)]
-        pii_counts: Counter = Counter()
         redacted = {}
-        columns = {
-            "prompt": table.column("prompt"),
-            "completion": table.column("completion"),
-            "reasoning": table.column("reasoning"),
-            "answer": pa.array(answers, pa.string()),
+        texts = {
+            "prompt": raw_prompts,
+            "completion": completions,
+            "reasoning": table.column("reasoning").to_pylist(),
+            "answer": answers,
         }
-        modes = pii.row_modes_of(list(columns.values()), self.cfg.redact_names)  # one prefilter pass for all four
-        for (col, column), column_modes in zip(columns.items(), modes, strict=True):
-            redacted[col], kinds = pii.redact_rows(
-                column,
-                self.cfg.redact_names,
-                raw_prompts if col == "prompt" else None,
-                self._redacted,
-                column_modes,
-            )
+        for col, (values, kinds) in zip(
+            texts, pii.redact_texts(list(texts.values()), self.cfg.redact_names, self._redacted), strict=True
+        ):
+            redacted[col] = values
             for i, k in enumerate(kinds):
                 if k:
                     pii_rows[i].extend(k)
-                    pii_counts.update(k)
         prompts, completions_r, reasonings = redacted["prompt"], redacted["completion"], redacted["reasoning"]
         t = timed("pii", t)
 
@@ -203,16 +265,19 @@ class RowWorker:
         ]
         t = timed("exact_dedup", t)
 
-        sigs = None
-        if signatures and self.hasher is not None:
+        sigs: list[np.ndarray | None] = [None] * n
+        if need_sig:
             kept = [i for i in range(n) if drop[i] is None]
-            sigs = np.zeros((n, self.hasher.num_perm), dtype=np.uint64)
             if kept:
-                sigs[kept] = self.hasher.signatures([prompts[i] + "\n" + reasonings[i] for i in kept])
+                rows = self.hasher.signatures([prompts[i] + "\n" + reasonings[i] for i in kept])  # type: ignore[union-attr]
+                for i, row in zip(kept, rows, strict=True):
+                    sigs[i] = row
             timed("near_dedup", t)
-        return RowWork(
-            table, correct, verdicts, answers, prompts, completions_r, reasonings, redacted["answer"], pii_rows, drop,
-            keys, sigs, pii_counts, seconds,
+        return list(
+            zip(
+                correct, verdicts, answers, prompts, completions_r, reasonings, redacted["answer"], pii_rows, drop,
+                keys, sigs, strict=True,
+            )
         )  # fmt: skip
 
 

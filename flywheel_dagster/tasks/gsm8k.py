@@ -50,6 +50,15 @@ def load_gsm8k(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+@lru_cache(maxsize=65536)
+def _answers_equal(reference: str, answer: str) -> bool:
+    """math-verify's verdict on a final answer: many completions of a problem end in the same few answers,
+    so each (reference, answer) pair is compared once (math-verify is the harvest's costliest check)."""
+    from math_verify import verify
+
+    return bool(verify(_parse_math(reference), _parse_math(answer)))
+
+
 @lru_cache(maxsize=4096)
 def _parse_math(text: str):  # noqa: ANN202 - math_verify's own parse result type
     from math_verify import parse
@@ -120,13 +129,11 @@ class GSM8KTask:
         return ParsedCompletion(completion.strip(), None)
 
     def verify(self, completion: str, reference: str) -> Verdict:
-        from math_verify import verify
-
         parsed = self.parse(completion)
         if parsed.answer is None:
             return Verdict(False, None, "no_final_answer")
-        ok = verify(_parse_math(reference), _parse_math(parsed.answer))
-        return Verdict(bool(ok), parsed.answer, "correct" if ok else "wrong_answer")
+        ok = _answers_equal(reference, parsed.answer)
+        return Verdict(ok, parsed.answer, "correct" if ok else "wrong_answer")
 
     def render(self, problem: Problem, reasoning: str, answer: str) -> str:
         return f"{reasoning}\n#### {answer}"

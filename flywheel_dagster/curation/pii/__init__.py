@@ -31,6 +31,7 @@ from flywheel_dagster.curation.pii.redaction import (
     redact,
     redact_column,
     redact_rows,
+    redact_texts,
     row_modes_of,
 )
 from flywheel_dagster.curation.pii.structured import iban_ok, luhn_ok, ssn_ok
@@ -51,6 +52,7 @@ __all__ = [
     "redact",
     "redact_column",
     "redact_rows",
+    "redact_texts",
     "row_modes_of",
     "ssn_ok",
 ]

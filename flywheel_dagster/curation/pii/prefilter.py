@@ -17,7 +17,8 @@ _RE2_PARTICLES = (
 )
 PREFILTER_NAMES = r"\p{Lu}\p{Ll}+[ \t]+" + _RE2_PARTICLES + r"\p{Lu}"
 PREFILTER_OTHERS = (
-    r"@|\d{3}[ .)-]+\d{3}|\d{3}-\d{2}-\d{4}|\d{4}[ -]\d{4}|\d{4}[ -]\d{6}|\d{9,}|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
+    # a North American phone number always ends in 3 digits, one separator, 4 digits; arithmetic rarely does
+    r"@|\d{3}[ .-]\d{4}|\d{3}-\d{2}-\d{4}|\d{4}[ -]\d{4}|\d{4}[ -]\d{6}|\d{9,}|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
     r"|[A-Z]{2}\d{2}|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:|::[0-9A-Fa-f]|(?:^|[^\w+])\+\(?\d"
     # streets, and towns after them
     r"|\d[A-Za-z]?,?[ \t]+(?:[NSEW]\.?[ \t]+)?(?:\p{Lu}\S*[ \t]+){1,3}" + STREET + r"\b"

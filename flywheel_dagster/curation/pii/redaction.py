@@ -124,6 +124,39 @@ def redact_rows(
     return values, kinds
 
 
+def redact_texts(
+    columns: list[list[str | None]], names: bool = True, memo: dict | None = None
+) -> list[tuple[list[str | None], list[tuple[str, ...]]]]:
+    """Redact several columns (as Python lists) at once: per column, the new values and per row the types
+    replaced. Each distinct text not in `memo` (a batching.Memo, kept across calls) goes through the RE2
+    prefilter and, where it could hold PII, the detectors, once; a repeated text costs a lookup."""
+    found: dict[str, tuple[str, tuple[str, ...]] | None] = {}
+    for values in columns:
+        for v in values:
+            if v is not None and v not in found:
+                found[v] = None if memo is None else memo.get((v, names))
+    unseen = [v for v, done in found.items() if done is None]
+    if unseen:
+        keep = getattr(memo, "keep", None)
+        for text, mode in zip(unseen, _row_modes(pa.array(unseen, pa.string()), names), strict=True):
+            if mode:
+                red, kinds = _apply(text, _detect_in_mode(text, mode, names))
+                done = (red, tuple(kinds))
+            else:
+                done = (text, ())
+            found[text] = done
+            if keep is not None:
+                keep((text, names), done)
+            elif memo is not None:
+                memo[(text, names)] = done
+    none: tuple[None, tuple[str, ...]] = (None, ())
+    out = []
+    for values in columns:
+        done_rows = [none if v is None else found[v] for v in values]
+        out.append(([d[0] for d in done_rows], [d[1] for d in done_rows]))
+    return out  # type: ignore[return-value]
+
+
 def redact_column(column: pa.Array | pa.ChunkedArray, counts: Counter, names: bool = True) -> pa.Array:
     """Redact a string column; `counts` gains one per detection, keyed by type."""
     values, kinds = redact_rows(column, names)
