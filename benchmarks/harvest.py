@@ -12,8 +12,8 @@ compilation, runs on 500 lines before the clock starts and is printed apart).
 
 Targets on one core (issue #18): exact pass >= 100,000 traces/s, near pass >= 50,000 traces/s, GSM8K-sized
 traces >= 20,000 traces/s (exact), peak RSS < 1 GB. Measured on the 2-core dev machine, --traces 300000
-(2026-12-04): exact 34,700-36,900 traces/s (26,741 before #18), near 24,100-24,700 (12,165), RSS 237 / 359 MB;
---task gsm8k --traces 100000: exact 8,188, near 4,459. Not met yet; docs/harvest.md says where the time goes.
+(2026-12-04): exact 34,010-35,954 traces/s (26,741 before #18), near 23,841 (12,165), RSS 388 / 501 MB;
+--task gsm8k --traces 100000: exact 15,245 (4,423), near 6,130. Not met; docs/harvest.md says where the time goes.
 `--task gsm8k` runs GSM8K word problems instead (reasoning ten times longer, math-verify as the verifier).
 """
 

@@ -384,3 +384,39 @@ def test_repeated_traces_get_the_same_results_however_batched_and_whatever_the_m
     assert small.stats.as_counts() == whole.stats.as_counts() and small.stats.pii == whole.stats.pii
     # The name is in 4 traces, in the completion and the reasoning of each: every repeat is counted.
     assert whole.stats.pii["PERSON"] == 8 and whole.stats.as_counts()["drop/exact_duplicate"] > 0
+
+
+def test_minhash_signatures_are_the_universal_hashs_values_in_python_integers():
+    """The batched numpy MinHash gives exactly min over the shingles of ((a * x + b) mod (2^61 - 1)) & (2^32 - 1),
+    computed here in Python integers: short texts (one shingle), long ones, Unicode, many documents in chunks."""
+    from flywheel_dagster.curation.dedup import NearDuplicateIndex, shingles
+
+    index = NearDuplicateIndex(0.9, 64, 3)
+    perms = list(zip(map(int, index._a), map(int, index._b), strict=True))
+
+    def minhash(values: list[int]) -> list[int]:
+        return [min(((a * x + b) % ((1 << 61) - 1)) & 0xFFFFFFFF for x in values) for a, b in perms]
+
+    texts = ["a", "x y", "Straße ÉCOLE naïve", " ".join(f"t{i}" for i in range(300)), "Q:127-106 7-6=1:1;A:21"]
+    texts += [f"{i} {i * 7919 % 1000} apples and {i % 13} pears" for i in range(80)]
+    sigs = index.signatures(texts)
+    assert [s.tolist() for s in sigs[::7]] == [minhash(shingles(t, 3)) for t in texts[::7]]
+
+
+def test_the_repetition_filter_answers_as_the_repeated_fraction_does():
+    """repeats_too_much (bounded by the distinct first tokens before it counts n-grams) agrees with
+    repeated_fraction > limit on texts from varied to a loop of a few words, at every limit."""
+    import random
+
+    from flywheel_dagster.curation.harvest import repeated_fraction, repeats_too_much
+
+    rng = random.Random(5)
+    texts = ["", "a", "a b c d", "x " * 50, "Q:1+2 1+2=3:3;A:3"]
+    for _ in range(300):
+        words = [f"w{i}" for i in range(rng.choice([2, 3, 5, 20, 200]))]
+        texts.append(" ".join(rng.choice(words) for _ in range(rng.randrange(1, 120))))
+    for n in (1, 3, 4):
+        for limit in (0.05, 0.3, 0.6, 0.9, 1.0):
+            got = [repeats_too_much(t, n, limit) for t in texts]
+            assert got == [repeated_fraction(t, n) > limit for t in texts]
+            assert 0 < sum(got) < len(texts) or limit == 1.0

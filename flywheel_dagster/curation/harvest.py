@@ -57,6 +57,18 @@ def repeated_fraction(text: str, n: int) -> float:
     return 1 - len(set(grams)) / total
 
 
+def repeats_too_much(text: str, n: int, limit: float) -> bool:
+    """repeated_fraction(text, n) > limit, mostly without building the n-grams: n-grams that start with different
+    tokens differ, so the distinct first tokens bound the distinct n-grams from below, and the share from above."""
+    t = tokens(text)
+    total = len(t) - n + 1
+    if total <= 1:
+        return 0.0 > limit
+    if 1 - len(set(t[:total])) / total <= limit:
+        return False
+    return 1 - len(set(zip(*(t[i:] for i in range(n)), strict=False))) / total > limit
+
+
 def _text_chars(key: object) -> int:
     return len(key[0])  # type: ignore[index]
 
@@ -247,9 +259,8 @@ class RowWorker:
                 drop[i] = "too_short"
             elif len(c) > f.max_completion_chars:
                 drop[i] = "too_long"
-            elif (
-                len(reasonings[i]) > 40
-                and repeated_fraction(reasonings[i], f.repetition_ngram) > f.max_repeated_ngram_fraction
+            elif len(reasonings[i]) > 40 and repeats_too_much(
+                reasonings[i], f.repetition_ngram, f.max_repeated_ngram_fraction
             ):
                 drop[i] = "repetition"
             elif answers[i] is None:
