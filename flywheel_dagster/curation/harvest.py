@@ -53,8 +53,7 @@ def repeated_fraction(text: str, n: int) -> float:
     total = len(t) - n + 1
     if total <= 1:
         return 0.0
-    grams = zip(*(t[i:] for i in range(n)), strict=False)  # zip(t, t[1:], ...): the n-grams, shortest list first
-    return 1 - len(set(grams)) / total
+    return 1 - _distinct_ngrams(t, n) / total
 
 
 def repeats_too_much(text: str, n: int, limit: float) -> bool:
@@ -66,7 +65,11 @@ def repeats_too_much(text: str, n: int, limit: float) -> bool:
         return 0.0 > limit
     if 1 - len(set(t[:total])) / total <= limit:
         return False
-    return 1 - len(set(zip(*(t[i:] for i in range(n)), strict=False))) / total > limit
+    return 1 - _distinct_ngrams(t, n) / total > limit
+
+
+def _distinct_ngrams(t: list[str], n: int) -> int:
+    return len(set(zip(*(t[i:] for i in range(n)), strict=False)))  # zip(t, t[1:], ...): shortest list first
 
 
 def _text_chars(key: object) -> int:

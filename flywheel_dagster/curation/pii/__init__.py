@@ -32,7 +32,6 @@ from flywheel_dagster.curation.pii.redaction import (
     redact_column,
     redact_rows,
     redact_texts,
-    row_modes_of,
 )
 from flywheel_dagster.curation.pii.structured import iban_ok, luhn_ok, ssn_ok
 
@@ -53,6 +52,5 @@ __all__ = [
     "redact_column",
     "redact_rows",
     "redact_texts",
-    "row_modes_of",
     "ssn_ok",
 ]

@@ -11,6 +11,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flywheel_dagster.curation.batching import Memo
 from flywheel_dagster.curation.pii.addresses import address_spans
 from flywheel_dagster.curation.pii.common import Span
 from flywheel_dagster.curation.pii.names import names_in, person_spans
@@ -77,18 +78,6 @@ def _row_modes(column: pa.Array | pa.ChunkedArray, names: bool) -> list[int]:
     return [2 if o else int(p) for o, p in zip(others, pairs, strict=True)]
 
 
-def row_modes_of(columns: list[pa.Array | pa.ChunkedArray], names: bool = True) -> list[list[int]]:
-    """_row_modes of several string columns in one pass: Arrow compiles a regex on every call (about 5 ms for
-    the two prefilters, as long as matching 8,192 rows), so the columns go through it together."""
-    chunks = [c for col in columns for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
-    modes = _row_modes(pa.chunked_array(chunks, pa.string()), names)
-    out, start = [], 0
-    for col in columns:
-        out.append(modes[start : start + len(col)])
-        start += len(col)
-    return out
-
-
 def _detect_in_mode(text: str, mode: int, names: bool) -> list[Span]:
     if mode == 2:
         return _spans(text, names)
@@ -96,36 +85,23 @@ def _detect_in_mode(text: str, mode: int, names: bool) -> list[Span]:
 
 
 def redact_rows(
-    column: pa.Array | pa.ChunkedArray,
-    names: bool = True,
-    values: list[str | None] | None = None,
-    memo: dict | None = None,
-    modes: list[int] | None = None,
+    column: pa.Array | pa.ChunkedArray, names: bool = True, values: list[str | None] | None = None
 ) -> tuple[list[str | None], list[list[str]]]:
     """Redact a string column row by row: the new values and, per row, the types replaced.
 
-    `values` is the column as a Python list when the caller already has it (saves converting twice). `memo`
-    (a batching.Memo) keeps each distinct text's redaction across calls: repeated texts are detected once.
-    `modes`: the prefilter's answer for the column when the caller asked for it (row_modes_of).
+    `values` is the column as a Python list when the caller already has it (saves converting twice).
     """
-    modes = _row_modes(column, names) if modes is None else modes
+    modes = _row_modes(column, names)
     values = list(values if values is not None else column.to_pylist())
     kinds: list[list[str]] = [[] for _ in values]
     for i, mode in enumerate(modes):
         if mode and values[i] is not None:
-            if memo is None:
-                values[i], kinds[i] = _apply(values[i], _detect_in_mode(values[i], mode, names))
-                continue
-            key = (values[i], mode, names)
-            done = memo.get(key)
-            if done is None:
-                done = memo.keep(key, _apply(values[i], _detect_in_mode(values[i], mode, names)))
-            values[i], kinds[i] = done[0], list(done[1])
+            values[i], kinds[i] = _apply(values[i], _detect_in_mode(values[i], mode, names))
     return values, kinds
 
 
 def redact_texts(
-    columns: list[list[str | None]], names: bool = True, memo: dict | None = None
+    columns: list[list[str | None]], names: bool = True, memo: Memo | None = None
 ) -> list[tuple[list[str | None], list[tuple[str, ...]]]]:
     """Redact several columns (as Python lists) at once: per column, the new values and per row the types
     replaced. Each distinct text not in `memo` (a batching.Memo, kept across calls) goes through the RE2
@@ -137,7 +113,6 @@ def redact_texts(
                 found[v] = None if memo is None else memo.get((v, names))
     unseen = [v for v, done in found.items() if done is None]
     if unseen:
-        keep = getattr(memo, "keep", None)
         for text, mode in zip(unseen, _row_modes(pa.array(unseen, pa.string()), names), strict=True):
             if mode:
                 red, kinds = _apply(text, _detect_in_mode(text, mode, names))
@@ -145,10 +120,8 @@ def redact_texts(
             else:
                 done = (text, ())
             found[text] = done
-            if keep is not None:
-                keep((text, names), done)
-            elif memo is not None:
-                memo[(text, names)] = done
+            if memo is not None:
+                memo.keep((text, names), done)
     none: tuple[None, tuple[str, ...]] = (None, ())
     out = []
     for values in columns:
