@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from flywheel_dagster.curation import pii
@@ -198,6 +199,24 @@ def test_the_prefilter_never_hides_a_detection(corpus, corpus2):
     hidden = [t for t, m in zip(texts, mask, strict=True) if not m and pii.detect(t)]
     assert hidden == []
     assert sum(mask) < len(texts)  # and it does skip rows
+    # Each detector family is run only where its own part of the prefilter matched: each part covers its family.
+    from flywheel_dagster.curation.pii import prefilter
+    from flywheel_dagster.curation.pii.addresses import address_spans
+    from flywheel_dagster.curation.pii.names import names_in, person_spans
+    from flywheel_dagster.curation.pii.structured import structured_spans
+
+    families = {
+        prefilter.PREFILTER_STRUCTURED: lambda t: structured_spans(t, t.lower()),
+        prefilter.PREFILTER_ADDRESSES: address_spans,
+        prefilter.PREFILTER_CUED_NAMES: lambda t: [
+            s for s in person_spans(t, t.lower()) if (s.start, s.end) not in names_in(t)
+        ],
+        prefilter.PREFILTER_NAMES: names_in,
+    }
+    for pattern, spans_of in families.items():
+        matched = pc.match_substring_regex(pa.array(texts), pattern).to_pylist()
+        assert [t for t, m in zip(texts, matched, strict=True) if not m and spans_of(t)] == []
+        assert 0 < sum(matched) < len(texts)
     # Rows that only a capitalised pair lets through get the name-pair check alone: the same result.
     values, kinds = pii.redact_rows(pa.array(texts))
     assert list(zip(values, kinds, strict=True)) == [pii.redact(t) for t in texts]

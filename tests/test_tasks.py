@@ -85,6 +85,26 @@ def test_gsm8k_verifier_accepts_answer_styles():
     assert t.verify("#### 1,234", "1234").correct
 
 
+def test_gsm8k_integers_compare_as_math_verify_does():
+    """Plain integers skip math-verify: the verdict must be math-verify's own, up to 18 digits, signs, zeros."""
+    from math_verify import parse, verify
+
+    from flywheel_dagster.tasks import gsm8k
+
+    rng = random.Random(0)
+    pairs = [("0", "0"), ("0", "-0"), ("0", "00"), ("5", "05"), ("-7", "7"), ("1000000", "1000001")]
+    for digits in range(1, 19):
+        a = rng.randrange(10 ** (digits - 1), 10**digits)
+        pairs += [(str(a), str(a)), (str(a), str(a + 1)), (str(a), str(a - 1)), (str(a), f"-{a}")]
+        pairs += [(str(a), f"0{a}")] if digits < 18 else []
+    for reference, answer in pairs:
+        assert gsm8k._INTEGER.fullmatch(reference) and gsm8k._INTEGER.fullmatch(answer)
+        want = bool(verify(parse(reference), parse(answer)))
+        assert gsm8k._answers_equal(reference, answer) == want, (reference, answer)
+    assert not gsm8k._INTEGER.fullmatch("1" * 19)  # longer, or decimals, fractions, text: math-verify decides
+    assert GSM8KTask().verify("#### 18.0", "18").correct and not GSM8KTask().verify("#### 18.5", "18").correct
+
+
 def test_gsm8k_bad_file_names_line(tmp_path):
     f = tmp_path / "train.jsonl"
     f.write_text('{"question": "q", "answer": "a\\n#### 1"}\n{"question": "no answer"}\n')

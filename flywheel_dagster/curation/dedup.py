@@ -23,10 +23,6 @@ def normalize(text: str) -> str:
     return " ".join(text.casefold().split())  # = re.sub(r"\s+", " ", ...).strip(): both split on str.isspace
 
 
-def exact_key(prompt: str, completion: str) -> bytes:
-    return (normalize(prompt) + "\x1f" + normalize(completion)).encode()
-
-
 def tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.casefold())
 

@@ -23,7 +23,7 @@ from flywheel_dagster.config import HarvestConfig
 from flywheel_dagster.curation import pii
 from flywheel_dagster.curation.batching import Memo, paused_gc
 from flywheel_dagster.curation.decontam import BenchmarkIndex
-from flywheel_dagster.curation.dedup import NearDuplicateIndex, exact_key, tokens
+from flywheel_dagster.curation.dedup import NearDuplicateIndex, normalize, tokens
 from flywheel_dagster.curation.monitors import MonitorAccumulator
 from flywheel_dagster.curation.reformat import check_strategies, pick, rephrase, template
 from flywheel_dagster.engines.base import InferenceEngine
@@ -270,13 +270,15 @@ class RowWorker:
                 drop[i] = "missing_final_answer"
         t = timed("filters", t)
 
-        # Exact-dedup keys (normalized prompt + completion) of the rows the filters kept.
-        keys: list[bytes | None] = [
-            hashlib.blake2b(exact_key(prompts[i], completions_r[i]), digest_size=12).digest()
-            if drop[i] is None
-            else None
-            for i in range(n)
-        ]
+        # Exact-dedup keys of the rows the filters kept: blake2b of normalize(prompt) + "\x1f" + normalize(completion),
+        # each distinct prompt normalized once.
+        normal: dict[str, str] = {}
+        keys: list[bytes | None] = [None] * n
+        for i in range(n):
+            if drop[i] is None:
+                p = prompts[i]
+                head = normal[p] if p in normal else normal.setdefault(p, normalize(p) + "\x1f")
+                keys[i] = hashlib.blake2b((head + normalize(completions_r[i])).encode(), digest_size=12).digest()
         t = timed("exact_dedup", t)
 
         sigs: list[np.ndarray | None] = [None] * n

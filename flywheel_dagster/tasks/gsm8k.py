@@ -50,10 +50,22 @@ def load_gsm8k(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-@lru_cache(maxsize=65536)
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+
+
 def _answers_equal(reference: str, answer: str) -> bool:
-    """math-verify's verdict on a final answer: many completions of a problem end in the same few answers,
-    so each (reference, answer) pair is compared once (math-verify is the harvest's costliest check)."""
+    """math-verify's verdict on a final answer. Two plain integers (as GSM8K's references and most final answers
+    are) are equal exactly when math-verify says so (tests/test_tasks.py checks this against it), so they are
+    compared as integers, about 300 us less a pair than parsing them with math-verify."""
+    if _INTEGER.fullmatch(reference) and _INTEGER.fullmatch(answer):
+        return int(reference) == int(answer)
+    return _math_verify_equal(reference, answer)
+
+
+@lru_cache(maxsize=65536)
+def _math_verify_equal(reference: str, answer: str) -> bool:
+    """math-verify's verdict: many completions of a problem end in the same few answers, so each (reference,
+    answer) pair is compared once (math-verify is the harvest's costliest check)."""
     from math_verify import verify
 
     return bool(verify(_parse_math(reference), _parse_math(answer)))

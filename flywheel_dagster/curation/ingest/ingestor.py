@@ -130,13 +130,13 @@ class Ingestor:
         Raises nothing for what a file holds: a line that cannot be used is quarantined, a damaged or
         vanished file quarantines its rest, a path that is not a log file (and `files.skipped`, when
         `files` comes from find_log_files) is counted in stats.files_skipped."""
-        for rows, quarantine in gc_paused_batches(self._batches(files)):
-            yield rows_table(rows), quarantine_table(quarantine)
+        yield from gc_paused_batches(self._batches(files), lambda b: (rows_table(b[0]), quarantine_table(b[1])))
 
     def batches(self, files: list[str]) -> Iterator[tuple[list[dict], list[dict]]]:
         """tables(), as lists of row dicts (trace rows, quarantine rows)."""
-        for rows, quarantine in gc_paused_batches(self._batches(files)):
-            yield [dict(zip(TRACE_COLUMNS, r, strict=True)) for r in rows], quarantine
+        yield from gc_paused_batches(
+            self._batches(files), lambda b: ([dict(zip(TRACE_COLUMNS, r, strict=True)) for r in b[0]], b[1])
+        )
 
     def _batches(self, files: list[str]) -> Iterator[tuple[list[tuple], list[dict]]]:
         traces: list[tuple] = []
