@@ -195,6 +195,16 @@ def test_the_prefilter_never_hides_a_detection(corpus, corpus2):
     texts = [r["text"] for r in corpus + corpus2] + [p.prompt + p.solution for p in GSM8KTask().traffic(0, 2000)]
     texts += ["host ::1 is down", "fe80::1ff:fe23:4567:890a", "Regards,\nAnna", "SSN 123 45 6789", "+33 1 23 45 67 89"]
     texts += ["SS# 078 05 1120", "-- Zoë O'Neill", "Lenn van der Sloot", "Haugemoen 9, 7479 Turidbø", "x O'Neill Ng"]
+    # Digits beyond ASCII (full-width, as Japanese input methods type them; Arabic-Indic): RE2's \d does not see them.
+    wide = [
+        "call me at ４１５-５５５-０１３２",
+        "my number is ٤١٥-٥٥٥-٠١٣٢",
+        "ssn ０７８-０５-１１２０",
+        "２２１B Baker Street",
+    ]
+    wide += ["card ４１１１ １１１１ １１１１ １１１１", "Dr. Tanaka, tel ０３-１２３４-５６７８"]
+    assert all(pii.detect(t) for t in wide)
+    texts += wide
     mask = pii.candidate_mask(pa.array(texts))
     hidden = [t for t, m in zip(texts, mask, strict=True) if not m and pii.detect(t)]
     assert hidden == []
@@ -205,17 +215,21 @@ def test_the_prefilter_never_hides_a_detection(corpus, corpus2):
     from flywheel_dagster.curation.pii.names import names_in, person_spans
     from flywheel_dagster.curation.pii.structured import structured_spans
 
-    families = {
-        prefilter.PREFILTER_STRUCTURED: lambda t: structured_spans(t, t.lower()),
-        prefilter.PREFILTER_ADDRESSES: address_spans,
-        prefilter.PREFILTER_CUED_NAMES: lambda t: [
-            s for s in person_spans(t, t.lower()) if (s.start, s.end) not in names_in(t)
-        ],
-        prefilter.PREFILTER_NAMES: names_in,
+    families = {  # part -> (the family's detections, whether a digit beyond ASCII also sends a row to it)
+        prefilter.PREFILTER_STRUCTURED: (lambda t: structured_spans(t, t.lower()), True),
+        prefilter.PREFILTER_ADDRESSES: (address_spans, True),
+        prefilter.PREFILTER_CUED_NAMES: (
+            lambda t: [s for s in person_spans(t, t.lower()) if (s.start, s.end) not in names_in(t)],
+            False,
+        ),
+        prefilter.PREFILTER_NAMES: (names_in, False),
     }
-    for pattern, spans_of in families.items():
+    other_digits = pc.match_substring_regex(pa.array(texts), prefilter.PREFILTER_OTHER_DIGITS).to_pylist()
+    assert [t for t, d in zip(texts, other_digits, strict=True) if d] == wide
+    for pattern, (spans_of, digits) in families.items():
         matched = pc.match_substring_regex(pa.array(texts), pattern).to_pylist()
-        assert [t for t, m in zip(texts, matched, strict=True) if not m and spans_of(t)] == []
+        sent = [m or (digits and d) for m, d in zip(matched, other_digits, strict=True)]
+        assert [t for t, m in zip(texts, sent, strict=True) if not m and spans_of(t)] == []
         assert 0 < sum(matched) < len(texts)
     # Rows that only a capitalised pair lets through get the name-pair check alone: the same result.
     values, kinds = pii.redact_rows(pa.array(texts))
@@ -228,3 +242,4 @@ def test_the_prefilter_never_hides_a_detection(corpus, corpus2):
         want = [(None, ()) if t is None else pii.redact(t) for t in column]
         assert list(zip(values, map(list, kinds), strict=True)) == [(v, list(k)) for v, k in want]
     assert 0 < len(memo) <= 50
+    assert all(kinds for kinds in pii.redact_texts([wide])[0][1])

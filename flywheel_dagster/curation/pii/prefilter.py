@@ -46,3 +46,20 @@ PREFILTER_CUED_NAMES = (
 )  # fmt: skip
 PREFILTER_OTHERS = PREFILTER_STRUCTURED + "|" + PREFILTER_ADDRESSES + "|" + PREFILTER_CUED_NAMES
 PREFILTER = PREFILTER_OTHERS + "|" + PREFILTER_NAMES
+
+
+def _other_digits() -> str:
+    runs: list[list[int]] = []
+    for cp in range(128, 0x110000):
+        if chr(cp).isdecimal():
+            if runs and runs[-1][1] == cp - 1:
+                runs[-1][1] = cp
+            else:
+                runs.append([cp, cp])
+    return "[" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" if b > a else f"\\x{{{a:x}}}" for a, b in runs) + "]"
+
+
+# RE2's \d is ASCII, the detectors' (Python's) is any decimal digit: "４１５-５５５-０１３２" is a phone to them. A row
+# with a digit beyond ASCII (full-width, Arabic-Indic, Devanagari, ...) goes to every digit-using family whatever
+# the parts above say; such rows are rare, and asking RE2 for \p{Nd} in the parts blows up its automaton (100x).
+PREFILTER_OTHER_DIGITS = _other_digits()

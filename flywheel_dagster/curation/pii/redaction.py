@@ -19,6 +19,7 @@ from flywheel_dagster.curation.pii.prefilter import (
     PREFILTER_ADDRESSES,
     PREFILTER_CUED_NAMES,
     PREFILTER_NAMES,
+    PREFILTER_OTHER_DIGITS,
     PREFILTER_OTHERS,
     PREFILTER_STRUCTURED,
 )
@@ -90,6 +91,13 @@ def _row_modes(column: pa.Array | pa.ChunkedArray, names: bool) -> list[int]:
     the families' parts goes over every row; the rows it lets through, few, are asked part by part."""
     others = _matches(column, PREFILTER_OTHERS)
     modes = [int(p) for p in _matches(column, PREFILTER_NAMES)] if names else [0] * len(others)
+    # Beyond ASCII, the parts' \d misses other scripts' digits: a row with one gets the families that use digits.
+    wide = [i for i, a in enumerate(pc.fill_null(pc.string_is_ascii(column), True).to_pylist()) if not a]
+    if wide:
+        digits = _matches(column.take(pa.array(wide, pa.int64())), PREFILTER_OTHER_DIGITS)
+        for i, hit in zip(wide, digits, strict=True):
+            if hit:
+                modes[i] |= _STRUCTURED | _ADDRESS
     rows = [i for i, o in enumerate(others) if o]
     if len(rows) < _FAMILY_PASS_ROWS:  # Arrow compiles the parts anew on each call (~4 ms): not worth it for few
         for i in rows:
