@@ -123,6 +123,30 @@ def test_decontamination_drops_a_benchmark_question_in_any_wrapping():
     assert not index.contaminated(gsm.prompt_for("How many apples are left if Tom eats two of five?"))
 
 
+def test_decontamination_matches_a_plain_window_scan():
+    """The n-gram check (zip over shifted token lists) against the window-by-window scan it replaced, on short
+    and long benchmark questions (the playground's are matched whole), an empty one included."""
+    import random
+
+    from flywheel_dagster.curation.decontam import BenchmarkIndex
+    from flywheel_dagster.curation.dedup import tokens
+
+    rng = random.Random(3)
+    words = "a b c d e f 1 2 + = ?".split()
+    bench = [" ".join(rng.choices(words, k=rng.randint(1, 12))) for _ in range(40)]
+
+    def scan(index: BenchmarkIndex, toks: list[str]) -> bool:
+        sizes = ([(index.n, index.grams)] if index.grams else []) + list(index.short.items())
+        return any(hash(tuple(toks[i : i + n])) in hashes for n, hashes in sizes for i in range(len(toks) - n + 1))
+
+    for extra in ([], [""]):
+        index = BenchmarkIndex(bench + extra, 8)
+        prompts = [" ".join(rng.choices(words, k=rng.randint(0, 30))) for _ in range(400)]
+        got = [index.contaminated(p) for p in prompts]
+        assert got == [scan(index, tokens(p)) for p in prompts]
+        assert (0 < sum(got) < len(got)) if not extra else all(got)
+
+
 def test_near_duplicates_are_found_across_batches():
     from flywheel_dagster.curation.dedup import NearDuplicateIndex
 

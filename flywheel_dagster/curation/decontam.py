@@ -8,7 +8,7 @@ instruction line) is stripped from both sides first: shared boilerplate is not e
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flywheel_dagster.curation.dedup import tokens
 from flywheel_dagster.tasks.base import TaskSource
@@ -50,10 +50,14 @@ class BenchmarkIndex:
         return prompt.removeprefix(self.prefix).removesuffix(self.suffix) if self.prefix or self.suffix else prompt
 
     def _check(self, toks: list[str]) -> bool:
-        n = self.n
-        if self.grams and any(hash(tuple(toks[i : i + n])) in self.grams for i in range(len(toks) - n + 1)):
+        if self.grams and not self.grams.isdisjoint(_ngram_hashes(toks, self.n)):
             return True
-        for length, hashes in self.short.items():
-            if any(hash(tuple(toks[i : i + length])) in hashes for i in range(len(toks) - length + 1)):
-                return True
-        return False
+        # A benchmark question of no tokens at all is in every prompt.
+        return any(
+            not length or not hashes.isdisjoint(_ngram_hashes(toks, length)) for length, hashes in self.short.items()
+        )
+
+
+def _ngram_hashes(toks: list[str], n: int) -> Iterator[int]:
+    """hash(tuple(toks[i : i + n])) for each i, lazily (zip(toks, toks[1:], ...) builds each tuple once)."""
+    return map(hash, zip(*(toks[i:] for i in range(n)), strict=False))
