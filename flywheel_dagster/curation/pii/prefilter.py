@@ -1,4 +1,5 @@
-"""The RE2 prefilter: which rows of a column could hold PII at all, asked of Arrow in one vectorised pass."""
+"""The RE2 prefilter: which rows of a column could hold PII at all, and for which detector family, asked of Arrow
+in one vectorised pass a family."""
 
 from __future__ import annotations
 
@@ -6,19 +7,18 @@ from flywheel_dagster.curation.pii.addresses import PREFIX_AMBIGUOUS, PREFIX_WOR
 from flywheel_dagster.curation.pii.names import FIELDS, RELATIONS, SIGN_OFF, TITLES
 from flywheel_dagster.curation.pii.structured import PHONE_CUES
 
-# What RE2 must find in a row for a detector to have a chance: a superset of every pattern's trigger.
-# Two parts: PREFILTER_NAMES, a capitalised word pair, can only start an uncued full name, so a row that
-# only it matches needs nothing but the name-pair check; PREFILTER_OTHERS covers every other detector
-# (structured shapes, street and town shapes, cues followed by a capital). Kept tight, so that most
-# word-problem text and all of the playground's needs no Python at all.
+# What RE2 must find in a row for a detector to have a chance: a superset of every pattern's trigger, one part
+# per detector family. PREFILTER_NAMES, a capitalised word pair, can only start an uncued full name, so a row
+# that only it matches needs nothing but the name-pair check; PREFILTER_STRUCTURED, _ADDRESSES and _CUED_NAMES
+# cover the structured shapes, street and town shapes, and cues followed by a capital. A row its part does not
+# match is a row that family finds nothing in, so the detectors of a row run family by family (tests/test_pii.py
+# checks each part on the corpora). Kept tight, so that most word-problem text and all of the playground's needs
+# no Python at all.
 _RE2_PARTICLES = (
     r"(?:(?:van|von|der|den|de|del|della|di|da|dos|das|do|du|des|la|le|ter|ten|zu|bin|ibn|binti|bint|al|el|af|"
     r"av|y)[ \t]+)*"
 )
 PREFILTER_NAMES = r"\p{Lu}\p{Ll}+[ \t]+" + _RE2_PARTICLES + r"\p{Lu}"
-# Each detector family's own part: a row its part does not match is a row that family finds nothing in, so
-# the detectors of a row run family by family, only where the family's part matched (checked on the corpora by
-# tests/test_pii.py). PREFILTER_OTHERS is their union.
 PREFILTER_STRUCTURED = (
     # a North American phone number always ends in 3 digits, one separator, 4 digits; arithmetic rarely does
     r"@|\d{3}[ .-]\d{4}|\d{3}-\d{2}-\d{4}|\d{4}[ -]\d{4}|\d{4}[ -]\d{6}|\d{9,}|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
@@ -44,6 +44,7 @@ PREFILTER_CUED_NAMES = (
     r"|(?i:\b(?:" + SIGN_OFF + r"))[ \t]*[!,]?[ \t]*\n?[ \t]*(?:--?[ \t]*)?\p{Lu}"
     r"|[ \t]wrote:"
 )  # fmt: skip
+# Their union, for callers that ask only whether any family could fire.
 PREFILTER_OTHERS = PREFILTER_STRUCTURED + "|" + PREFILTER_ADDRESSES + "|" + PREFILTER_CUED_NAMES
 PREFILTER = PREFILTER_OTHERS + "|" + PREFILTER_NAMES
 

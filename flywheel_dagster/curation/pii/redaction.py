@@ -1,7 +1,7 @@
 """Detection, redaction with typed placeholders (`<EMAIL>`), and counting, of a text or a string column.
 
-Most text has no PII, so `redact_rows` first asks Arrow's RE2 engine which rows could hold any
-(vectorised) and runs the Python detectors on those rows only.
+Most text has no PII, so `redact_rows` and `redact_texts` first ask Arrow's RE2 engine which rows could hold
+any, and for which detector family (vectorised), and run only those families' Python detectors on those rows.
 """
 
 from __future__ import annotations
