@@ -2,6 +2,8 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flywheel_dagster.config import build_config
 from flywheel_dagster.curation.harvest import DROP_REASONS, Harvester, build_training_dataset, harvest
@@ -444,3 +446,16 @@ def test_the_repetition_filter_answers_as_the_repeated_fraction_does():
             got = [repeats_too_much(t, n, limit) for t in texts]
             assert got == [repeated_fraction(t, n) > limit for t in texts]
             assert 0 < sum(got) < len(texts) or limit == 1.0
+
+
+_TEXT = st.text(st.sampled_from("aZ9_ßİſK٣５ .,+-=\t\n\u00a0\u2009\u3000é!?$%") | st.characters(), max_size=60)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_TEXT)
+def test_tokens_word_by_word_are_the_regex_tokens(text):
+    """dedup.tokens splits on whitespace and runs the regex only on words that are not letters and digits
+    alone: the same tokens as the regex over the whole case-folded text, for any Unicode text."""
+    from flywheel_dagster.curation import dedup
+
+    assert dedup.tokens(text) == dedup._TOKEN.findall(text.casefold())

@@ -63,26 +63,36 @@ class Memo(dict):
         self.weight = 0
 
     def keep(self, key: object, value: T) -> T:
+        weigh = self.weigh
+        if weigh is None:  # bounded by count alone
+            if len(self) >= self.capacity and key not in self:
+                self._forget(0)
+            self[key] = value
+            return value
         if key in self:
             self[key] = value
             return value
-        weigh, cap = self.weigh, self.max_weight
-        w = weigh(key) if weigh is not None else 0
+        w = weigh(key)
+        cap = self.max_weight
         if cap is not None and w > cap:
             return value  # larger than the whole memo: computed every time
         if len(self) >= self.capacity or (cap is not None and self.weight + w > cap):
-            # Forget the oldest entries down to half the count and half the weight, so that the next
-            # eviction is many insertions away.
-            drop, count, weight = [], len(self), self.weight
-            for old in self:
-                if count <= self.capacity // 2 and (cap is None or weight + w <= cap // 2):
-                    break
-                drop.append(old)
-                count -= 1
-                weight -= weigh(old) if weigh is not None else 0
-            for old in drop:
-                del self[old]
-            self.weight = weight
+            self._forget(w)
         self.weight += w
         self[key] = value
         return value
+
+    def _forget(self, w: int) -> None:
+        """Forget the oldest entries down to half the count and half the weight (with room for `w` more), so
+        that the next eviction is many insertions away."""
+        weigh, cap = self.weigh, self.max_weight
+        drop, count, weight = [], len(self), self.weight
+        for old in self:
+            if count <= self.capacity // 2 and (cap is None or weight + w <= cap // 2):
+                break
+            drop.append(old)
+            count -= 1
+            weight -= weigh(old) if weigh is not None else 0
+        for old in drop:
+            del self[old]
+        self.weight = weight

@@ -75,6 +75,8 @@ def _timestamp(record: dict) -> datetime:
         raise RecordError("bad_timestamp", f"'timestamp' ({len(ts)} chars) is not ISO 8601") from None
     if parsed.tzinfo is None:
         raise RecordError("bad_timestamp", "'timestamp' has no time zone (expected e.g. ...Z)")
+    if parsed.tzinfo is UTC:  # "...Z", what gateways write: already what astimezone would return
+        return parsed
     try:
         return parsed.astimezone(UTC)
     except (OverflowError, ValueError):  # 9999-12-31T23:00-05:00 is in year 10000 in UTC
@@ -120,7 +122,7 @@ class Settings:
 
 def _completion(reasoning: str | None, content: str, markup: str) -> tuple[str, str | None]:
     """The generated text as trained on, and the reasoning when the server split it off."""
-    if reasoning is None:
+    if reasoning is None and "<think>" in content:
         m = _THINK.match(content)
         if m:
             reasoning, content = m.group(1), content[m.end() :]
