@@ -459,3 +459,14 @@ def test_tokens_word_by_word_are_the_regex_tokens(text):
     from flywheel_dagster.curation import dedup
 
     assert dedup.tokens(text) == dedup._TOKEN.findall(text.casefold())
+
+
+def test_the_word_token_cache_stays_bounded(monkeypatch):
+    from flywheel_dagster.curation import dedup
+
+    monkeypatch.setattr(dedup, "_WORD_TOKENS_MAX", 3)
+    monkeypatch.setattr(dedup, "_WORD_TOKENS", {})
+    texts = ["She has 3 apples. 3 + 15 = 18", "Tom's $5.50, ½ of it!", "a b c d e f g", "ſtraße İstanbul 18."]
+    for text in texts * 2:
+        assert dedup.tokens(text) == dedup._TOKEN.findall(text.casefold())
+        assert len(dedup._WORD_TOKENS) <= 3

