@@ -24,7 +24,7 @@ from flywheel_dagster.curation import pii
 from flywheel_dagster.curation.batching import Memo, paused_gc
 from flywheel_dagster.curation.decontam import BenchmarkIndex
 from flywheel_dagster.curation.dedup import NearDuplicateIndex, normalize, tokens
-from flywheel_dagster.curation.monitors import MonitorAccumulator
+from flywheel_dagster.curation.monitors import MonitorAccumulator, digest64
 from flywheel_dagster.curation.reformat import check_strategies, pick, rephrase, template
 from flywheel_dagster.engines.base import InferenceEngine
 from flywheel_dagster.tasks.base import Problem, TaskSource
@@ -97,25 +97,24 @@ class HarvestStats:
 # The trace columns the per-trace work reads: rows equal in these get equal results.
 ROW_INPUTS = ("prompt", "completion", "reasoning", "answer", "reference_answer", "finish_reason")
 _KINDS, _DROP, _SIG = 7, 8, 10  # positions in a per-row result tuple (see RowWorker._distinct_rows)
+_WATCHED_DROPS = frozenset(("exact_duplicate", "near_duplicate", "positives_per_problem_cap"))
 
 
 @dataclass
 class RowWork:
-    """What the harvest decides about each trace of a batch on its own, with no quarter state: verdicts, the
-    contamination check, redactions, the filters' drop reason, exact-dedup keys and (optionally) MinHash
-    signatures. Picklable: the Ray engine computes it in workers and the driver decides the rest in order."""
+    """What the harvest decides about each trace of a batch on its own, with no quarter state: the batch's
+    harvested rows but for label and drop reason (redacted, verdicts, pii_types, as Arrow columns), the filters'
+    drop reason, exact-dedup keys, monitor keys and (optionally) MinHash signatures. Picklable, and small
+    apart from its Arrow tables: the Ray engine computes it in workers, and the driver decides the rest in
+    order without turning the texts back into Python objects."""
 
-    table: pa.Table
+    harvested: pa.Table  # HARVESTED_SCHEMA's columns but label and drop_reason
     correct: list[bool | None]
-    verdicts: list[str]
-    answers: list[str | None]
-    prompts: list[str]
-    completions: list[str]
-    reasonings: list[str]
-    redacted_answers: list[str | None]
-    pii_rows: list[list[str]]
+    answers: list[str | None]  # the verifier's final answers (the monitors' answer diversity)
     drop: list[str | None]
     keys: list[bytes | None]  # the exact-dedup key of every row the filters kept
+    prompt_keys: list[int]  # monitors.digest64 of each redacted prompt
+    sample_keys: list[int]  # monitors.digest64 of each trace id: the monitors' sample keeps the smallest
     signatures: np.ndarray | None  # MinHash rows (prompt + reasoning) of the rows the filters kept, else zeros
     pii: Counter
     seconds: Counter
@@ -182,19 +181,33 @@ class RowWorker:
         if n:
             columns = [list(c) for c in zip(*results, strict=True)]  # type: ignore[misc]
         else:
-            columns = [[] for _ in range(_SIG + 1)]
-        correct, verdicts, answers, prompts, completions, reasonings, red_answers, kinds, drop, keys, sig = columns
+            columns = [[] for _ in range(_SIG + 2)]
+        correct, verdicts, answers, prompts, completions, reasonings, red_answers, kinds, drop, keys, sig, pkeys = (
+            columns
+        )
         sigs = None
         if need_sig:
             sigs = np.zeros((n, self.hasher.num_perm), dtype=np.uint64)  # type: ignore[union-attr]
             for i, s in enumerate(sig):
                 if s is not None:
                     sigs[i] = s
+        sample_keys = [digest64(t) for t in table.column("trace_id").to_pylist()]
         seconds["repeats"] += time.perf_counter() - t
-        return RowWork(
-            table, correct, verdicts, answers, prompts, completions, reasonings, red_answers, kinds, drop, keys,
-            sigs, pii_counts, seconds,
-        )  # fmt: skip
+        t = time.perf_counter()
+        out = table.select(HARVESTED_SCHEMA.names[: len(table.schema.names)])
+        for name, values, type_ in (
+            ("prompt", prompts, pa.string()),
+            ("completion", completions, pa.string()),
+            ("reasoning", reasonings, pa.string()),
+            ("answer", red_answers, pa.string()),
+            ("correct", correct, pa.bool_()),
+            ("verifier", [self.task.verifier_name] * n, pa.string()),
+            ("verdict", verdicts, pa.string()),
+        ):
+            out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, type_))
+        out = out.append_column("pii_types", pa.array([",".join(sorted(set(k))) or None for k in kinds], pa.string()))
+        seconds["assemble"] += time.perf_counter() - t
+        return RowWork(out, correct, answers, drop, keys, pkeys, sample_keys, sigs, pii_counts, seconds)
 
     def _distinct_rows(self, table: pa.Table, need_sig: bool, seconds: Counter) -> list[tuple]:
         """The per-row results (in _SIG order) of rows of distinct content."""
@@ -289,10 +302,12 @@ class RowWorker:
                 for i, row in zip(kept, rows, strict=True):
                     sigs[i] = row
             timed("near_dedup", t)
+        by_prompt: dict[str, int] = {}
+        prompt_keys = [by_prompt[p] if p in by_prompt else by_prompt.setdefault(p, digest64(p)) for p in prompts]
         return list(
             zip(
                 correct, verdicts, answers, prompts, completions_r, reasonings, redacted["answer"], pii_rows, drop,
-                keys, sigs, strict=True,
+                keys, sigs, prompt_keys, strict=True,
             )
         )  # fmt: skip
 
@@ -331,12 +346,12 @@ class Harvester:
             return self._decide(work)
 
     def _decide(self, w: RowWork) -> pa.Table:
-        table, n = w.table, w.table.num_rows
+        out, n = w.harvested, w.harvested.num_rows
         counts = self.stats.counts
         counts["read"] += n
         self.stats.pii.update(w.pii)
         self.stats.seconds.update(w.seconds)
-        prompts, reasonings, answers, correct, drop = w.prompts, w.reasonings, w.answers, w.correct, list(w.drop)
+        correct, drop = w.correct, list(w.drop)
         t = time.perf_counter()
 
         # Exact duplicates, across the whole quarter. With exact dedup off they stay in, but the
@@ -379,45 +394,41 @@ class Harvester:
                     if w.signatures is not None:
                         sigs = w.signatures[rows]
                     else:
-                        sigs = index.signatures([prompts[i] + "\n" + reasonings[i] for i in rows])
+                        some = out.take(rows)
+                        texts = zip(
+                            some.column("prompt").to_pylist(), some.column("reasoning").to_pylist(), strict=True
+                        )
+                        sigs = index.signatures([p + "\n" + r for p, r in texts])
                     for i, dup in zip(rows, index.check_and_add(sigs), strict=True):
                         if dup:
                             labels[i], drop[i] = "dropped", "near_duplicate"
             t = self._timed("near_dedup", t)
 
-        problem_ids = table.column("problem_id").to_pylist()
-        trace_ids = table.column("trace_id").to_pylist()
+        problem_ids = out.column("problem_id").to_pylist()
         cap = self.cfg.max_positives_per_problem
-        monitors = self.monitors
+        per_problem, prompt_keys = self.per_problem, w.prompt_keys
+        watched: list[int] = []  # the rows the monitors see: kept, or dropped as a duplicate or over the cap
         for i in range(n):
             if labels[i] == "positive":
-                key = problem_ids[i] or prompts[i]
-                if self.per_problem[key] >= cap:
+                key = problem_ids[i] or prompt_keys[i]
+                if per_problem[key] >= cap:
                     labels[i], drop[i] = "dropped", "positives_per_problem_cap"
                 else:
-                    self.per_problem[key] += 1
-            if drop[i] in ("exact_duplicate", "near_duplicate"):
-                monitors.duplicates += 1
-            counts[labels[i] if drop[i] is None else f"drop/{drop[i]}"] += 1
-            if drop[i] is None or drop[i] in ("exact_duplicate", "near_duplicate", "positives_per_problem_cap"):
-                monitors.add(trace_ids[i], prompts[i], reasonings[i], answers[i], correct[i])
+                    per_problem[key] += 1
+            reason = drop[i]
+            if reason is None:
+                watched.append(i)
+            elif reason in _WATCHED_DROPS:
+                watched.append(i)
+                if reason != "positives_per_problem_cap":
+                    self.monitors.duplicates += 1
+        counts.update(label if reason is None else f"drop/{reason}" for label, reason in zip(labels, drop, strict=True))
+        reasonings = out.column("reasoning")
+        self.monitors.add_rows(w.sample_keys, prompt_keys, w.answers, correct, watched, lambda i: reasonings[i].as_py())
 
-        out = table.select(HARVESTED_SCHEMA.names[: len(table.schema.names)])
-        for name, values, type_ in (
-            ("prompt", prompts, pa.string()),
-            ("completion", w.completions, pa.string()),
-            ("reasoning", reasonings, pa.string()),
-            ("answer", w.redacted_answers, pa.string()),
-            ("correct", correct, pa.bool_()),
-            ("verifier", [self.task.verifier_name] * n, pa.string()),
-            ("verdict", w.verdicts, pa.string()),
-        ):
-            out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, type_))
-        out = out.append_column("label", pa.array(labels, pa.string()))
-        out = out.append_column("drop_reason", pa.array(drop, pa.string()))
-        out = out.append_column(
-            "pii_types", pa.array([",".join(sorted(set(k))) or None for k in w.pii_rows], pa.string())
-        )
+        at = out.schema.get_field_index("pii_types")
+        out = out.add_column(at, "drop_reason", pa.array(drop, pa.string()))
+        out = out.add_column(at, "label", pa.array(labels, pa.string()))
         self._timed("assemble", t)
         return out.cast(HARVESTED_SCHEMA)
 

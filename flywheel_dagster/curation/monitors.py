@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,12 @@ MONITORS = {
 }
 
 
+def digest64(text: str) -> int:
+    """64 bits of blake2b: a trace id's place in the reasoning sample (the smallest are kept) and a prompt's
+    key. The same in every process (Python's hash() of a str is not), so Ray workers compute them."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
 class MonitorAccumulator:
     """Fed batch by batch during the harvest; memory bounded by the sample size and the number of prompts."""
 
@@ -45,25 +52,42 @@ class MonitorAccumulator:
         self.sample_size = sample_size
         self._sample: list[tuple[int, str]] = []  # min-heap of (-key, reasoning): keeps the smallest keys
         self._answers: dict[int, set] = defaultdict(set)
-        self._samples_per_prompt: dict[int, int] = defaultdict(int)
+        self._samples_per_prompt: Counter = Counter()
         self.verified = 0
         self.correct = 0
         self.dedup_seen = 0
         self.duplicates = 0
 
     def add(self, trace_id: str, prompt: str, reasoning: str, answer: str | None, correct: bool | None) -> None:
-        key = int.from_bytes(hashlib.blake2b(trace_id.encode(), digest_size=8).digest(), "big")
-        item = (-key, reasoning)
-        if len(self._sample) < self.sample_size:
-            heapq.heappush(self._sample, item)
-        elif item > self._sample[0]:
-            heapq.heapreplace(self._sample, item)
-        p = hash(prompt)
-        self._samples_per_prompt[p] += 1
-        self._answers[p].add(answer)
-        if correct is not None:
-            self.verified += 1
-            self.correct += bool(correct)
+        self.add_rows([digest64(trace_id)], [digest64(prompt)], [answer], [correct], [0], lambda _: reasoning)
+
+    def add_rows(
+        self,
+        sample_keys: list[int],
+        prompt_keys: list[int],
+        answers: list[str | None],
+        correct: list[bool | None],
+        rows: list[int],
+        reasoning: Callable[[int], str],
+    ) -> None:
+        """Rows `rows` of a batch, by their keys (digest64 of the trace id and of the prompt);
+        `reasoning(i)` is asked only for the rows that enter the sample."""
+        sample, size = self._sample, self.sample_size
+        for i in rows:
+            key = -sample_keys[i]
+            if len(sample) < size:
+                heapq.heappush(sample, (key, reasoning(i)))
+            elif key >= sample[0][0]:
+                item = (key, reasoning(i))
+                if item > sample[0]:
+                    heapq.heapreplace(sample, item)
+        self._samples_per_prompt.update(prompt_keys[i] for i in rows)
+        answer_sets = self._answers
+        for i in rows:
+            answer_sets[prompt_keys[i]].add(answers[i])
+            if correct[i] is not None:
+                self.verified += 1
+                self.correct += bool(correct[i])
 
     def lengths(self) -> list[int]:
         return sorted(len(r) for _, r in self._sample)
