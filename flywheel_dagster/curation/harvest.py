@@ -394,10 +394,8 @@ class Harvester:
                     if w.signatures is not None:
                         sigs = w.signatures[rows]
                     else:
-                        some = out.take(rows)
-                        texts = zip(
-                            some.column("prompt").to_pylist(), some.column("reasoning").to_pylist(), strict=True
-                        )
+                        some = out.select(["prompt", "reasoning"]).take(rows)
+                        texts = zip(some.column(0).to_pylist(), some.column(1).to_pylist(), strict=True)
                         sigs = index.signatures([p + "\n" + r for p, r in texts])
                     for i, dup in zip(rows, index.check_and_add(sigs), strict=True):
                         if dup:
