@@ -96,7 +96,8 @@ class HarvestStats:
 
 # The trace columns the per-trace work reads: rows equal in these get equal results.
 ROW_INPUTS = ("prompt", "completion", "reasoning", "answer", "reference_answer", "finish_reason")
-_KINDS, _DROP, _SIG = 7, 8, 10  # positions in a per-row result tuple (see RowWorker._distinct_rows)
+# Positions in a per-row result tuple (see RowWorker._distinct_rows), and its length.
+_KINDS, _DROP, _SIG, _RESULT_FIELDS = 7, 8, 10, 12
 _WATCHED_DROPS = frozenset(("exact_duplicate", "near_duplicate", "positives_per_problem_cap"))
 
 
@@ -181,7 +182,7 @@ class RowWorker:
         if n:
             columns = [list(c) for c in zip(*results, strict=True)]  # type: ignore[misc]
         else:
-            columns = [[] for _ in range(_SIG + 2)]
+            columns = [[] for _ in range(_RESULT_FIELDS)]
         correct, verdicts, answers, prompts, completions, reasonings, red_answers, kinds, drop, keys, sig, pkeys = (
             columns
         )
