@@ -91,7 +91,7 @@ def _row_modes(column: pa.Array | pa.ChunkedArray, names: bool) -> list[int]:
     part of the prefilter over the column (three small patterns cost less than their union, which RE2 runs
     as one larger automaton, and tell the families apart)."""
     modes = np.zeros(len(column), np.int64)
-    for bit, pattern in ((_PAIR, PREFILTER_NAMES),) * names + _FAMILIES:
+    for bit, pattern in ((_PAIR, PREFILTER_NAMES), *_FAMILIES) if names else _FAMILIES:
         modes[_matches(column, pattern)] |= bit
     # Beyond ASCII, the parts' \d misses other scripts' digits: a row with one gets the families that use digits.
     wide = np.flatnonzero(~pc.fill_null(pc.string_is_ascii(column), True).to_numpy(zero_copy_only=False))
