@@ -470,3 +470,31 @@ def test_the_word_token_cache_stays_bounded(monkeypatch):
     for text in texts * 2:
         assert dedup.tokens(text) == dedup._TOKEN.findall(text.casefold())
         assert len(dedup._WORD_TOKENS) <= 3
+
+
+def test_answer_diversity_follows_a_bounded_uniform_sample_of_prompts():
+    """Up to prompt_sample prompts: every prompt; beyond: exactly the prompts with the smallest digests, each
+    with all its traces, whatever order they come in; memory holds no more prompts than that."""
+    import random
+
+    import numpy as np
+
+    from flywheel_dagster.curation.monitors import MonitorAccumulator, digest64
+
+    rng = random.Random(11)
+    traces = [(f"p{p}", str(rng.randrange(3))) for p in range(40) for _ in range(rng.randint(1, 6))]
+    rng.shuffle(traces)
+
+    def diversity(prompts: set[str]) -> float:
+        per = {p: [a for q, a in traces if q == p] for p in prompts}
+        return round(float(np.mean([(len(set(a)) - 1) / (len(a) - 1) for a in per.values() if len(a) >= 2])), 4)
+
+    everyone = {p for p, _ in traces}
+    for most, followed in ((100, everyone), (5, set(sorted(everyone, key=digest64)[:5]))):
+        m = MonitorAccumulator(10, prompt_sample=most)
+        for i, (prompt, answer) in enumerate(traces):
+            m.add(f"t{i}", prompt, "r", answer, answer == "1")
+            assert len(m._answers) <= most and len(m._samples_per_prompt) <= most
+        figures = m.result(None)
+        assert figures["answer_diversity"] == diversity(followed)
+        assert figures["verified_accuracy"] == round(sum(a == "1" for _, a in traces) / len(traces), 4)

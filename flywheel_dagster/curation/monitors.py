@@ -5,7 +5,9 @@
 - near_duplicate_rate: exact + near duplicates among the traces that reached deduplication. Exact duplicates
   are counted with exact dedup switched off too (they are kept then): the lab's no_dedup arms read 0.0 before.
 - answer_diversity: over prompts with two or more samples, (distinct final answers - 1) / (samples - 1),
-  averaged: 0 when every sample of every prompt gives the same answer.
+  averaged: 0 when every sample of every prompt gives the same answer. Over every prompt of the quarter up to
+  PROMPT_SAMPLE prompts; beyond that over the PROMPT_SAMPLE prompts with the smallest digests (a uniform sample,
+  each with all its traces), so memory stays bounded when every user asks something new.
 - length_ks: two-sample Kolmogorov-Smirnov statistic between this quarter's reasoning lengths and the
   previous quarter's (from its monitors.json); None in the first cycle.
 - verified_accuracy: correct / verified traces.
@@ -45,14 +47,19 @@ def digest64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
-class MonitorAccumulator:
-    """Fed batch by batch during the harvest; memory bounded by the sample size and the number of prompts."""
+PROMPT_SAMPLE = 100_000  # prompts whose answers answer_diversity follows (about 60 MB at most)
 
-    def __init__(self, sample_size: int) -> None:
+
+class MonitorAccumulator:
+    """Fed batch by batch during the harvest; memory bounded by the sample sizes (reasonings and prompts)."""
+
+    def __init__(self, sample_size: int, prompt_sample: int = PROMPT_SAMPLE) -> None:
         self.sample_size = sample_size
+        self.prompt_sample = max(prompt_sample, 1)
         self._sample: list[tuple[int, str]] = []  # min-heap of (-key, reasoning): keeps the smallest keys
         self._answers: dict[int, set] = defaultdict(set)
         self._samples_per_prompt: Counter = Counter()
+        self._prompts: list[int] = []  # min-heap of -digest over the prompts followed: the largest on top
         self.verified = 0
         self.correct = 0
         self.dedup_seen = 0
@@ -81,13 +88,22 @@ class MonitorAccumulator:
                 item = (key, reasoning(i))
                 if item > sample[0]:
                     heapq.heapreplace(sample, item)
-        self._samples_per_prompt.update(prompt_keys[i] for i in rows)
-        answer_sets = self._answers
+        counts, answer_sets, followed, most = self._samples_per_prompt, self._answers, self._prompts, self.prompt_sample
         for i in rows:
-            answer_sets[prompt_keys[i]].add(answers[i])
             if correct[i] is not None:
                 self.verified += 1
                 self.correct += bool(correct[i])
+            p = prompt_keys[i]
+            if p not in counts:  # a prompt not followed yet: in while fewer than `most`, else if below the largest
+                if len(counts) < most:
+                    heapq.heappush(followed, -p)
+                elif p < -followed[0]:
+                    gone = -heapq.heapreplace(followed, -p)
+                    del counts[gone], answer_sets[gone]
+                else:
+                    continue
+            counts[p] += 1
+            answer_sets[p].add(answers[i])
 
     def lengths(self) -> list[int]:
         return sorted(len(r) for _, r in self._sample)
