@@ -231,6 +231,10 @@ def test_the_prefilter_never_hides_a_detection(corpus, corpus2):
         sent = [m or (digits and d) for m, d in zip(matched, other_digits, strict=True)]
         assert [t for t, m in zip(texts, sent, strict=True) if not m and spans_of(t)] == []
         assert 0 < sum(matched) < len(texts)
+    # Each structured pattern is tried only where its gate (a part every match has) is found: never hides one.
+    from flywheel_dagster.curation.pii.structured import _GATES
+
+    assert [(p.pattern[:30], t) for t in texts for p, g in _GATES.items() if p.search(t) and not g.search(t)] == []
     # Rows that only a capitalised pair lets through get the name-pair check alone: the same result.
     values, kinds = pii.redact_rows(pa.array(texts))
     assert list(zip(values, kinds, strict=True)) == [pii.redact(t) for t in texts]

@@ -112,12 +112,12 @@ _PHONE_CUED = re.compile(
 _GATES = {
     _EMAIL: re.compile("@"),
     _IBAN: re.compile(r"[A-Z]{2}\d\d"),
-    _CARD: re.compile(r"\d{4}[ -]?\d"),
+    _CARD: re.compile(r"\d{4}[ -]\d{4}[ -]\d{4}|\d{4}[ -]\d{6}[ -]\d{4}|\d{13}"),
     _SSN_CUED: re.compile(r"\d{3}[ -]?\d\d[ -]?\d{4}"),
     _SSN: re.compile(r"\d{3}-\d\d-\d{4}"),
     _IPV4: re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d"),
     _IPV6: re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]|::"),
-    _PHONE: re.compile(r"\+|\d{3}[ .-]\d{4}"),
+    _PHONE: re.compile(r"\+|\d{3}[ .-]\d{3}[ .-]\d{4}|\)\s?\d{3}[ .-]\d{4}"),
 }
 
 
