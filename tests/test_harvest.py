@@ -427,6 +427,9 @@ def test_minhash_signatures_are_the_universal_hashs_values_in_python_integers():
     texts += [f"{i} {i * 7919 % 1000} apples and {i % 13} pears" for i in range(80)]
     sigs = index.signatures(texts)
     assert [s.tolist() for s in sigs[::7]] == [minhash(shingles(t, 3)) for t in texts[::7]]
+    # Chunks of any size, a document longer than its chunk's budget included, give the same signatures.
+    for budget in (1, 40, 100_000):
+        assert (index.signatures(texts, chunk_shingles=budget) == sigs).all()
 
 
 def test_the_repetition_filter_answers_as_the_repeated_fraction_does():
