@@ -224,7 +224,7 @@ def test_the_prefilter_never_hides_a_detection(corpus, corpus2):
         ),
         prefilter.PREFILTER_NAMES: (names_in, False),
     }
-    other_digits = pc.match_substring_regex(pa.array(texts), prefilter.PREFILTER_OTHER_DIGITS).to_pylist()
+    other_digits = pc.match_substring_regex(pa.array(texts), prefilter.other_digits()).to_pylist()
     assert [t for t, d in zip(texts, other_digits, strict=True) if d] == wide
     for pattern, (spans_of, digits) in families.items():
         matched = pc.match_substring_regex(pa.array(texts), pattern).to_pylist()

@@ -3,6 +3,8 @@ in one vectorised pass a family."""
 
 from __future__ import annotations
 
+from functools import cache
+
 from flywheel_dagster.curation.pii.addresses import PREFIX_AMBIGUOUS, PREFIX_WORDS, STREET, SUFFIX_TYPES, TYPE_WORDS
 from flywheel_dagster.curation.pii.names import FIELDS, RELATIONS, SIGN_OFF, TITLES
 from flywheel_dagster.curation.pii.structured import PHONE_CUES
@@ -49,7 +51,13 @@ PREFILTER_OTHERS = PREFILTER_STRUCTURED + "|" + PREFILTER_ADDRESSES + "|" + PREF
 PREFILTER = PREFILTER_OTHERS + "|" + PREFILTER_NAMES
 
 
-def _other_digits() -> str:
+@cache
+def other_digits() -> str:
+    """RE2's \\d is ASCII, the detectors' (Python's) is any decimal digit: "４１５-５５５-０１３２" is a phone to them. A
+    row with a digit beyond ASCII (full-width, Arabic-Indic, Devanagari, ...) goes to every digit-using family
+    whatever the parts above say; such rows are rare, and asking RE2 for \\p{Nd} in the parts blows up its
+    automaton (100x). This is that class of digits, as this Python's Unicode tables have them (built on first
+    use: scanning every code point takes about 0.1 s)."""
     runs: list[list[int]] = []
     for cp in range(128, 0x110000):
         if chr(cp).isdecimal():
@@ -58,9 +66,3 @@ def _other_digits() -> str:
             else:
                 runs.append([cp, cp])
     return "[" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" if b > a else f"\\x{{{a:x}}}" for a, b in runs) + "]"
-
-
-# RE2's \d is ASCII, the detectors' (Python's) is any decimal digit: "４１５-５５５-０１３２" is a phone to them. A row
-# with a digit beyond ASCII (full-width, Arabic-Indic, Devanagari, ...) goes to every digit-using family whatever
-# the parts above say; such rows are rare, and asking RE2 for \p{Nd} in the parts blows up its automaton (100x).
-PREFILTER_OTHER_DIGITS = _other_digits()

@@ -20,8 +20,8 @@ from flywheel_dagster.curation.pii.prefilter import (
     PREFILTER_ADDRESSES,
     PREFILTER_CUED_NAMES,
     PREFILTER_NAMES,
-    PREFILTER_OTHER_DIGITS,
     PREFILTER_STRUCTURED,
+    other_digits,
 )
 from flywheel_dagster.curation.pii.structured import structured_spans
 
@@ -96,7 +96,7 @@ def _row_modes(column: pa.Array | pa.ChunkedArray, names: bool) -> list[int]:
     # Beyond ASCII, the parts' \d misses other scripts' digits: a row with one gets the families that use digits.
     wide = np.flatnonzero(~pc.fill_null(pc.string_is_ascii(column), True).to_numpy(zero_copy_only=False))
     if len(wide):
-        modes[wide[_matches(column.take(pa.array(wide)), PREFILTER_OTHER_DIGITS)]] |= _STRUCTURED | _ADDRESS
+        modes[wide[_matches(column.take(pa.array(wide)), other_digits())]] |= _STRUCTURED | _ADDRESS
     return modes.tolist()
 
 
