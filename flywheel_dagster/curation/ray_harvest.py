@@ -13,8 +13,9 @@ one driver with any number of workers.
 - Memory: an actor holds one batch and its bounded memos; at most two batches per actor are in flight.
 - A worker that dies is restarted and its batch done again (actors restart and retry their calls without
   limit); the work is a pure function of the batch, so nothing is lost or written twice.
-- What does not scale out yet: the decisions run in the driver, which holds the quarter's dedup keys and
-  LSH bands as the local harvest does (about 12 bytes a trace for exact dedup, a few more with near dedup).
+- What does not scale out yet: the decisions run in the driver, which holds the quarter's dedup keys,
+  per-problem counts and LSH bands as the local harvest does (about 87 bytes a distinct kept trace for the
+  exact-dedup keys alone; docs/harvest.md).
 
 `ray.init()` starts a local cluster the first time (on a laptop, in the tests); `compute.ray_address` (or
 RAY_ADDRESS) joins a running one, KubeRay included.
@@ -35,13 +36,11 @@ class _RowActor:
     """One worker: a RowWorker built once from the config, then batch after batch."""
 
     def __init__(self, config: dict[str, Any], benchmark_prompts: list[str]) -> None:
-        import pyarrow
-
         from flywheel_dagster.config import FlywheelConfig
         from flywheel_dagster.curation.harvest import RowWorker
         from flywheel_dagster.tasks import load_task
 
-        pyarrow.set_cpu_count(1)  # one core per actor: the workers are the parallelism
+        pa.set_cpu_count(1)  # one core per actor: the workers are the parallelism
         cfg = FlywheelConfig.model_validate(config)
         self.rows = RowWorker(load_task(cfg), cfg.harvest, benchmark_prompts)
         self.near = cfg.harvest.dedup.near_duplicates

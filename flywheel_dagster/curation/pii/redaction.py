@@ -25,12 +25,23 @@ from flywheel_dagster.curation.pii.prefilter import (
 )
 from flywheel_dagster.curation.pii.structured import structured_spans
 
+# Detector families, as bits: which of them the prefilter says could fire in a row (see _row_modes).
+_PAIR, _STRUCTURED, _ADDRESS, _CUED_NAME = 1, 2, 4, 8
+_EVERY_FAMILY = _STRUCTURED | _ADDRESS | _CUED_NAME
 
-def _spans(text: str, names: bool = True) -> list[Span]:
+
+def _spans(text: str, names: bool = True, mode: int = _EVERY_FAMILY) -> list[Span]:
+    """The PII spans in `text`, running only the detector families `mode` names (all of them by default; a
+    name pair alone, _PAIR, needs only the full-name check)."""
     low = text.lower()
-    found = structured_spans(text, low) + address_spans(text)
+    found = structured_spans(text, low) if mode & _STRUCTURED else []
+    if mode & _ADDRESS:
+        found += address_spans(text)
     if names:
-        found += person_spans(text, low)
+        if mode & _CUED_NAME:
+            found += person_spans(text, low)
+        elif mode & _PAIR:
+            found += [Span(start, end, "PERSON") for start, end in names_in(text)]
     return _resolve(found)
 
 
@@ -76,8 +87,6 @@ def candidate_mask(column: pa.Array | pa.ChunkedArray) -> list[bool]:
     return [mode > 0 for mode in _row_modes(column, names=True)]
 
 
-# What the prefilter found a row could hold, as bits: which detector families need to look at it.
-_PAIR, _STRUCTURED, _ADDRESS, _CUED_NAME = 1, 2, 4, 8
 _FAMILIES = ((_STRUCTURED, PREFILTER_STRUCTURED), (_ADDRESS, PREFILTER_ADDRESSES), (_CUED_NAME, PREFILTER_CUED_NAMES))
 
 
@@ -100,35 +109,14 @@ def _row_modes(column: pa.Array | pa.ChunkedArray, names: bool) -> list[int]:
     return modes.tolist()
 
 
-def _detect_in_mode(text: str, mode: int, names: bool) -> list[Span]:
-    """_spans(text, names), running only the families `mode` (from _row_modes) says could fire."""
-    if mode == _PAIR:
-        return _resolve([Span(start, end, "PERSON") for start, end in names_in(text)])
-    low = text.lower()
-    found = structured_spans(text, low) if mode & _STRUCTURED else []
-    if mode & _ADDRESS:
-        found += address_spans(text)
-    if names:
-        if mode & _CUED_NAME:
-            found += person_spans(text, low)
-        elif mode & _PAIR:
-            found += [Span(start, end, "PERSON") for start, end in names_in(text)]
-    return _resolve(found)
-
-
-def redact_rows(
-    column: pa.Array | pa.ChunkedArray, names: bool = True, values: list[str | None] | None = None
-) -> tuple[list[str | None], list[list[str]]]:
-    """Redact a string column row by row: the new values and, per row, the types replaced.
-
-    `values` is the column as a Python list when the caller already has it (saves converting twice).
-    """
+def redact_rows(column: pa.Array | pa.ChunkedArray, names: bool = True) -> tuple[list[str | None], list[list[str]]]:
+    """Redact a string column row by row: the new values and, per row, the types replaced."""
     modes = _row_modes(column, names)
-    values = list(values if values is not None else column.to_pylist())
+    values = column.to_pylist()
     kinds: list[list[str]] = [[] for _ in values]
     for i, mode in enumerate(modes):
         if mode and values[i] is not None:
-            values[i], kinds[i] = _apply(values[i], _detect_in_mode(values[i], mode, names))
+            values[i], kinds[i] = _apply(values[i], _spans(values[i], names, mode))
     return values, kinds
 
 
@@ -147,7 +135,7 @@ def redact_texts(
     if unseen:
         for text, mode in zip(unseen, _row_modes(pa.array(unseen, pa.string()), names), strict=True):
             if mode:
-                red, kinds = _apply(text, _detect_in_mode(text, mode, names))
+                red, kinds = _apply(text, _spans(text, names, mode))
                 done = (red, tuple(kinds))
             else:
                 done = (text, ())
@@ -177,5 +165,5 @@ def count_detections(column: pa.Array | pa.ChunkedArray, names: bool = True) -> 
     if any(modes):
         for value, mode in zip(column.to_pylist(), modes, strict=True):
             if mode and value is not None:
-                counts.update(s.kind for s in _detect_in_mode(value, mode, names))
+                counts.update(s.kind for s in _spans(value, names, mode))
     return counts
