@@ -88,6 +88,8 @@ def harvested_traces(
             part.write_bytes(HarvestedSet.MONITORS, json.dumps(monitors).encode())
     written = part.files[HarvestedSet.DATA]
     counts = harvester.stats.as_counts()
+    spilled = sum(store.spilled for store in harvester.state)  # past dedup.state_memory_mb
+    harvester.close()
     figures = {name: monitors[name] for name in MONITORS if monitors[name] is not None}
 
     with registry.stage(key, index, "harvest", dagster_tags(context, cfg)) as run_id:
@@ -106,6 +108,7 @@ def harvested_traces(
         **{f"count/{k}": v for k, v in counts.items()},
         **{f"pii/{k}": harvester.stats.pii.get(k, 0) for k in pii.PII_TYPES},
         **{f"monitor/{k}": v for k, v in figures.items()},
+        **{"harvest_state/keys_spilled_to_disk": spilled},
     )
 
 

@@ -15,7 +15,8 @@ traces >= 20,000 traces/s (exact), peak RSS < 1 GB. Measured on the 2-core dev m
 (2026-12-04, two runs): exact 36,123-36,523 traces/s (26,741 before #18), near 22,663-23,533 (12,165), RSS 399 /
 539 MB; --task gsm8k --traces 100000: exact 19,959-20,111 (4,423), near 8,100-8,504. The GSM8K-sized target is at
 the edge of the machine's run-to-run noise, the others are not met; docs/harvest.md says where the time goes.
-Peak RSS grows with the quarter (about 67 bytes a trace past the memos' bounds: 705 MB at 3 million traces).
+Peak RSS is bounded: the quarter's dedup and cap state spills to disk past harvest.dedup.state_memory_mb (near
+pass on 10 million playground traces: 863 MB peak, 602 MB at 1 million; docs/harvest.md).
 `--engine ray --workers 1,2` times the harvest after the ingest with 1 and 2 Ray workers and prints the
 scale-out efficiency and the driver's CPU a trace (the ceiling of one driver).
 `--task gsm8k` runs GSM8K word problems instead (reasoning ten times longer, math-verify as the verifier).

@@ -115,8 +115,9 @@ def input_lines(task_name: str, n: int, seed: int) -> list[bytes]:
     return lines
 
 
-def run(task_name: str, path: Path, near: bool) -> dict[str, object]:
-    """The ingest and the harvest on `path`, as the reasoning_traces and harvested_traces assets run them."""
+def run(task_name: str, path: Path, near: bool, memory_keys: int | None = None) -> dict[str, object]:
+    """The ingest and the harvest on `path`, as the reasoning_traces and harvested_traces assets run them
+    (`memory_keys`: the harvest's state spills to disk past that many keys a store)."""
     from flywheel_dagster.config import build_config
     from flywheel_dagster.curation import ingest
     from flywheel_dagster.curation.harvest import Harvester
@@ -124,7 +125,7 @@ def run(task_name: str, path: Path, near: bool) -> dict[str, object]:
     cfg = build_config({"harvest": {"dedup": {"near_duplicates": near}}})
     task = make_task(task_name)
     ingestor = ingest.Ingestor(task, ingest.Settings("2026-01-01", ingest.Window(START, END)), batch_rows=512)
-    harvester = Harvester(task, cfg.harvest, [p.prompt for p in task.benchmark(20, 0)])
+    harvester = Harvester(task, cfg.harvest, [p.prompt for p in task.benchmark(20, 0)], memory_keys=memory_keys)
     traces, quarantine, harvested = [], [], []
     for table, bad in ingestor.tables([str(path)]):
         traces.append(table)
@@ -142,6 +143,7 @@ def run(task_name: str, path: Path, near: bool) -> dict[str, object]:
             "pii": dict(sorted(harvester.stats.pii.items())),
             "monitors": harvester.monitors.result(None),
         },
+        "spilled": [store.spilled for store in harvester.state],
     }
 
 

@@ -360,8 +360,9 @@ def test_verified_accuracy_drop_is_measured_from_the_best_quarter_before():
 
 
 def test_the_band_index_answers_as_datasketchs_minhash_lsh():
-    """The near-dedup index (plain sets of band values) against datasketch's MinHashLSH, the oracle, on the same
-    signatures: texts edited by a word or two, copies and unrelated texts, in one stream."""
+    """The near-dedup index (a KeyStore of band hashes) against datasketch's MinHashLSH, the oracle, on the same
+    signatures: texts edited by a word or two, copies and unrelated texts, in one stream; whole, and in batches
+    with room in memory for 256 band keys, the rest spilled to disk."""
     import random
 
     from datasketch import LeanMinHash, MinHashLSH
@@ -389,6 +390,9 @@ def test_the_band_index_answers_as_datasketchs_minhash_lsh():
                 oracle.insert(i, m, check_duplication=False)
         assert index.check_and_add(sigs) == answers
         assert 20 < sum(answers) < 380  # both kinds of answer occur
+        small = NearDuplicateIndex(threshold, 64, 3, memory_keys=256)
+        assert [d for lo in range(0, len(sigs), 37) for d in small.check_and_add(sigs[lo : lo + 37])] == answers
+        assert small.bands.spilled > 256 and small.bands.memory_bytes < 256 * 8 * 2
 
 
 def test_repeated_traces_get_the_same_results_however_batched_and_whatever_the_memos_hold(task):
@@ -476,8 +480,8 @@ def test_the_word_token_cache_stays_bounded(monkeypatch):
 
 
 def test_answer_diversity_follows_a_bounded_uniform_sample_of_prompts():
-    """Up to prompt_sample prompts: every prompt; beyond: exactly the prompts with the smallest digests, each
-    with all its traces, whatever order they come in; memory holds no more prompts than that."""
+    """Up to prompt_sample prompts (and answer_pairs pairs): every prompt; beyond: exactly the prompts with the
+    smallest digests, each with all its traces, whatever order they come in; memory holds no more than that."""
     import random
 
     import numpy as np
@@ -501,3 +505,12 @@ def test_answer_diversity_follows_a_bounded_uniform_sample_of_prompts():
         figures = m.result(None)
         assert figures["answer_diversity"] == diversity(followed)
         assert figures["verified_accuracy"] == round(sum(a == "1" for _, a in traces) / len(traces), 4)
+    # At most 12 distinct (prompt, answer) pairs: fewer prompts, still those with the smallest digests, each with
+    # all its traces.
+    m = MonitorAccumulator(10, answer_pairs=12)
+    for i, (prompt, answer) in enumerate(traces):
+        m.add(f"t{i}", prompt, "r", answer, answer == "1")
+        assert m._pairs == sum(len(s) for s in m._answers.values()) <= 12
+    followed = {p for p in everyone if digest64(p) in m._samples_per_prompt}
+    assert 3 <= len(followed) < 12 and followed == set(sorted(everyone, key=digest64)[: len(followed)])
+    assert m.result(None)["answer_diversity"] == diversity(followed)

@@ -116,6 +116,15 @@ class DedupConfig(Strict):
     jaccard_threshold: float = Field(default=0.9, ge=0.5, le=0.98, description="MinHash LSH near-duplicate threshold")
     num_perm: int = Field(default=64, ge=16, le=512)
     shingle_tokens: int = Field(default=3, gt=0)
+    state_memory_mb: int = Field(
+        default=64,
+        ge=16,
+        description="memory for the quarter's dedup keys, LSH bands and per-problem counts; past it the oldest "
+        "spill to disk (state_spill_dir), so a quarter of any size harvests in bounded memory",
+    )
+    state_spill_dir: str | None = Field(
+        default=None, description="where that state spills (a temporary folder, removed after); null: the system's"
+    )
 
 
 class FilterConfig(Strict):

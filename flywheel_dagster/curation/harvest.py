@@ -24,6 +24,7 @@ from flywheel_dagster.curation import pii
 from flywheel_dagster.curation.batching import Memo, paused_gc
 from flywheel_dagster.curation.decontam import BenchmarkIndex
 from flywheel_dagster.curation.dedup import NearDuplicateIndex, normalize, tokens
+from flywheel_dagster.curation.keystore import KeyStore
 from flywheel_dagster.curation.monitors import MonitorAccumulator, digest64
 from flywheel_dagster.curation.reformat import check_strategies, pick, rephrase, template
 from flywheel_dagster.engines.base import InferenceEngine
@@ -113,7 +114,7 @@ class RowWork:
     correct: list[bool | None]
     answers: list[str | None]  # the verifier's final answers (the monitors' answer diversity)
     drop: list[str | None]
-    keys: list[bytes | None]  # the exact-dedup key of every row the filters kept
+    keys: list[bytes | None]  # the exact-dedup key (8 bytes) of every row the filters kept
     prompt_keys: list[int]  # monitors.digest64 of each redacted prompt
     sample_keys: list[int]  # monitors.digest64 of each trace id: the monitors' sample keeps the smallest
     signatures: np.ndarray | None  # MinHash rows (prompt + reasoning) of the rows the filters kept, else zeros
@@ -292,7 +293,7 @@ class RowWorker:
             if drop[i] is None:
                 p = prompts[i]
                 head = normal[p] if p in normal else normal.setdefault(p, normalize(p) + "\x1f")
-                keys[i] = hashlib.blake2b((head + normalize(completions_r[i])).encode(), digest_size=12).digest()
+                keys[i] = hashlib.blake2b((head + normalize(completions_r[i])).encode(), digest_size=8).digest()
         t = timed("exact_dedup", t)
 
         sigs: list[np.ndarray | None] = [None] * n
@@ -320,22 +321,43 @@ class Harvester:
     exact and near duplicates (the first in the quarter's order survives), the per-problem cap, the monitors.
     The Ray engine runs the first part in workers and calls `decide` on their results in the same order."""
 
-    def __init__(self, task: TaskSource, cfg: HarvestConfig, benchmark_prompts: Iterable[str]) -> None:
+    def __init__(
+        self, task: TaskSource, cfg: HarvestConfig, benchmark_prompts: Iterable[str], memory_keys: int | None = None
+    ) -> None:
+        """`memory_keys`: keys each of the quarter's stores holds in memory before spilling; by default from
+        dedup.state_memory_mb (tests set a few hundred to take the spill path on a small input)."""
         self.task = task
         self.cfg = cfg
         self.rows = RowWorker(task, cfg, benchmark_prompts)
+        d = cfg.dedup
+        # Four stores share state_memory_mb: 8 bytes a key each, and one merge at a time needs three times a
+        # store's keys on top (concatenation, order, result).
+        memory_keys = memory_keys or d.state_memory_mb * 2**20 // (8 * 7)
         self.near = (
             {
-                label: NearDuplicateIndex(cfg.dedup.jaccard_threshold, cfg.dedup.num_perm, cfg.dedup.shingle_tokens)
+                label: NearDuplicateIndex(
+                    d.jaccard_threshold, d.num_perm, d.shingle_tokens, memory_keys=memory_keys,
+                    spill_dir=d.state_spill_dir,
+                )
                 for label in ("positive", "negative")
             }
-            if cfg.dedup.near_duplicates
+            if d.near_duplicates
             else None
-        )
-        self.seen: set[bytes] = set()
-        self.per_problem: Counter = Counter()
+        )  # fmt: skip
+        self.seen = KeyStore(memory_keys, spill_dir=d.state_spill_dir)  # exact-dedup keys
+        self.per_problem = KeyStore(memory_keys, values=True, spill_dir=d.state_spill_dir)  # positives kept
         self.stats = HarvestStats()
         self.monitors = MonitorAccumulator(cfg.monitors.sample_size)
+
+    @property
+    def state(self) -> list[KeyStore]:
+        """The quarter's stores: exact-dedup keys, per-problem counts, and the LSH bands of each label."""
+        return [self.seen, self.per_problem, *(index.bands for index in (self.near or {}).values())]
+
+    def close(self) -> None:
+        """Drop the quarter's state and remove what it spilled to disk (also done when the harvester is collected)."""
+        for store in self.state:
+            store.close()
 
     def process(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
         """Harvested rows (HARVESTED_SCHEMA) for one batch of traces (TRACE_SCHEMA)."""
@@ -355,23 +377,24 @@ class Harvester:
         correct, drop = w.correct, list(w.drop)
         t = time.perf_counter()
 
-        # Exact duplicates, across the whole quarter. With exact dedup off they stay in, but the
-        # near_duplicate_rate monitor still counts them: it watches the traffic, not the dedup.
-        seen = self.seen
-        reached = 0
-        exact = self.cfg.dedup.exact
-        for i in range(n):
-            if drop[i] is None:
-                reached += 1
-                key = w.keys[i]
-                if key in seen:
-                    if exact:
-                        drop[i] = "exact_duplicate"
-                    else:
-                        self.monitors.duplicates += 1
-                else:
-                    seen.add(key)
-        self.monitors.dedup_seen += reached
+        # Exact duplicates, across the whole quarter: a key seen in an earlier batch, or earlier in this one. With
+        # exact dedup off they stay in, but the near_duplicate_rate monitor still counts them: it watches the
+        # traffic, not the dedup.
+        reached = [i for i in range(n) if drop[i] is None]
+        if reached:
+            keys = np.frombuffer(b"".join([w.keys[i] for i in reached]), dtype=np.uint64)  # type: ignore[misc]
+            dup = self.seen.find(keys)[0]
+            _, first = np.unique(keys, return_index=True)
+            new = np.ones(len(keys), dtype=bool)
+            new[first] = False
+            dup |= new  # now: not the first of its key in this batch
+            self.seen.add(keys[~dup])
+            if self.cfg.dedup.exact:
+                for j in np.flatnonzero(dup).tolist():
+                    drop[reached[j]] = "exact_duplicate"
+            else:
+                self.monitors.duplicates += int(dup.sum())
+        self.monitors.dedup_seen += len(reached)
         t = self._timed("exact_dedup", t)
 
         labels: list[str] = []
@@ -403,17 +426,34 @@ class Harvester:
                             labels[i], drop[i] = "dropped", "near_duplicate"
             t = self._timed("near_dedup", t)
 
-        problem_ids = out.column("problem_id").to_pylist()
-        cap = self.cfg.max_positives_per_problem
-        per_problem, prompt_keys = self.per_problem, w.prompt_keys
+        # At most `cap` positives a problem (its id, else its prompt), the first in the quarter's order.
+        prompt_keys = w.prompt_keys
+        positives = [i for i in range(n) if labels[i] == "positive"]
+        if positives:
+            problem_ids = out.column("problem_id").to_pylist()
+            by_id: dict[str, int] = {}
+            keys = np.fromiter(
+                (
+                    prompt_keys[i] if not (pid := problem_ids[i]) else by_id.get(pid) or by_id.setdefault(pid, digest64("\x00problem_id\x00" + pid))
+                    for i in positives
+                ),
+                dtype=np.uint64,
+                count=len(positives),
+            )  # fmt: skip
+            before = self.per_problem.find(keys)[1].astype(np.int64)  # type: ignore[union-attr]
+            order = np.argsort(keys, kind="stable")
+            ordered = keys[order]
+            starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+            rank = np.empty(len(keys), dtype=np.int64)  # how many positives of its problem come before, in batch
+            rank[order] = np.arange(len(keys)) - np.repeat(starts, np.diff(np.append(starts, len(keys))))
+            cap = self.cfg.max_positives_per_problem
+            for j in np.flatnonzero(before + rank >= cap).tolist():
+                labels[positives[j]], drop[positives[j]] = "dropped", "positives_per_problem_cap"
+            last = np.append(starts[1:], len(keys)) - 1  # each problem's last positive, in sorted order
+            kept = np.minimum(before[order][last] + rank[order][last] + 1, cap)
+            self.per_problem.add(ordered[last], kept.astype(np.uint32))
         watched: list[int] = []  # the rows the monitors see: kept, or dropped as a duplicate or over the cap
         for i in range(n):
-            if labels[i] == "positive":
-                key = problem_ids[i] or prompt_keys[i]
-                if per_problem[key] >= cap:
-                    labels[i], drop[i] = "dropped", "positives_per_problem_cap"
-                else:
-                    per_problem[key] += 1
             reason = drop[i]
             if reason is None:
                 watched.append(i)

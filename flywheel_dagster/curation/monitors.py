@@ -7,7 +7,9 @@
 - answer_diversity: over prompts with two or more samples, (distinct final answers - 1) / (samples - 1),
   averaged: 0 when every sample of every prompt gives the same answer. Over every prompt of the quarter up to
   PROMPT_SAMPLE prompts; beyond that over the PROMPT_SAMPLE prompts with the smallest digests (a uniform sample,
-  each with all its traces), so memory stays bounded when every user asks something new.
+  each with all its traces), so memory stays bounded when every user asks something new; and past ANSWER_PAIRS
+  distinct (prompt, answer) pairs over fewer of them, the smallest digests still, so it stays bounded when each
+  prompt gets ever more distinct answers too.
 - length_ks: two-sample Kolmogorov-Smirnov statistic between this quarter's reasoning lengths and the
   previous quarter's (from its monitors.json); None in the first cycle.
 - verified_accuracy: correct / verified traces.
@@ -47,15 +49,18 @@ def digest64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
-PROMPT_SAMPLE = 100_000  # prompts whose answers answer_diversity follows (about 60 MB at most)
+PROMPT_SAMPLE = 100_000  # prompts whose answers answer_diversity follows
+ANSWER_PAIRS = 250_000  # distinct (prompt, answer) pairs it holds at most (about 30 MB): fewer prompts past that
 
 
 class MonitorAccumulator:
     """Fed batch by batch during the harvest; memory bounded by the sample sizes (reasonings and prompts)."""
 
-    def __init__(self, sample_size: int, prompt_sample: int = PROMPT_SAMPLE) -> None:
+    def __init__(self, sample_size: int, prompt_sample: int = PROMPT_SAMPLE, answer_pairs: int = ANSWER_PAIRS) -> None:
         self.sample_size = sample_size
         self.prompt_sample = max(prompt_sample, 1)
+        self.answer_pairs = answer_pairs
+        self._pairs = 0  # sum of the answer sets' sizes
         self._sample: list[tuple[int, str]] = []  # min-heap of (-key, reasoning): keeps the smallest keys
         self._answers: dict[int, set] = defaultdict(set)
         self._samples_per_prompt: Counter = Counter()
@@ -88,22 +93,33 @@ class MonitorAccumulator:
                 item = (key, reasoning(i))
                 if item > sample[0]:
                     heapq.heapreplace(sample, item)
-        counts, answer_sets, followed, most = self._samples_per_prompt, self._answers, self._prompts, self.prompt_sample
+        counts, answer_sets, followed = self._samples_per_prompt, self._answers, self._prompts
         for i in rows:
             if correct[i] is not None:
                 self.verified += 1
                 self.correct += bool(correct[i])
             p = prompt_keys[i]
             if p not in counts:  # a prompt not followed yet: in while fewer than `most`, else if below the largest
-                if len(counts) < most:
+                if len(counts) < self.prompt_sample:
                     heapq.heappush(followed, -p)
                 elif p < -followed[0]:
                     gone = -heapq.heapreplace(followed, -p)
-                    del counts[gone], answer_sets[gone]
+                    del counts[gone]
+                    self._pairs -= len(answer_sets.pop(gone))
                 else:
                     continue
             counts[p] += 1
-            answer_sets[p].add(answers[i])
+            answers_of = answer_sets[p]
+            if answers[i] not in answers_of:
+                answers_of.add(answers[i])
+                self._pairs += 1
+                # Too many pairs: follow fewer prompts, dropping the largest digests (the sample stays the prompts
+                # below a threshold that only falls, each followed from its first sample on).
+                while self._pairs > self.answer_pairs and len(followed) > 1:
+                    gone = -heapq.heappop(followed)
+                    del counts[gone]
+                    self._pairs -= len(answer_sets.pop(gone))
+                    self.prompt_sample = len(followed)
 
     def lengths(self) -> list[int]:
         return sorted(len(r) for _, r in self._sample)

@@ -14,8 +14,8 @@ one driver with any number of workers.
 - A worker that dies is restarted and its batch done again (actors restart and retry their calls without
   limit); the work is a pure function of the batch, so nothing is lost or written twice.
 - What does not scale out yet: the decisions run in the driver, which holds the quarter's dedup keys,
-  per-problem counts and LSH bands as the local harvest does (about 87 bytes a distinct kept trace for the
-  exact-dedup keys alone; docs/harvest.md).
+  per-problem counts and LSH bands as the local harvest does: in bounded memory (KeyStore: 8 bytes a key,
+  spilled to disk past dedup.state_memory_mb), but in one process.
 
 `ray.init()` starts a local cluster the first time (on a laptop, in the tests); `compute.ray_address` (or
 RAY_ADDRESS) joins a running one, KubeRay included.
