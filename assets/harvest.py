@@ -82,7 +82,7 @@ def harvested_traces(
     with timing.compute(HARVESTED_TRACES):
         with the_lake.open_partition(HarvestedSet.TABLE, key) as part, _harvested(cfg, harvester, prompts) as run:
             out = part.parquet(HarvestedSet.DATA, HARVESTED_SCHEMA)
-            for table in run(the_lake.iter_batches(TraceSet.TABLE, key)):
+            for table in run(the_lake, key):
                 out.write_table(table)
             monitors = harvester.monitors.result(None, _previous_monitors(cfg, the_lake, key))
             part.write_bytes(HarvestedSet.MONITORS, json.dumps(monitors).encode())
@@ -115,17 +115,26 @@ def harvested_traces(
 @contextmanager
 def _harvested(
     cfg: FlywheelConfig, harvester: Harvester, prompts: list[str]
-) -> Iterator[Callable[[Iterable[pa.RecordBatch]], Iterator[pa.Table]]]:
-    """batches -> harvested tables: in this process (compute.engine local) or with Ray workers (ray)."""
+) -> Iterator[Callable[[Lake, str], Iterator[pa.Table]]]:
+    """(lake, cycle) -> the harvested tables of its reasoning_traces: in this process (compute.engine local) or
+    with Ray workers (ray), which read the row groups themselves where they can reach the lake."""
     if cfg.compute.engine == "local":
-        yield lambda batches: (harvester.process(b) for b in batches)
+        yield lambda lake, key: (harvester.process(b) for b in lake.iter_batches(TraceSet.TABLE, key))
         return
     from flywheel_dagster.curation import ray_harvest
 
     c = cfg.compute
     actors = ray_harvest.start_workers(cfg.model_dump(mode="json"), prompts, c.ray_workers, c.ray_address)
+
+    def run(lake: Lake, key: str) -> Iterator[pa.Table]:
+        if ray_harvest.workers_read(lake):
+            batches: Iterable = lake.row_groups(TraceSet.TABLE, key)
+        else:
+            batches = lake.iter_batches(TraceSet.TABLE, key)
+        return ray_harvest.harvest_batches(harvester, batches, actors)
+
     try:
-        yield lambda batches: ray_harvest.harvest_batches(harvester, batches, actors)
+        yield run
     finally:
         ray_harvest.stop_workers(actors)
 

@@ -66,6 +66,7 @@ def one_pass(path: Path, near: bool, batch: int, task_name: str) -> dict:
     from flywheel_dagster.config import build_config
     from flywheel_dagster.curation import ingest
     from flywheel_dagster.curation.harvest import Harvester
+    from flywheel_dagster.traces.lake import parquet_options
     from flywheel_dagster.traces.schema import HARVESTED_SCHEMA
 
     cfg = build_config({"harvest": {"dedup": {"near_duplicates": near}}})
@@ -87,7 +88,7 @@ def one_pass(path: Path, near: bool, batch: int, task_name: str) -> dict:
     warm.unlink()
     warmup = time.perf_counter() - t
     started = time.perf_counter()
-    with pq.ParquetWriter(out, HARVESTED_SCHEMA, compression="zstd") as writer:
+    with pq.ParquetWriter(out, HARVESTED_SCHEMA, **parquet_options(HARVESTED_SCHEMA)) as writer:
         batches = ingestor.tables([str(path)])
         while True:
             t = time.perf_counter()
@@ -114,8 +115,9 @@ def one_pass(path: Path, near: bool, batch: int, task_name: str) -> dict:
 
 
 def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -> dict:
-    """The harvest of the already-ingested traces (as harvested_traces reads them from the lake) with `workers`
-    Ray actors doing the per-trace work and this process deciding in order; traces/s of the harvest alone."""
+    """The harvest of the already-ingested traces (as harvested_traces reads them from the lake: zstd Parquet,
+    a row group per batch, which the workers read themselves) with `workers` Ray actors doing the per-trace work
+    and this process deciding in order; traces/s of the harvest alone."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
@@ -123,6 +125,7 @@ def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -
     from flywheel_dagster.config import build_config
     from flywheel_dagster.curation import ingest, ray_harvest
     from flywheel_dagster.curation.harvest import Harvester
+    from flywheel_dagster.traces.lake import RowGroup, parquet_options
     from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, TRACE_SCHEMA
 
     pa.set_cpu_count(1)
@@ -130,7 +133,7 @@ def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -
     traces = path.with_suffix(".traces.parquet")
     if not traces.exists():  # ingest once, untimed: the Ray pass starts from the reasoning_traces table
         ingestor = ingest.Ingestor(task, ingest.Settings("2026-01-01", ingest.Window(START, END)), batch_rows=batch)
-        with pq.ParquetWriter(traces, TRACE_SCHEMA) as w:
+        with pq.ParquetWriter(traces, TRACE_SCHEMA, **parquet_options(TRACE_SCHEMA)) as w:
             for table, _ in ingestor.tables([str(path)]):
                 w.write_table(table)
     model = {} if task_name == "playground" else {"model": {"kind": "hf", "hf_path": "unused-by-the-harvest"}}
@@ -146,9 +149,13 @@ def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -
         pass
     harvester = Harvester(task, cfg.harvest, prompts)
     out = path.with_suffix(f".ray{workers}.parquet")
+    meta = pq.ParquetFile(traces).metadata
+    groups = [
+        RowGroup(str(traces.parent), traces.name, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
+    ]
     started, cpu = time.perf_counter(), time.process_time()
-    with pq.ParquetWriter(out, HARVESTED_SCHEMA, compression="zstd") as writer:
-        for table in ray_harvest.harvest_batches(harvester, pq.ParquetFile(traces).iter_batches(batch), actors):
+    with pq.ParquetWriter(out, HARVESTED_SCHEMA, **parquet_options(HARVESTED_SCHEMA)) as writer:
+        for table in ray_harvest.harvest_batches(harvester, groups, actors):
             writer.write_table(table)
     total, driver_cpu = time.perf_counter() - started, time.process_time() - cpu
     ray_harvest.stop_workers(actors)

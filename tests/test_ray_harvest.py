@@ -92,10 +92,21 @@ def test_a_worker_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(ray_
 
 
 def test_the_harvested_traces_asset_takes_the_engine_from_the_config(ray_cluster, tmp_path):
-    """The asset's choice of engine (assets/harvest.py): compute.engine ray gives what local gives."""
+    """The asset's choice of engine (assets/harvest.py): compute.engine ray gives what local gives, the workers
+    reading the reasoning_traces partition's row groups themselves (the cluster is on this machine)."""
     from assets.harvest import _harvested
+    from flywheel_dagster.traces.lake import Lake
+    from flywheel_dagster.traces.schema import TRACE_SCHEMA
 
     batches = _batches(tmp_path, "playground")
+    lake = Lake(str(tmp_path / "lake"))
+    with lake.open_partition("reasoning_traces", "2026-01-01") as part:
+        writer = part.parquet("part-00000.parquet", TRACE_SCHEMA)
+        for b in batches:
+            writer.write_table(b)
+    groups = lake.row_groups("reasoning_traces", "2026-01-01")
+    assert [g.rows for g in groups] == [b.num_rows for b in batches] and ray_harvest.workers_read(lake)
+    assert pa.concat_tables([g.read() for g in groups]).equals(pa.concat_tables(batches).cast(TRACE_SCHEMA))
     out = {}
     for engine in ("local", "ray"):
         cfg = build_config(
@@ -105,5 +116,6 @@ def test_the_harvested_traces_asset_takes_the_engine_from_the_config(ray_cluster
         prompts = [p.prompt for p in task.benchmark(20, 0)]
         harvester = Harvester(task, cfg.harvest, prompts)
         with _harvested(cfg, harvester, prompts) as run:
-            out[engine] = pa.concat_tables(list(run(batches)))
-    assert out["ray"].equals(out["local"])
+            out[engine] = pa.concat_tables(list(run(lake, "2026-01-01")))
+    assert out["ray"].num_rows == sum(b.num_rows for b in batches)
+    assert out["ray"].equals(out["local"]), first_difference(out["ray"], out["local"])

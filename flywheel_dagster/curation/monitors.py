@@ -84,8 +84,14 @@ class MonitorAccumulator:
     ) -> None:
         """Rows `rows` of a batch, by their keys (digest64 of the trace id and of the prompt);
         `reasoning(i)` is asked only for the rows that enter the sample."""
+        if not rows:
+            return
         sample, size = self._sample, self.sample_size
-        for i in rows:
+        candidates = rows
+        if len(sample) >= size:  # full: only a key below the largest kept can enter (numpy sorts most rows out)
+            keys = np.array(sample_keys, dtype=np.uint64)[rows]
+            candidates = np.asarray(rows)[keys <= np.uint64(-sample[0][0])].tolist()
+        for i in candidates:
             key = -sample_keys[i]
             if len(sample) < size:
                 heapq.heappush(sample, (key, reasoning(i)))
@@ -93,11 +99,14 @@ class MonitorAccumulator:
                 item = (key, reasoning(i))
                 if item > sample[0]:
                     heapq.heapreplace(sample, item)
+        verdicts = [correct[i] for i in rows]
+        self.verified += len(verdicts) - verdicts.count(None)
+        self.correct += verdicts.count(True)
         counts, answer_sets, followed = self._samples_per_prompt, self._answers, self._prompts
+        if len(counts) >= self.prompt_sample:  # full: a prompt above the largest followed is not followed
+            keys = np.array(prompt_keys, dtype=np.uint64)[rows]
+            rows = np.asarray(rows)[keys <= np.uint64(-followed[0])].tolist()
         for i in rows:
-            if correct[i] is not None:
-                self.verified += 1
-                self.correct += bool(correct[i])
             p = prompt_keys[i]
             if p not in counts:  # a prompt not followed yet: in while fewer than `most`, else if below the largest
                 if len(counts) < self.prompt_sample:

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from flywheel_dagster.curation.harvest import Harvester, RowWork
+from flywheel_dagster.traces.lake import Lake, RowGroup
 
 
 class _RowActor:
@@ -45,7 +46,8 @@ class _RowActor:
         self.rows = RowWorker(load_task(cfg), cfg.harvest, benchmark_prompts)
         self.near = cfg.harvest.dedup.near_duplicates
 
-    def work(self, table: pa.Table) -> RowWork:
+    def work(self, batch: pa.Table | RowGroup) -> RowWork:
+        table = batch.read() if isinstance(batch, RowGroup) else batch
         return self.rows.work(table, signatures=self.near)
 
     def pid(self) -> int:
@@ -68,10 +70,23 @@ def start_workers(
     return [actor.remote(config, benchmark_prompts) for _ in range(workers)]
 
 
+def workers_read(lake: Lake) -> bool:
+    """Whether the workers can open the lake's files themselves: a remote filesystem (s3://, gs://), or a local
+    folder with every node of the Ray cluster on this machine. Then they are sent row groups by name
+    (lake.row_groups), and the driver neither reads nor sends the traces."""
+    import ray
+
+    if "://" in lake.location and not lake.location.startswith("file://"):
+        return True
+    here = ray.util.get_node_ip_address()
+    return all(node["NodeManagerAddress"] == here for node in ray.nodes() if node["Alive"])
+
+
 def harvest_batches(
-    harvester: Harvester, batches: Iterable[pa.Table | pa.RecordBatch], actors: list[Any]
+    harvester: Harvester, batches: Iterable[pa.Table | pa.RecordBatch | RowGroup], actors: list[Any]
 ) -> Iterator[pa.Table]:
-    """The harvested rows of each batch, in the batches' order, the per-trace work done by `actors`."""
+    """The harvested rows of each batch, in the batches' order, the per-trace work done by `actors`. A batch is
+    rows, or a RowGroup that the worker reads itself."""
     import ray
 
     in_flight: deque[Any] = deque()

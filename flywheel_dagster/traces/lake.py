@@ -8,6 +8,7 @@ to them. Any pyarrow filesystem works (local paths, s3://, gs://); the rename is
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 DATA_FILE = "part-00000.parquet"
+# Columns whose values seldom repeat within a row group get no dictionary: building one for every page and
+# falling back costs more than it saves (harvested traces: 1.35 -> 1.11 us a trace to write, 13.3 -> 12.2 MB).
+DISTINCT_TEXT = frozenset({"trace_id", "request_id", "created_at", "prompt", "completion", "reasoning"})
+
+
+def parquet_options(schema: pa.Schema) -> dict:
+    """How the lake writes Parquet: zstd, dictionaries for the columns whose values repeat."""
+    return {"compression": "zstd", "use_dictionary": [f.name for f in schema if f.name not in DISTINCT_TEXT]}
 
 
 @dataclass(frozen=True)
@@ -28,13 +37,33 @@ class LakeFile:
     bytes: int
 
 
+@dataclass(frozen=True)
+class RowGroup:
+    """One row group of a Parquet file, by name: what another process (a Ray worker) reads itself rather than
+    being sent the rows. `location` is the lake's root (a URI, or an absolute local path)."""
+
+    location: str
+    path: str  # under location
+    index: int
+    rows: int
+
+    def read(self) -> pa.Table:
+        fs, root = _filesystem(self.location)
+        with fs.open_input_file(f"{root}/{self.path}") as f:
+            return pq.ParquetFile(f).read_row_group(self.index)
+
+
+def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    fs, root = pafs.FileSystem.from_uri(location) if "://" in location else (pafs.LocalFileSystem(), location)
+    return fs, root.rstrip("/")
+
+
 class Lake:
     """Read and write one cycle's partition of a table."""
 
     def __init__(self, root: str) -> None:
         self.location = root  # as given (a folder or a URI): what another process opens the same lake with
-        self.fs, self.root = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
-        self.root = self.root.rstrip("/")
+        self.fs, self.root = _filesystem(root)
         self.fs.create_dir(self.root, recursive=True)
         self._scheme = root.split("://", 1)[0] + "://" if "://" in root else "file://"
 
@@ -84,6 +113,18 @@ class Lake:
             raise FileNotFoundError(f"lake table {table!r} has no partition for cycle {cycle!r} ({path})")
         with self.fs.open_input_file(path) as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
+
+    def row_groups(self, table: str, cycle: str, name: str = DATA_FILE) -> list[RowGroup]:
+        """A partition's file as its row groups, in order (the ingest writes one per batch of traces)."""
+        path = f"{self.partition_dir(table, cycle)}/{name}"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            raise FileNotFoundError(f"lake table {table!r} has no partition for cycle {cycle!r} ({path})")
+        with self.fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+        local = isinstance(self.fs, pafs.LocalFileSystem)
+        location = os.path.abspath(self.root) if local else self.location.rstrip("/")
+        inside = f"{table}/cycle={cycle}/{name}"
+        return [RowGroup(location, inside, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
 
     def read_table(self, table: str, cycle: str, name: str = DATA_FILE) -> pa.Table:
         path = f"{self.partition_dir(table, cycle)}/{name}"
@@ -171,7 +212,7 @@ class PartitionWriter:
 
     def parquet(self, name: str, schema: pa.Schema) -> _CountingWriter:
         stream = self.lake.fs.open_output_stream(f"{self.tmp}/{name}")
-        writer = pq.ParquetWriter(stream, schema, compression="zstd")
+        writer = pq.ParquetWriter(stream, schema, **parquet_options(schema))
         self._writers[name] = (writer, stream)
         self._rows[name] = 0
         return _CountingWriter(writer, self._rows, name)
