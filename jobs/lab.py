@@ -43,6 +43,9 @@ def lab_op(context: dg.OpExecutionContext, config: LabConfig, flywheel_config: F
         raise dg.Failure(f"arms stopped (run the job again to resume them): {stopped}")
 
 
-@dg.job(name="flywheel_lab", description="flywheel lab: converge or collapse? Each arm a config overlay, N cycles, one base.")
+@dg.job(
+    name="flywheel_lab",
+    description="flywheel lab: converge or collapse? Each arm a config overlay, N cycles, one base.",
+)
 def lab_job() -> None:
     lab_op()
