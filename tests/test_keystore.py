@@ -85,3 +85,23 @@ def test_spilled_state_is_removed_with_the_store_and_a_bad_size_is_named(tmp_pat
         KeyStore(10)
     with pytest.raises(ValueError, match="values are required for a map"):
         KeyStore(BLOCK, values=True).add(np.array([1], dtype=np.uint64))
+
+
+def test_memory_stays_bounded_while_the_disk_runs_merge() -> None:
+    """50 times more keys than fit in memory, added a batch at a time: the most the store allocates at once
+    (merges on disk included) stays far below the keys it holds (8 bytes each: 1.6 MB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(9)
+    store = KeyStore(4096)
+    tracemalloc.start()
+    try:
+        for _ in range(50):
+            store.add(rng.integers(0, 2**64, size=4096, dtype=np.uint64))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert store.compactions >= 5 and store.spilled > 50 * 4096
+    assert peak < 600_000, peak
+    assert store.find(rng.integers(0, 2**64, size=10, dtype=np.uint64))[0].sum() == 0  # still answers
+    store.close()

@@ -64,3 +64,17 @@ def test_streaming_partition_write_is_all_or_nothing(tmp_path):
     assert part.files["part-00000.parquet"].rows == 3
     assert [b.num_rows for b in lake.iter_batches("t", "c", batch_rows=2)] == [2, 1]
     assert lake.read_bytes("t", "c", "side.json") == b"{}"
+
+
+def test_a_partition_is_read_back_by_row_groups_of_at_most_8192_rows(tmp_path):
+    """A whole quarter written at once (as simulated traffic is) still comes back in row groups a Ray worker can
+    be sent one at a time, each read by name from another process's point of view (location + path)."""
+    lake = Lake(str(tmp_path / "lake"))
+    table = pa.table({"trace_id": [f"t{i}" for i in range(20_000)], "n": list(range(20_000))})
+    lake.write_table("reasoning_traces", "2026-01-01", table)
+    groups = lake.row_groups("reasoning_traces", "2026-01-01")
+    assert [g.rows for g in groups] == [8192, 8192, 3616]
+    assert all(g.location == str(tmp_path / "lake") for g in groups)  # absolute: another process opens it
+    assert pa.concat_tables([g.read() for g in groups]).equals(table)
+    with pytest.raises(FileNotFoundError, match="no partition for cycle '2026-04-01'"):
+        lake.row_groups("reasoning_traces", "2026-04-01")

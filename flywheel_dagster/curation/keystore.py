@@ -190,7 +190,7 @@ class KeyStore:
                 keys.tofile(kf)
                 if values is not None:
                     values.tofile(vf)
-                firsts_out.append(keys[(-written) % BLOCK :: BLOCK])
+                firsts_out.append(keys[(-written) % BLOCK :: BLOCK].copy())  # a view would keep all of keys
                 written += len(keys)
         for r in runs:
             r.keys_path.unlink()
