@@ -16,7 +16,7 @@ traces >= 20,000 traces/s (exact), peak RSS < 1 GB. Measured on the 2-core dev m
 450 MB; --task gsm8k --traces 100000: exact 19,958-20,111 (4,423), near 8,100-8,701. The GSM8K-sized target is at
 the edge of the machine's run-to-run noise, the others are not met; docs/harvest.md says where the time goes.
 Peak RSS is bounded: the quarter's dedup and cap state spills to disk past harvest.dedup.state_memory_mb (near
-pass on 10 million playground traces: 863 MB peak, 602 MB at 1 million; docs/harvest.md).
+pass on 10 million playground traces: 868 MB peak, 602 MB at 1 million; docs/harvest.md).
 `--engine ray --workers 1,2` times the harvest after the ingest with 1 and 2 Ray workers and prints the
 scale-out efficiency and the driver's CPU a trace (the ceiling of one driver): exact 70,865 -> 101,341 traces/s
 (0.72), near 33,096 -> 52,179 (0.79), driver 3.8 / 4.6 us a trace (2026-12-04).
