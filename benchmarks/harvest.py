@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,27 +117,28 @@ def one_pass(path: Path, near: bool, batch: int, task_name: str) -> dict:
 
 
 def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -> dict:
-    """The harvest of the already-ingested traces (as harvested_traces reads them from the lake: zstd Parquet,
-    a row group per batch, which the workers read themselves) with `workers` Ray actors doing the per-trace work
-    and this process deciding in order; traces/s of the harvest alone."""
+    """The harvest of the already-ingested traces, as the harvested_traces asset runs it: a lake partition whose
+    row groups the `workers` Ray actors read themselves for the per-trace work, this process deciding in order
+    and writing the harvested partition; traces/s of the harvest alone."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
     import ray
 
     from flywheel_dagster.config import build_config
     from flywheel_dagster.curation import ingest, ray_harvest
     from flywheel_dagster.curation.harvest import Harvester
-    from flywheel_dagster.traces.lake import RowGroup, parquet_options
+    from flywheel_dagster.traces.lake import Lake
     from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, TRACE_SCHEMA
 
     pa.set_cpu_count(1)
     task = make_task(task_name)
-    traces = path.with_suffix(".traces.parquet")
-    if not traces.exists():  # ingest once, untimed: the Ray pass starts from the reasoning_traces table
-        ingestor = ingest.Ingestor(task, ingest.Settings("2026-01-01", ingest.Window(START, END)), batch_rows=batch)
-        with pq.ParquetWriter(traces, TRACE_SCHEMA, **parquet_options(TRACE_SCHEMA)) as w:
+    lake, key = Lake(str(path.with_suffix(".lake"))), "2026-01-01"
+    if not lake.exists("reasoning_traces", key):  # ingest once, untimed: the Ray pass starts from that table
+        ingestor = ingest.Ingestor(task, ingest.Settings(key, ingest.Window(START, END)), batch_rows=batch)
+        with lake.open_partition("reasoning_traces", key) as part:
+            w = part.parquet("part-00000.parquet", TRACE_SCHEMA)
             for table, _ in ingestor.tables([str(path)]):
                 w.write_table(table)
+    groups = lake.row_groups("reasoning_traces", key)
     model = {} if task_name == "playground" else {"model": {"kind": "hf", "hf_path": "unused-by-the-harvest"}}
     cfg = build_config({"task": {"source": task_name}, **model, "harvest": {"dedup": {"near_duplicates": near}}})
     prompts = [p.prompt for p in task.benchmark(150, cfg.benchmark.seed)]
@@ -145,17 +147,13 @@ def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -
     ray.get([a.pid.remote() for a in actors])  # started and built before the clock
     # One-time work before the clock, as in the local pass: a small batch to every actor and back (the first
     # Arrow table sent through Ray imports and compiles its serialization code, about 0.8 s in the driver).
-    warm = pq.ParquetFile(traces).read_row_group(0).slice(0, 500)
+    warm = groups[0].read().slice(0, 500)
     for _ in ray_harvest.harvest_batches(Harvester(task, cfg.harvest, prompts), [warm] * len(actors), actors):
         pass
     harvester = Harvester(task, cfg.harvest, prompts)
-    out = path.with_suffix(f".ray{workers}.parquet")
-    meta = pq.ParquetFile(traces).metadata
-    groups = [
-        RowGroup(str(traces.parent), traces.name, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
-    ]
     started, cpu = time.perf_counter(), time.process_time()
-    with pq.ParquetWriter(out, HARVESTED_SCHEMA, **parquet_options(HARVESTED_SCHEMA)) as writer:
+    with lake.open_partition("harvested_traces", f"{key}-ray{workers}") as part:
+        writer = part.parquet("part-00000.parquet", HARVESTED_SCHEMA)
         for table in ray_harvest.harvest_batches(harvester, groups, actors):
             writer.write_table(table)
     total, driver_cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -246,9 +244,7 @@ def ray_bench(args: argparse.Namespace) -> None:
                 f"{1e6 / driver_us:,.0f} traces/s)",
                 flush=True,
             )
-    for f in work.iterdir():
-        f.unlink()
-    work.rmdir()
+    shutil.rmtree(work)
 
 
 if __name__ == "__main__":

@@ -161,9 +161,6 @@ class NearDuplicateIndex:
             out[:, band] = h
         return out
 
-    def close(self) -> None:
-        self.bands.close()
-
 
 def _mulmod(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     """(x * a) mod (2^61 - 1) for x < 2^32 and a < 2^61, without 64-bit overflow."""

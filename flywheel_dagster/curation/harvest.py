@@ -430,28 +430,18 @@ class Harvester:
         prompt_keys = w.prompt_keys
         positives = [i for i in range(n) if labels[i] == "positive"]
         if positives:
-            problem_ids = out.column("problem_id").to_pylist()
-            by_id: dict[str, int] = {}
-            keys = np.fromiter(
-                (
-                    prompt_keys[i] if not (pid := problem_ids[i]) else by_id.get(pid) or by_id.setdefault(pid, digest64("\x00problem_id\x00" + pid))
-                    for i in positives
-                ),
-                dtype=np.uint64,
-                count=len(positives),
-            )  # fmt: skip
+            keys = self._problem_keys(out.column("problem_id").to_pylist(), prompt_keys, positives)
             before = self.per_problem.find(keys)[1].astype(np.int64)  # type: ignore[union-attr]
             order = np.argsort(keys, kind="stable")
-            ordered = keys[order]
-            starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-            rank = np.empty(len(keys), dtype=np.int64)  # how many positives of its problem come before, in batch
-            rank[order] = np.arange(len(keys)) - np.repeat(starts, np.diff(np.append(starts, len(keys))))
+            pos = np.arange(len(keys))
+            starts = np.concatenate(([True], keys[order][1:] != keys[order][:-1]))
+            rank = np.empty_like(pos)  # how many positives of its problem come before it in the batch
+            rank[order] = pos - np.maximum.accumulate(np.where(starts, pos, 0))
             cap = self.cfg.max_positives_per_problem
             for j in np.flatnonzero(before + rank >= cap).tolist():
                 labels[positives[j]], drop[positives[j]] = "dropped", "positives_per_problem_cap"
-            last = np.append(starts[1:], len(keys)) - 1  # each problem's last positive, in sorted order
-            kept = np.minimum(before[order][last] + rank[order][last] + 1, cap)
-            self.per_problem.add(ordered[last], kept.astype(np.uint32))
+            problems, first, seen = np.unique(keys, return_index=True, return_counts=True)
+            self.per_problem.add(problems, np.minimum(before[first] + seen, cap).astype(np.uint32))
         watched: list[int] = []  # the rows the monitors see: kept, or dropped as a duplicate or over the cap
         for i in range(n):
             reason = drop[i]
@@ -470,6 +460,21 @@ class Harvester:
         out = out.add_column(at, "label", pa.array(labels, pa.string()))
         self._timed("assemble", t)
         return out.cast(HARVESTED_SCHEMA)
+
+    @staticmethod
+    def _problem_keys(problem_ids: list[str | None], prompt_keys: list[int], rows: list[int]) -> np.ndarray:
+        """The per-problem cap's key of each row: digest64 of its problem id, else its prompt's digest."""
+        by_id: dict[str, int] = {}
+        keys = np.empty(len(rows), dtype=np.uint64)
+        for j, i in enumerate(rows):
+            pid = problem_ids[i]
+            if not pid:
+                keys[j] = prompt_keys[i]
+            elif pid in by_id:
+                keys[j] = by_id[pid]
+            else:
+                keys[j] = by_id[pid] = digest64("\x00problem_id\x00" + pid)
+        return keys
 
     def _timed(self, step: str, start: float) -> float:
         now = time.perf_counter()

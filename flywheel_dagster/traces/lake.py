@@ -109,17 +109,20 @@ class Lake:
         self, table: str, cycle: str, name: str = DATA_FILE, columns: list[str] | None = None, batch_rows: int = 8192
     ) -> Iterator[pa.RecordBatch]:
         """Stream a partition's rows without loading the whole file."""
-        path = f"{self.partition_dir(table, cycle)}/{name}"
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            raise FileNotFoundError(f"lake table {table!r} has no partition for cycle {cycle!r} ({path})")
+        path = self._existing(table, cycle, name)
         with self.fs.open_input_file(path) as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
 
-    def row_groups(self, table: str, cycle: str, name: str = DATA_FILE) -> list[RowGroup]:
-        """A partition's file as its row groups, in order (the lake writes at most ROW_GROUP_ROWS rows a group)."""
+    def _existing(self, table: str, cycle: str, name: str) -> str:
+        """The path of a partition's file; FileNotFoundError, naming the table and cycle, when there is none."""
         path = f"{self.partition_dir(table, cycle)}/{name}"
         if self.fs.get_file_info(path).type != pafs.FileType.File:
             raise FileNotFoundError(f"lake table {table!r} has no partition for cycle {cycle!r} ({path})")
+        return path
+
+    def row_groups(self, table: str, cycle: str, name: str = DATA_FILE) -> list[RowGroup]:
+        """A partition's file as its row groups, in order (the lake writes at most ROW_GROUP_ROWS rows a group)."""
+        path = self._existing(table, cycle, name)
         with self.fs.open_input_file(path) as f:
             meta = pq.ParquetFile(f).metadata
         local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -128,9 +131,7 @@ class Lake:
         return [RowGroup(location, inside, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
 
     def read_table(self, table: str, cycle: str, name: str = DATA_FILE) -> pa.Table:
-        path = f"{self.partition_dir(table, cycle)}/{name}"
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            raise FileNotFoundError(f"lake table {table!r} has no partition for cycle {cycle!r} ({path})")
+        path = self._existing(table, cycle, name)
         return pq.read_table(path, filesystem=self.fs)
 
     def read_bytes(self, table: str, cycle: str, name: str) -> bytes:
