@@ -1,9 +1,12 @@
 """Deploy: which model serves this quarter, and the reasoning traces it produced."""
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC
 
 import dagster as dg
+import pyarrow as pa
 
 from assets import Stage, dagster_tags, lake_file_result, mlflow_run_links, open_cycle, previous_of
 from flywheel_dagster import audit, timing
@@ -126,7 +129,7 @@ def _ingest_logs(
     sources = audit.input_manifest(paths, (window.start.isoformat(), window.end.isoformat()), files)
     settings = ingest.Settings(key, window, cfg.ingest.max_record_bytes, cfg.ingest.reasoning_markup)
     ingestor = ingest.Ingestor(load_task(cfg), settings)
-    with timing.compute(REASONING_TRACES):
+    with timing.compute(REASONING_TRACES), _ingest_engine(cfg, settings) as (ingested, engine):
         with (
             the_lake.open_partition(TraceSet.TABLE, key) as traces_part,
             the_lake.open_partition(ingest.QUARANTINE_TABLE, key) as quarantine_part,
@@ -134,7 +137,7 @@ def _ingest_logs(
             traces_part.write_bytes(TraceSet.SOURCES, json.dumps(sources, sort_keys=True).encode())
             traces_out = traces_part.parquet(TraceSet.DATA, TRACE_SCHEMA)
             quarantine_out = quarantine_part.parquet(DATA_FILE, ingest.QUARANTINE_SCHEMA)
-            for traces, quarantined in ingestor.tables(files):
+            for traces, quarantined in ingested(ingestor, files):
                 traces_out.write_table(traces)
                 quarantine_out.write_table(quarantined)
     stats = ingestor.stats
@@ -145,6 +148,37 @@ def _ingest_logs(
         written,
         source="logs",
         log_files=dg.MetadataValue.json(files[:50]),
+        ingest_engine=engine,
         quarantine_uri=dg.MetadataValue.path(quarantine_part.files[DATA_FILE].uri),
         **{f"ingest/{k}": v for k, v in stats.as_metadata().items()},
     )
+
+
+@contextmanager
+def _ingest_engine(
+    cfg: FlywheelConfig, settings: ingest.Settings
+) -> Iterator[tuple[Callable[[ingest.Ingestor, list[str]], Iterator[tuple[pa.Table, pa.Table]]], str]]:
+    """(ingestor, files) -> its (traces, quarantine) tables, and the engine in words: in this process (compute.engine
+    local), or with Ray workers ingesting pieces of the files (ray) when every node of the cluster can open them."""
+    if cfg.compute.engine == "local":
+        yield (lambda ingestor, files: ingestor.tables(files)), "local"
+        return
+    from flywheel_dagster.curation import ray_ingest
+    from flywheel_dagster.engines.replicas import cluster_is_local, ensure_ray
+
+    c = cfg.compute
+    ensure_ray(c.ray_address)
+    if not cluster_is_local():
+        yield (
+            (lambda ingestor, files: ingestor.tables(files)),
+            "local: the Ray cluster's nodes cannot open this machine's log files",
+        )
+        return
+    actors = ray_ingest.start_workers(cfg.model_dump(mode="json"), settings, c.ray_workers, c.ray_address)
+    try:
+        yield (
+            (lambda ingestor, files: ray_ingest.ingest_tables(ingestor, files, actors)),
+            f"ray ({len(actors)} workers)",
+        )
+    finally:
+        ray_ingest.stop_workers(actors)

@@ -162,17 +162,56 @@ def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -
     return {"traces": n, "total_s": total, "driver_cpu_s": driver_cpu, "counts": harvester.stats.as_counts()}
 
 
+def ray_ingest_pass(path: Path, batch: int, task_name: str, workers: int) -> dict:
+    """The log ingest as the reasoning_traces asset runs it on Ray: this process cuts the file into pieces, the
+    `workers` actors ingest them, this process writes the traces in order; traces/s of the whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from flywheel_dagster.config import build_config
+    from flywheel_dagster.curation import ingest, ray_ingest
+    from flywheel_dagster.traces.lake import parquet_options
+    from flywheel_dagster.traces.schema import TRACE_SCHEMA
+
+    pa.set_cpu_count(1)
+    model = {} if task_name == "playground" else {"model": {"kind": "hf", "hf_path": "unused-by-the-harvest"}}
+    cfg = build_config({"task": {"source": task_name}, **model})
+    settings = ingest.Settings("2026-01-01", ingest.Window(START, END))
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    actors = ray_ingest.start_workers(cfg.model_dump(mode="json"), settings, workers, batch_rows=batch)
+    # One-time work before the clock, as in the local pass: 500 lines through every actor (imports, regexes).
+    warm = path.with_suffix(".warmup.jsonl")
+    with open(path, "rb") as f:
+        warm.write_bytes(b"".join(f.readline() for _ in range(500)))
+    ray.get([a.ingest.remote(ingest.Piece(str(warm))) for a in actors])
+    warm.unlink()
+    ingestor = ingest.Ingestor(make_task(task_name), settings, batch_rows=batch)
+    out = path.with_suffix(f".ray{workers}.traces.parquet")
+    started, cpu = time.perf_counter(), time.process_time()
+    with pq.ParquetWriter(out, TRACE_SCHEMA, **parquet_options(TRACE_SCHEMA)) as writer:
+        for traces, _quarantine in ray_ingest.ingest_tables(ingestor, [str(path)], actors):
+            writer.write_table(traces)
+    total, driver_cpu = time.perf_counter() - started, time.process_time() - cpu
+    ray_ingest.stop_workers(actors)
+    out.unlink()
+    return {"traces": ingestor.stats.traces, "total_s": total, "driver_cpu_s": driver_cpu}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=8192)
     parser.add_argument("--task", choices=["playground", "gsm8k"], default="playground")
-    parser.add_argument("--pass", dest="one", choices=["exact", "near"], help=argparse.SUPPRESS)
+    parser.add_argument("--pass", dest="one", choices=["exact", "near", "ingest"], help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=["local", "ray"], default="local")
     parser.add_argument("--workers", default="1,2", help="--engine ray: worker counts to compare")
     parser.add_argument("--log", help=argparse.SUPPRESS)
     parser.add_argument("--ray-workers", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one == "ingest":
+        print(json.dumps(ray_ingest_pass(Path(args.log), args.batch, args.task, args.ray_workers)))
+        return
     if args.one and args.ray_workers:
         print(json.dumps(ray_pass(Path(args.log), args.one == "near", args.batch, args.task, args.ray_workers)))
         return
@@ -222,12 +261,13 @@ def main() -> None:
 
 
 def ray_bench(args: argparse.Namespace) -> None:
-    """Traces/s of the harvest (after the ingest) with 1, 2, ... Ray workers, and the scale-out efficiency."""
+    """Traces/s of the log ingest and of the harvest (after the ingest) with 1, 2, ... Ray workers, and the scale-out
+    efficiency of each."""
     work = Path(tempfile.mkdtemp(prefix="flywheel-harvest-bench-"))
     log = work / "gateway.jsonl"
     generate(log, args.traces, args.task)
     counts = [int(w) for w in args.workers.split(",")]
-    for mode in ("exact", "near"):
+    for mode in ("ingest", "exact", "near"):
         rates = {}
         for workers in counts:
             cmd = [sys.executable, __file__, "--pass", mode, "--log", str(log), "--batch", str(args.batch)]
@@ -237,8 +277,9 @@ def ray_bench(args: argparse.Namespace) -> None:
             base = rates[counts[0]]
             efficiency = rates[workers] / (base * workers / counts[0])
             driver_us = r["driver_cpu_s"] / r["traces"] * 1e6
+            step = "ingest" if mode == "ingest" else f"{mode} harvest"
             print(
-                f"{mode} harvest, ray, {workers} worker(s): {r['traces']:,} traces in {r['total_s']:.1f} s = "
+                f"{step}, ray, {workers} worker(s): {r['traces']:,} traces in {r['total_s']:.1f} s = "
                 f"{rates[workers]:,.0f} traces/s; scale-out efficiency from {counts[0]}: {efficiency:.2f}; "
                 f"driver CPU {driver_us:.1f} us a trace (its ceiling with any number of workers: "
                 f"{1e6 / driver_us:,.0f} traces/s)",

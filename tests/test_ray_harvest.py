@@ -1,20 +1,26 @@
-"""The harvest on a real local Ray cluster (compute.engine: ray) writes exactly what the local harvest writes on
-the same input, near dedup included, and a worker killed mid-run is restarted without losing or duplicating a
-row."""
+"""The harvest stage on a real local Ray cluster (compute.engine: ray): the log ingest and the harvest write
+exactly what the local ones write on the same input (the ingest's quarantine and counts, the harvest's near dedup
+included), and a worker killed mid-run is restarted without losing or duplicating a row."""
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import os
 import signal
+from datetime import timedelta
 
+import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from make_harvest_reference import OUT, input_path
 from test_harvest_reference import first_difference
 
 from flywheel_dagster.config import build_config
-from flywheel_dagster.curation import ingest, ray_harvest
+from flywheel_dagster.curation import ingest, loggen, ray_harvest, ray_ingest
 from flywheel_dagster.curation.harvest import Harvester
 from flywheel_dagster.tasks import load_task
 
@@ -119,3 +125,135 @@ def test_the_harvested_traces_asset_takes_the_engine_from_the_config(ray_cluster
             out[engine] = pa.concat_tables(list(run(lake, "2026-01-01")))
     assert out["ray"].num_rows == sum(b.num_rows for b in batches)
     assert out["ray"].equals(out["local"]), first_difference(out["ray"], out["local"])
+
+
+# The ingest, cut into pieces -------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(st.integers(0, 3000), max_size=40),
+    newline_at_end=st.booleans(),
+    piece_bytes=st.integers(1, 2500),
+)
+def test_pieces_cut_a_file_at_line_ends_and_count_the_lines_before(
+    tmp_path_factory, lines, newline_at_end, piece_bytes
+):
+    data = b"\n".join(b"x" * n for n in lines) + (b"\n" if newline_at_end and lines else b"")
+    path = tmp_path_factory.mktemp("pieces") / "log.jsonl"
+    path.write_bytes(data)
+    pieces = list(ingest.Ingestor(None, None).pieces([str(path)], piece_bytes))  # type: ignore[arg-type]
+    assert pieces[0].start == 0 and pieces[-1].stop is None
+    for a, b in zip(pieces, pieces[1:], strict=False):
+        assert a.stop == b.start and data[a.stop - 1 : a.stop] == b"\n"  # contiguous, cut after a line end
+        assert a.stop - a.start > piece_bytes  # a piece is never cut short of piece_bytes ...
+        assert b"\n" not in data[a.start + piece_bytes : a.stop - 1]  # ... and ends at the first line end after it
+    for p in pieces:
+        assert p.first_line == data[: p.start].count(b"\n")
+
+
+def _messy_logs(tmp_path) -> list[str]:
+    """A quarter's log folder with what the ingest meets: every bad-line reason, lines longer than the size limit,
+    blank lines, a byte order mark, records without a request id (their trace ids come from file and line), no
+    newline at the end, a gzip file, a truncated one, a Parquet file and a file of another kind."""
+    from make_harvest_reference import END, START
+
+    task = load_task(_config("playground"))
+    records = list(loggen.synthetic_records(task, task.traffic(0, 40), 700, START, END, seed=7))
+    logs = tmp_path / "logs"
+    a = logs / "a.jsonl"
+    loggen.write_jsonl(a, records[:400], broken_every=9, oversized_bytes=6000)
+    no_id = loggen.record("Q:1+2", "A:3", reasoning="2+1=3:3", timestamp=START + timedelta(days=3))
+    with a.open("ab") as f:
+        f.write(b"\n\n" + orjson.dumps(no_id) + b"\n" + orjson.dumps({**no_id, "timestamp": "2025-12-31T23:59:59Z"}))
+        f.write(b"\n" + b"\n".join(orjson.dumps(r) for r in records[400:450]))
+    a.write_bytes(codecs.BOM_UTF8 + a.read_bytes())
+    (logs / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records[450:550])))
+    cut = gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records[550:650]))
+    (logs / "c.jsonl.gz").write_bytes(cut[: len(cut) // 2])
+    traces = [t for t, _ in ingest.Ingestor(task, _settings()).tables([str(a)])]
+    pq.write_table(pa.concat_tables(traces).slice(0, 30), logs / "d.parquet")
+    loggen.write_jsonl(logs / "e.jsonl", [{**r, "request_id": None} for r in records[650:]], broken_every=5)
+    (logs / "notes.txt").write_text("not a log")
+    return ingest.find_log_files([str(logs)])
+
+
+def _settings() -> ingest.Settings:
+    from make_harvest_reference import END, START
+
+    return ingest.Settings("2026-01-01", ingest.Window(START, END), max_record_bytes=4000)
+
+
+def _ingested(ingestor: ingest.Ingestor, tables) -> tuple[pa.Table, pa.Table, dict]:
+    tables = list(tables)
+    return (
+        pa.concat_tables([t for t, _ in tables]),
+        pa.concat_tables([q for _, q in tables]),
+        ingestor.stats.as_metadata(),
+    )
+
+
+def test_pieces_ingest_what_the_whole_files_ingest(tmp_path):
+    task = load_task(_config("playground"))
+    files = _messy_logs(tmp_path)
+    local = ingest.Ingestor(task, _settings(), batch_rows=64)
+    want = _ingested(local, local.tables(files))
+    planner, worker = ingest.Ingestor(task, _settings()), ingest.Ingestor(task, _settings(), batch_rows=64)
+    pieces = list(planner.pieces(files, 3000))
+    assert len(pieces) > 3 * len(files)  # the two big files are cut, the lines of 6,000 bytes span pieces
+    traces, quarantine, _ = _ingested(worker, worker.piece_tables(pieces))
+    worker.stats.files, worker.stats.files_skipped = planner.stats.files, planner.stats.files_skipped
+    assert traces.equals(want[0]), first_difference(traces, want[0])
+    assert quarantine.equals(want[1]) and worker.stats.as_metadata() == want[2]
+    reasons = set(quarantine.column("reason").to_pylist())
+    assert {"oversized_record", "unreadable_file", "bad_json", "outside_window"} <= reasons
+    assert (
+        want[2]["files_skipped"] == 1
+        and want[2]["lines_read"] == want[2]["lines_ingested"] + want[2]["lines_quarantined"]
+    )
+
+
+def test_ray_ingest_writes_what_local_ingest_writes_and_survives_a_killed_worker(ray_cluster, tmp_path):
+    import ray
+
+    cfg = _config("playground")
+    task = load_task(cfg)
+    files = _messy_logs(tmp_path)
+    local = ingest.Ingestor(task, _settings(), batch_rows=64)
+    want = _ingested(local, local.tables(files))
+    actors = ray_ingest.start_workers(cfg.model_dump(mode="json"), _settings(), 2, batch_rows=64)
+    try:
+        remote = ingest.Ingestor(task, _settings(), batch_rows=64)
+        got = _ingested(remote, ray_ingest.ingest_tables(remote, files, actors, piece_bytes=3000))
+        assert got[0].equals(want[0]), first_difference(got[0], want[0])
+        assert got[1].equals(want[1]) and got[2] == want[2]
+
+        victim = ray.get(actors[1].pid.remote())
+        again = ingest.Ingestor(task, _settings(), batch_rows=64)
+        out = []
+        for k, tables in enumerate(ray_ingest.ingest_tables(again, files, actors, piece_bytes=3000)):
+            out.append(tables)
+            if k == 3:
+                os.kill(victim, signal.SIGKILL)  # pieces are in flight on it
+        assert ray.get(actors[1].pid.remote()) != victim  # it really died and came back
+        got = _ingested(again, out)
+        assert got[0].equals(want[0]) and got[1].equals(want[1]) and got[2] == want[2]
+    finally:
+        ray_ingest.stop_workers(actors)
+
+
+def test_the_reasoning_traces_asset_takes_the_ingest_engine_from_the_config(ray_cluster, tmp_path):
+    """The asset's choice of engine (assets/deploy.py): compute.engine ray ingests the pieces in Ray workers (the
+    cluster is on this machine, so they open the files) and gives what local gives."""
+    from assets.deploy import _ingest_engine
+
+    files = _messy_logs(tmp_path)
+    out, engines = {}, {}
+    for engine in ("local", "ray"):
+        cfg = build_config({"compute": {"engine": engine, "ray_workers": 2}})
+        ingestor = ingest.Ingestor(load_task(cfg), _settings())
+        with _ingest_engine(cfg, _settings()) as (ingested, engines[engine]):
+            out[engine] = _ingested(ingestor, ingested(ingestor, files))
+    assert engines == {"local": "local", "ray": "ray (2 workers)"}
+    assert out["ray"][0].equals(out["local"][0]) and out["ray"][1].equals(out["local"][1])
+    assert out["ray"][2] == out["local"][2] and out["ray"][2]["traces"] > 500

@@ -35,10 +35,13 @@ class ComputeConfig(Strict):
     gpu: GpuNodesConfig = GpuNodesConfig()
     engine: Literal["local", "ray"] = Field(
         default="local",
-        description="where the harvest's per-trace work runs: local (in the step's process) or ray (Ray actors, "
-        "`ray_workers` of them; the same rows and labels)",
+        description="where the harvest stage's per-trace work runs, the log ingest (reasoning_traces, traffic.source "
+        "logs) and the harvest (harvested_traces): local (in the step's process) or ray (Ray actors, `ray_workers` "
+        "of them; the same rows, labels and quarantine)",
     )
-    ray_workers: int = Field(default=0, ge=0, description="engine ray: harvest workers (0: one per CPU Ray sees)")
+    ray_workers: int = Field(
+        default=0, ge=0, description="engine ray: ingest and harvest workers (0: one per CPU Ray sees)"
+    )
     ray_address: str = Field(
         default="",
         description="the Ray cluster engine replicas run on (e.g. ray://head:10001, or a KubeRay service); empty: "

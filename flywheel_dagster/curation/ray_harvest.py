@@ -74,12 +74,11 @@ def workers_read(lake: Lake) -> bool:
     """Whether the workers can open the lake's files themselves: a remote filesystem (s3://, gs://), or a local
     folder with every node of the Ray cluster on this machine. Then they are sent row groups by name
     (lake.row_groups), and the driver neither reads nor sends the traces."""
-    import ray
+    from flywheel_dagster.engines.replicas import cluster_is_local
 
     if "://" in lake.location and not lake.location.startswith("file://"):
         return True
-    here = ray.util.get_node_ip_address()
-    return all(node["NodeManagerAddress"] == here for node in ray.nodes() if node["Alive"])
+    return cluster_is_local()
 
 
 def harvest_batches(

@@ -61,6 +61,15 @@ def ensure_ray(address: str = "") -> None:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
+def cluster_is_local() -> bool:
+    """Whether every live node of the Ray cluster this process is in is this machine (so Ray workers can open
+    this machine's files: log files, a local lake)."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    return all(node["NodeManagerAddress"] == here for node in ray.nodes() if node["Alive"])
+
+
 class _Replica:
     """One engine in a Ray actor; generates one shard at a time."""
 

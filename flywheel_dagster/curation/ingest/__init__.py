@@ -46,6 +46,7 @@ from flywheel_dagster.curation.ingest.ingestor import (
     QUARANTINE_TABLE,
     Ingestor,
     IngestStats,
+    Piece,
     quarantine_table,
     to_table,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "IngestStats",
     "Ingestor",
     "LogFiles",
+    "Piece",
     "RecordError",
     "Settings",
     "Window",

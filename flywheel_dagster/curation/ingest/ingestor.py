@@ -6,9 +6,10 @@ import codecs
 import io
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 import pyarrow as pa
@@ -18,7 +19,15 @@ from flywheel_dagster.curation.batching import gc_paused_batches
 from flywheel_dagster.curation.ingest.chat import TRACE_COLUMNS, RecordError, Settings, _repeated_key, chat_record_rows
 from flywheel_dagster.curation.ingest.files import _log_kind, _shown
 from flywheel_dagster.curation.ingest.parquet import _batch_rows, _trace_row
-from flywheel_dagster.curation.ingest.streams import _excerpt, _Inflater, _lines, _row_bytes, _user_id_of, _where
+from flywheel_dagster.curation.ingest.streams import (
+    _excerpt,
+    _Inflater,
+    _lines,
+    _Range,
+    _row_bytes,
+    _user_id_of,
+    _where,
+)
 from flywheel_dagster.records import INGEST_QUARANTINE
 from flywheel_dagster.tasks.base import Problem, TaskSource
 from flywheel_dagster.traces.schema import TRACE_SCHEMA
@@ -51,6 +60,49 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("user_id", pa.string()),
     ]
 )
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Lines of one log file that one worker ingests: bytes [start, stop) (stop None: to the end), which begin
+    after `first_line` physical lines of the file. A whole file is Piece(path)."""
+
+    path: str
+    start: int = 0
+    stop: int | None = None
+    first_line: int = 0
+
+
+def _line_pieces(path: str, piece_bytes: int) -> Iterator[Piece]:
+    """An uncompressed JSON Lines file cut at the first line end after every `piece_bytes` bytes (a line longer
+    than that makes its piece longer: the worker streams it with the size limit, never holding it whole)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; opening is what may fail
+    except (OSError, ValueError):
+        yield Piece(path)  # the worker meets the same error and quarantines the file, as a local ingest does
+        return
+    with f:
+        start = first_line = 0  # the current piece's
+        pos = lines = 0  # the block's offset in the file, and the line ends before it
+        last: Piece | None = None  # the piece before the current one, handed out when the current one has lines
+        while block := f.read(1 << 20):
+            at = 0  # where in the block the next cut may fall
+            while (want := start + piece_bytes - pos) < len(block):
+                cut = block.find(b"\n", max(want, at))
+                if cut < 0:
+                    break
+                if last is not None:
+                    yield last
+                lines += block.count(b"\n", at, cut + 1)
+                last = Piece(path, start, pos + cut + 1, first_line)
+                start, first_line, at = pos + cut + 1, lines, cut + 1
+            lines += block.count(b"\n", at)
+            pos += len(block)
+    if last is not None and pos == start:  # the file ends at the cut: the last piece reads to the end, whatever
+        last, start, first_line = None, last.start, last.first_line  # was appended since
+    if last is not None:
+        yield last
+    yield Piece(path, start, None, first_line)
 
 
 @dataclass
@@ -130,16 +182,22 @@ class Ingestor:
         Raises nothing for what a file holds: a line that cannot be used is quarantined, a damaged or
         vanished file quarantines its rest, a path that is not a log file (and `files.skipped`, when
         `files` comes from find_log_files) is counted in stats.files_skipped."""
-        yield from gc_paused_batches(self._batches(files), lambda b: (rows_table(b[0]), quarantine_table(b[1])))
+        yield from self.piece_tables(self.whole_files(files))
 
     def batches(self, files: list[str]) -> Iterator[tuple[list[dict], list[dict]]]:
         """tables(), as lists of row dicts (trace rows, quarantine rows)."""
         yield from gc_paused_batches(
-            self._batches(files), lambda b: ([dict(zip(TRACE_COLUMNS, r, strict=True)) for r in b[0]], b[1])
+            self._batches(self.whole_files(files)),
+            lambda b: ([dict(zip(TRACE_COLUMNS, r, strict=True)) for r in b[0]], b[1]),
         )
 
-    def _batches(self, files: list[str]) -> Iterator[tuple[list[tuple], list[dict]]]:
-        traces: list[tuple] = []
+    def piece_tables(self, pieces: Iterable[Piece]) -> Iterator[tuple[pa.Table, pa.Table]]:
+        """tables() of the given pieces of log files, in their order (what a Ray ingest worker runs on its
+        pieces; stats.files and files_skipped are the planner's, see whole_files and pieces)."""
+        yield from gc_paused_batches(self._batches(pieces), lambda b: (rows_table(b[0]), quarantine_table(b[1])))
+
+    def whole_files(self, files: list[str]) -> Iterator[Piece]:
+        """Each log file as one piece; what is not a log file counted in stats.files_skipped."""
         self.stats.files_skipped.extend(_shown(p) for p in getattr(files, "skipped", ()))
         for path in map(os.fspath, files):
             kind = _log_kind(path)
@@ -147,7 +205,31 @@ class Ingestor:
                 self.stats.files_skipped.append(_shown(path))
                 continue
             self.stats.files += 1
-            for rows in self._parquet_traces(path) if kind == "parquet" else self._jsonl_traces(path):
+            yield Piece(path)
+
+    def pieces(self, files: list[str], piece_bytes: int) -> Iterator[Piece]:
+        """whole_files, with each uncompressed JSON Lines file larger than `piece_bytes` cut at line ends into
+        pieces of about that size (each knows the lines before it, so a quarantined line and a trace id that
+        falls back to the line's place come out as from the whole file). Gzip and Parquet files stay whole.
+        Reads the big files once to find line ends (about 3 GB/s from the page cache)."""
+        for piece in self.whole_files(files):
+            if not piece.path.endswith(".jsonl"):
+                yield piece
+                continue
+            try:
+                size = os.path.getsize(piece.path)
+            except OSError:
+                size = 0  # ingested whole: the worker quarantines what it cannot read
+            yield from _line_pieces(piece.path, piece_bytes) if size > piece_bytes else (piece,)
+
+    def _batches(self, pieces: Iterable[Piece]) -> Iterator[tuple[list[tuple], list[dict]]]:
+        traces: list[tuple] = []
+        for piece in pieces:
+            if _log_kind(piece.path) == "parquet":
+                rows_of = self._parquet_traces(piece.path)
+            else:
+                rows_of = self._jsonl_traces(piece.path, piece.start, piece.stop, piece.first_line)
+            for rows in rows_of:
                 traces.extend(rows)
                 if len(traces) >= self.batch_rows or len(self._pending) >= self.batch_rows:
                     yield traces, self._take_quarantine()
@@ -155,19 +237,27 @@ class Ingestor:
         if traces or self._pending:
             yield traces, self._take_quarantine()
 
-    def _jsonl_traces(self, path: str) -> Iterator[list[tuple]]:
+    def _jsonl_traces(
+        self, path: str, start: int = 0, stop: int | None = None, first_line: int = 0
+    ) -> Iterator[list[tuple]]:
         shown = _shown(path)
         name = Path(shown).name
         limit = self.settings.max_record_bytes
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below; opening is what may fail
+            if start:
+                f.seek(start)
         except (OSError, ValueError) as err:  # ValueError: a NUL in the path
-            self._unreadable(shown, 0, err)
+            self._unreadable(shown, first_line + 1 if first_line else 0, err)
             return
         out: list[tuple] = []
-        line_no = 0  # physical lines, blank ones included, so a quarantined line is found where it says
+        line_no = first_line  # physical lines, blank ones included, so a quarantined line is found where it says
         with f:
-            lines = _lines(io.BufferedReader(_Inflater(f), 1 << 16) if path.endswith(".gz") else f, limit)
+            if path.endswith(".gz"):
+                stream: BinaryIO = io.BufferedReader(_Inflater(f), 1 << 16)
+            else:
+                stream = f if stop is None else io.BufferedReader(_Range(f, stop - start), 1 << 16)
+            lines = _lines(stream, limit)
             while True:
                 # Reading and using a line fail apart: damage ends the file, a bad line only itself.
                 try:

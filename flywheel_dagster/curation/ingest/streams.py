@@ -98,6 +98,24 @@ class _Inflater(io.RawIOBase):
                 return len(out)
 
 
+class _Range(io.RawIOBase):
+    """The next `size` bytes of a file, as a stream of their own (a piece of a log file, see ingestor.Piece)."""
+
+    def __init__(self, raw: BinaryIO, size: int) -> None:
+        self._raw = raw
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        if self._left <= 0:
+            return 0
+        n = self._raw.readinto(memoryview(buf)[: min(len(buf), self._left)]) or 0
+        self._left -= n
+        return n
+
+
 def _lines(stream: BinaryIO, limit: int) -> Iterator[tuple[bytes, int]]:
     """(line, its length without the newline). A line longer than `limit` is never held whole: it comes
     back as its head (32 x EXCERPT_BYTES) with its full length, the rest read and dropped in chunks."""
