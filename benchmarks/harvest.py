@@ -17,9 +17,10 @@ traces >= 20,000 traces/s (exact), peak RSS < 1 GB. Measured on the 2-core dev m
 the edge of the machine's run-to-run noise, the others are not met; docs/harvest.md says where the time goes.
 Peak RSS is bounded: the quarter's dedup and cap state spills to disk past harvest.dedup.state_memory_mb (near
 pass on 10 million playground traces: 868 MB peak, 602 MB at 1 million; docs/harvest.md).
-`--engine ray --workers 1,2` times the harvest after the ingest with 1 and 2 Ray workers and prints the
-scale-out efficiency and the driver's CPU a trace (the ceiling of one driver): exact 70,865 -> 101,341 traces/s
-(0.72), near 33,096 -> 52,179 (0.79), driver 3.8 / 4.6 us a trace (2026-12-04).
+`--engine ray --workers 1,2` times the log ingest (pieces of the file in Ray workers) and the harvest after the
+ingest with 1 and 2 Ray workers and prints the scale-out efficiency and the driver's CPU a trace (the ceiling of
+one driver): ingest 88,461 -> 137,345 traces/s (0.78), driver 1.7 us a trace (2026-12-04); harvest exact 70,865 ->
+101,341 traces/s (0.72), near 33,096 -> 52,179 (0.79), driver 3.8 / 4.6 us a trace (2026-12-04).
 `--task gsm8k` runs GSM8K word problems instead (reasoning ten times longer, math-verify as the verifier).
 """
 
