@@ -99,7 +99,14 @@ class HarvestStats:
 ROW_INPUTS = ("prompt", "completion", "reasoning", "answer", "reference_answer", "finish_reason")
 # Positions in a per-row result tuple (see RowWorker._distinct_rows), and its length.
 _KINDS, _DROP, _SIG, _RESULT_FIELDS = 7, 8, 10, 12
-_WATCHED_DROPS = frozenset(("exact_duplicate", "near_duplicate", "positives_per_problem_cap"))
+# RowWork's codes: a row's drop reason (0: none, else 1 + its place in DROP_REASONS), verdict and label.
+_DROP_CODE: dict[str | None, int] = {None: 0, **{r: k + 1 for k, r in enumerate(DROP_REASONS)}}
+_DROP_NAMES = pa.array([None, *DROP_REASONS], pa.string())
+_EXACT, _NEAR, _CAP = (_DROP_CODE[r] for r in ("exact_duplicate", "near_duplicate", "positives_per_problem_cap"))
+_CORRECT_CODE = {None: -1, False: 0, True: 1}
+_POSITIVE, _NEGATIVE, _UNVERIFIABLE, _DROPPED = range(4)  # places in LABELS
+_LABEL_NAMES = pa.array(LABELS, pa.string())
+_NO_KEY = bytes(8)
 
 
 @dataclass
@@ -108,15 +115,16 @@ class RowWork:
     harvested rows but for label and drop reason (redacted, verdicts, pii_types, as Arrow columns), the filters'
     drop reason, exact-dedup keys, monitor keys and (optionally) MinHash signatures. Picklable, and small
     apart from its Arrow tables: the Ray engine computes it in workers, and the driver decides the rest in
-    order without turning the texts back into Python objects."""
+    order on numpy arrays, without turning the texts back into Python objects."""
 
     harvested: pa.Table  # HARVESTED_SCHEMA's columns but label and drop_reason
-    correct: list[bool | None]
+    correct: np.ndarray  # int8 per row: 1 verified correct, 0 wrong, -1 not verified
     answers: list[str | None]  # the verifier's final answers (the monitors' answer diversity)
-    drop: list[str | None]
-    keys: list[bytes | None]  # the exact-dedup key (8 bytes) of every row the filters kept
-    prompt_keys: list[int]  # monitors.digest64 of each redacted prompt
-    sample_keys: list[int]  # monitors.digest64 of each trace id: the monitors' sample keeps the smallest
+    drop: np.ndarray  # uint8 per row: the filters' drop reason, 0 for none (_DROP_CODE)
+    keys: np.ndarray  # uint64 per row: the exact-dedup key of each row the filters kept (0 for the others)
+    prompt_keys: np.ndarray  # uint64: monitors.digest64 of each redacted prompt
+    sample_keys: np.ndarray  # uint64: monitors.digest64 of each trace id: the monitors' sample keeps the smallest
+    problem_keys: np.ndarray  # uint64: the per-problem cap's key, digest64 of the problem id, else the prompt key
     signatures: np.ndarray | None  # MinHash rows (prompt + reasoning) of the rows the filters kept, else zeros
     pii: Counter
     seconds: Counter
@@ -139,6 +147,7 @@ class RowWorker:
         self._verified = Memo(MEMO_ENTRIES)
         self._redacted = Memo(MEMO_ENTRIES * 10, MEMO_CHARS, _text_chars)
         self._rows = Memo(200_000, MEMO_CHARS * 2, _row_chars)
+        self._problem_key = Memo(MEMO_ENTRIES * 10, MEMO_CHARS, len)  # problem id -> its cap key
 
     def work(self, batch: pa.RecordBatch | pa.Table, signatures: bool = False) -> RowWork:
         with paused_gc():
@@ -193,7 +202,15 @@ class RowWorker:
             for i, s in enumerate(sig):
                 if s is not None:
                     sigs[i] = s
-        sample_keys = [digest64(t) for t in table.column("trace_id").to_pylist()]
+        prompt_keys = np.fromiter(pkeys, np.uint64, n)
+        codes = (
+            np.fromiter(map(_CORRECT_CODE.__getitem__, correct), np.int8, n),
+            np.fromiter(map(_DROP_CODE.__getitem__, drop), np.uint8, n),
+            np.frombuffer(b"".join([k or _NO_KEY for k in keys]), np.uint64) if n else np.zeros(0, np.uint64),
+            prompt_keys,
+            np.fromiter(map(digest64, table.column("trace_id").to_pylist()), np.uint64, n),
+            self._problem_keys(table.column("problem_id").to_pylist(), prompt_keys),
+        )
         seconds["repeats"] += time.perf_counter() - t
         t = time.perf_counter()
         out = table.select(HARVESTED_SCHEMA.names[: len(table.schema.names)])
@@ -209,7 +226,21 @@ class RowWorker:
             out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, type_))
         out = out.append_column("pii_types", pa.array([",".join(sorted(set(k))) or None for k in kinds], pa.string()))
         seconds["assemble"] += time.perf_counter() - t
-        return RowWork(out, correct, answers, drop, keys, pkeys, sample_keys, sigs, pii_counts, seconds)
+        correct_codes, drop_codes, key_codes, prompt_keys, sample_keys, problem_keys = codes
+        return RowWork(
+            out, correct_codes, answers, drop_codes, key_codes, prompt_keys, sample_keys, problem_keys, sigs,
+            pii_counts, seconds,
+        )  # fmt: skip
+
+    def _problem_keys(self, problem_ids: list[str | None], prompt_keys: np.ndarray) -> np.ndarray:
+        """The per-problem cap's key of each row: digest64 of its problem id, else its prompt's digest."""
+        keys = prompt_keys.copy()
+        memo = self._problem_key
+        for i, pid in enumerate(problem_ids):
+            if pid:
+                key = memo.get(pid)
+                keys[i] = key if key is not None else memo.keep(pid, digest64("\x00problem_id\x00" + pid))
+        return keys
 
     def _distinct_rows(self, table: pa.Table, need_sig: bool, seconds: Counter) -> list[tuple]:
         """The per-row results (in _SIG order) of rows of distinct content."""
@@ -374,15 +405,15 @@ class Harvester:
         counts["read"] += n
         self.stats.pii.update(w.pii)
         self.stats.seconds.update(w.seconds)
-        correct, drop = w.correct, list(w.drop)
+        drop = w.drop.copy()  # drop-reason codes (_DROP_CODE)
         t = time.perf_counter()
 
         # Exact duplicates, across the whole quarter: a key seen in an earlier batch, or earlier in this one. With
         # exact dedup off they stay in, but the near_duplicate_rate monitor still counts them: it watches the
         # traffic, not the dedup.
-        reached = [i for i in range(n) if drop[i] is None]
-        if reached:
-            keys = np.frombuffer(b"".join([w.keys[i] for i in reached]), dtype=np.uint64)  # type: ignore[misc]
+        reached = np.flatnonzero(drop == 0)
+        if len(reached):
+            keys = w.keys[reached]
             dup = self.seen.find(keys)[0]
             _, first = np.unique(keys, return_index=True)
             new = np.ones(len(keys), dtype=bool)
@@ -390,47 +421,38 @@ class Harvester:
             dup |= new  # now: not the first of its key in this batch
             self.seen.add(keys[~dup])
             if self.cfg.dedup.exact:
-                for j in np.flatnonzero(dup).tolist():
-                    drop[reached[j]] = "exact_duplicate"
+                drop[reached[dup]] = _EXACT
             else:
                 self.monitors.duplicates += int(dup.sum())
         self.monitors.dedup_seen += len(reached)
         t = self._timed("exact_dedup", t)
 
-        labels: list[str] = []
-        trust_all = not self.cfg.verify  # the no_verification experiment: every kept trace trains
-        for i in range(n):
-            if drop[i] is not None:
-                labels.append("dropped")
-            elif trust_all:
-                labels.append("positive")
-            elif correct[i] is None:
-                labels.append("unverifiable")
-            else:
-                labels.append("positive" if correct[i] else "negative")
+        if not self.cfg.verify:  # the no_verification experiment: every kept trace trains
+            labels = np.full(n, _POSITIVE, dtype=np.uint8)
+        else:
+            labels = np.choose(w.correct + 1, [_UNVERIFIABLE, _NEGATIVE, _POSITIVE]).astype(np.uint8)
+        labels[drop != 0] = _DROPPED
 
         # Near duplicates (MinHash LSH on prompt + reasoning), within positives and within negatives, so a
         # negative that differs from a positive in one step stays available as its pair.
         if self.near is not None:
             for label, index in self.near.items():
-                rows = [i for i in range(n) if labels[i] == label]
-                if rows:
+                rows = np.flatnonzero(labels == LABELS.index(label))
+                if len(rows):
                     if w.signatures is not None:
                         sigs = w.signatures[rows]
                     else:
                         some = out.select(["prompt", "reasoning"]).take(rows)
                         texts = zip(some.column(0).to_pylist(), some.column(1).to_pylist(), strict=True)
                         sigs = index.signatures([p + "\n" + r for p, r in texts])
-                    for i, dup in zip(rows, index.check_and_add(sigs), strict=True):
-                        if dup:
-                            labels[i], drop[i] = "dropped", "near_duplicate"
+                    near = rows[np.asarray(index.check_and_add(sigs), dtype=bool)]
+                    labels[near], drop[near] = _DROPPED, _NEAR
             t = self._timed("near_dedup", t)
 
         # At most `cap` positives a problem (its id, else its prompt), the first in the quarter's order.
-        prompt_keys = w.prompt_keys
-        positives = [i for i in range(n) if labels[i] == "positive"]
-        if positives:
-            keys = self._problem_keys(out.column("problem_id").to_pylist(), prompt_keys, positives)
+        positives = np.flatnonzero(labels == _POSITIVE)
+        if len(positives):
+            keys = w.problem_keys[positives]
             before = self.per_problem.find(keys)[1].astype(np.int64)  # type: ignore[union-attr]
             order = np.argsort(keys, kind="stable")
             pos = np.arange(len(keys))
@@ -438,43 +460,30 @@ class Harvester:
             rank = np.empty_like(pos)  # how many positives of its problem come before it in the batch
             rank[order] = pos - np.maximum.accumulate(np.where(starts, pos, 0))
             cap = self.cfg.max_positives_per_problem
-            for j in np.flatnonzero(before + rank >= cap).tolist():
-                labels[positives[j]], drop[positives[j]] = "dropped", "positives_per_problem_cap"
+            over = positives[before + rank >= cap]
+            labels[over], drop[over] = _DROPPED, _CAP
             problems, first, seen = np.unique(keys, return_index=True, return_counts=True)
             self.per_problem.add(problems, np.minimum(before[first] + seen, cap).astype(np.uint32))
-        watched: list[int] = []  # the rows the monitors see: kept, or dropped as a duplicate or over the cap
-        for i in range(n):
-            reason = drop[i]
-            if reason is None:
-                watched.append(i)
-            elif reason in _WATCHED_DROPS:
-                watched.append(i)
-                if reason != "positives_per_problem_cap":
-                    self.monitors.duplicates += 1
-        counts.update(label if reason is None else f"drop/{reason}" for label, reason in zip(labels, drop, strict=True))
+        # The rows the monitors see: kept, or dropped as a duplicate or over the cap.
+        duplicates = (drop == _EXACT) | (drop == _NEAR)
+        self.monitors.duplicates += int(duplicates.sum())
+        watched = np.flatnonzero((drop == 0) | duplicates | (drop == _CAP))
+        for code, k in enumerate(np.bincount(labels[drop == 0], minlength=len(LABELS)).tolist()):
+            if k:
+                counts[LABELS[code]] += k
+        for code, k in enumerate(np.bincount(drop, minlength=len(_DROP_CODE)).tolist()[1:], start=1):
+            if k:
+                counts[f"drop/{DROP_REASONS[code - 1]}"] += k
         reasonings = out.column("reasoning")
-        self.monitors.add_rows(w.sample_keys, prompt_keys, w.answers, correct, watched, lambda i: reasonings[i].as_py())
+        self.monitors.add_rows(
+            w.sample_keys, w.prompt_keys, w.answers, w.correct, watched, lambda i: reasonings[i].as_py()
+        )
 
         at = out.schema.get_field_index("pii_types")
-        out = out.add_column(at, "drop_reason", pa.array(drop, pa.string()))
-        out = out.add_column(at, "label", pa.array(labels, pa.string()))
+        out = out.add_column(at, "drop_reason", _DROP_NAMES.take(pa.array(drop)))
+        out = out.add_column(at, "label", _LABEL_NAMES.take(pa.array(labels)))
         self._timed("assemble", t)
         return out.cast(HARVESTED_SCHEMA)
-
-    @staticmethod
-    def _problem_keys(problem_ids: list[str | None], prompt_keys: list[int], rows: list[int]) -> np.ndarray:
-        """The per-problem cap's key of each row: digest64 of its problem id, else its prompt's digest."""
-        by_id: dict[str, int] = {}
-        keys = np.empty(len(rows), dtype=np.uint64)
-        for j, i in enumerate(rows):
-            pid = problem_ids[i]
-            if not pid:
-                keys[j] = prompt_keys[i]
-            elif pid in by_id:
-                keys[j] = by_id[pid]
-            else:
-                keys[j] = by_id[pid] = digest64("\x00problem_id\x00" + pid)
-        return keys
 
     def _timed(self, step: str, start: float) -> float:
         now = time.perf_counter()

@@ -71,43 +71,43 @@ class MonitorAccumulator:
         self.duplicates = 0
 
     def add(self, trace_id: str, prompt: str, reasoning: str, answer: str | None, correct: bool | None) -> None:
-        self.add_rows([digest64(trace_id)], [digest64(prompt)], [answer], [correct], [0], lambda _: reasoning)
+        keys = (np.array([digest64(trace_id)], np.uint64), np.array([digest64(prompt)], np.uint64))
+        verdict = np.array([-1 if correct is None else int(correct)], np.int8)
+        self.add_rows(*keys, [answer], verdict, np.zeros(1, np.int64), lambda _: reasoning)
 
     def add_rows(
         self,
-        sample_keys: list[int],
-        prompt_keys: list[int],
+        sample_keys: np.ndarray,
+        prompt_keys: np.ndarray,
         answers: list[str | None],
-        correct: list[bool | None],
-        rows: list[int],
+        correct: np.ndarray,
+        rows: np.ndarray,
         reasoning: Callable[[int], str],
     ) -> None:
-        """Rows `rows` of a batch, by their keys (digest64 of the trace id and of the prompt);
-        `reasoning(i)` is asked only for the rows that enter the sample."""
-        if not rows:
+        """Rows `rows` (int array) of a batch, by their keys (uint64 arrays: digest64 of the trace id and of the
+        prompt) and verdicts (int8: 1 correct, 0 wrong, -1 not verified); `reasoning(i)` is asked only for the
+        rows that enter the sample."""
+        if not len(rows):
             return
         sample, size = self._sample, self.sample_size
         candidates = rows
         if len(sample) >= size:  # full: only a key below the largest kept can enter (numpy sorts most rows out)
-            keys = np.array(sample_keys, dtype=np.uint64)[rows]
-            candidates = np.asarray(rows)[keys <= np.uint64(-sample[0][0])].tolist()
-        for i in candidates:
-            key = -sample_keys[i]
+            candidates = rows[sample_keys[rows] <= np.uint64(-sample[0][0])]
+        for i, k in zip(candidates.tolist(), sample_keys[candidates].tolist(), strict=True):
+            key = -k
             if len(sample) < size:
                 heapq.heappush(sample, (key, reasoning(i)))
             elif key >= sample[0][0]:
                 item = (key, reasoning(i))
                 if item > sample[0]:
                     heapq.heapreplace(sample, item)
-        verdicts = [correct[i] for i in rows]
-        self.verified += len(verdicts) - verdicts.count(None)
-        self.correct += verdicts.count(True)
+        verdicts = correct[rows]
+        self.verified += int((verdicts >= 0).sum())
+        self.correct += int((verdicts == 1).sum())
         counts, answer_sets, followed = self._samples_per_prompt, self._answers, self._prompts
         if len(counts) >= self.prompt_sample:  # full: a prompt above the largest followed is not followed
-            keys = np.array(prompt_keys, dtype=np.uint64)[rows]
-            rows = np.asarray(rows)[keys <= np.uint64(-followed[0])].tolist()
-        for i in rows:
-            p = prompt_keys[i]
+            rows = rows[prompt_keys[rows] <= np.uint64(-followed[0])]
+        for i, p in zip(rows.tolist(), prompt_keys[rows].tolist(), strict=True):
             if p not in counts:  # a prompt not followed yet: in while fewer than `most`, else if below the largest
                 if len(counts) < self.prompt_sample:
                     heapq.heappush(followed, -p)
