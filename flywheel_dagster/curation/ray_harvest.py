@@ -7,7 +7,7 @@ nothing that depends on other traces). The results come back in the quarter's or
 quarter's order survives), the per-problem cap and the monitors. So `ray` writes exactly the rows and labels
 `local` writes on the same input (tests/test_ray_harvest.py). The worker sends the batch's harvested rows as
 Arrow columns and the monitors' keys as integers, so the driver never turns the texts into Python objects: its
-share is about 3.8 us a trace in the exact pass (`benchmarks/harvest.py --engine ray` prints it), the ceiling of
+share is about 3 us a trace in the exact pass (`benchmarks/harvest.py --engine ray` prints it), the ceiling of
 one driver with any number of workers.
 
 - Memory: an actor holds one batch and its bounded memos; at most two batches per actor are in flight.
