@@ -159,7 +159,8 @@ def _ingest_engine(
     cfg: FlywheelConfig, settings: ingest.Settings
 ) -> Iterator[tuple[Callable[[ingest.Ingestor, list[str]], Iterator[tuple[pa.Table, pa.Table]]], str]]:
     """(ingestor, files) -> its (traces, quarantine) tables, and the engine in words: in this process (compute.engine
-    local), or with Ray workers ingesting pieces of the files (ray) when every node of the cluster can open them."""
+    local), or with Ray workers ingesting pieces of the files (ray) when every node of the cluster is this machine
+    (the workers open the files by absolute path)."""
     if cfg.compute.engine == "local":
         yield (lambda ingestor, files: ingestor.tables(files)), "local"
         return
@@ -174,7 +175,7 @@ def _ingest_engine(
             "local: the Ray cluster's nodes cannot open this machine's log files",
         )
         return
-    actors = ray_ingest.start_workers(cfg.model_dump(mode="json"), settings, c.ray_workers, c.ray_address)
+    actors = ray_ingest.start_workers(cfg, settings, c.ray_workers, c.ray_address)
     try:
         yield (
             (lambda ingestor, files: ray_ingest.ingest_tables(ingestor, files, actors)),

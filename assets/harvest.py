@@ -124,7 +124,7 @@ def _harvested(
     from flywheel_dagster.curation import ray_harvest
 
     c = cfg.compute
-    actors = ray_harvest.start_workers(cfg.model_dump(mode="json"), prompts, c.ray_workers, c.ray_address)
+    actors = ray_harvest.start_workers(cfg, prompts, c.ray_workers, c.ray_address)
 
     def run(lake: Lake, key: str) -> Iterator[pa.Table]:
         if ray_harvest.workers_read(lake):

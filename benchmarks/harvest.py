@@ -144,7 +144,7 @@ def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -
     cfg = build_config({"task": {"source": task_name}, **model, "harvest": {"dedup": {"near_duplicates": near}}})
     prompts = [p.prompt for p in task.benchmark(150, cfg.benchmark.seed)]
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    actors = ray_harvest.start_workers(cfg.model_dump(mode="json"), prompts, workers)
+    actors = ray_harvest.start_workers(cfg, prompts, workers)
     ray.get([a.pid.remote() for a in actors])  # started and built before the clock
     # One-time work before the clock, as in the local pass: a small batch to every actor and back (the first
     # Arrow table sent through Ray imports and compiles its serialization code, about 0.8 s in the driver).
@@ -180,7 +180,7 @@ def ray_ingest_pass(path: Path, batch: int, task_name: str, workers: int) -> dic
     cfg = build_config({"task": {"source": task_name}, **model})
     settings = ingest.Settings("2026-01-01", ingest.Window(START, END))
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    actors = ray_ingest.start_workers(cfg.model_dump(mode="json"), settings, workers, batch_rows=batch)
+    actors = ray_ingest.start_workers(cfg, settings, workers, batch_rows=batch)
     # One-time work before the clock, as in the local pass: 500 lines through every actor (imports, regexes).
     warm = path.with_suffix(".warmup.jsonl")
     with open(path, "rb") as f:

@@ -8,6 +8,7 @@ import codecs
 import gzip
 import os
 import signal
+from dataclasses import replace
 from datetime import timedelta
 
 import orjson
@@ -58,7 +59,7 @@ def test_ray_writes_the_rows_and_labels_local_writes(ray_cluster, tmp_path, task
     batches = _batches(tmp_path, task_name)
     local = Harvester(task, cfg.harvest, prompts)
     want = pa.concat_tables([local.process(b) for b in batches])
-    actors = ray_harvest.start_workers(cfg.model_dump(mode="json"), prompts, 2)
+    actors = ray_harvest.start_workers(cfg, prompts, 2)
     try:
         remote = Harvester(task, cfg.harvest, prompts)
         got = pa.concat_tables(list(ray_harvest.harvest_batches(remote, batches, actors)))
@@ -80,7 +81,7 @@ def test_a_worker_killed_mid_run_is_restarted_and_no_row_is_lost_or_doubled(ray_
     batches = _batches(tmp_path, "playground")
     local = Harvester(task, cfg.harvest, prompts)
     want = pa.concat_tables([local.process(b) for b in batches])
-    actors = ray_harvest.start_workers(cfg.model_dump(mode="json"), prompts, 2)
+    actors = ray_harvest.start_workers(cfg, prompts, 2)
     try:
         victim = ray.get(actors[1].pid.remote())
         harvester = Harvester(task, cfg.harvest, prompts)
@@ -130,26 +131,93 @@ def test_the_harvested_traces_asset_takes_the_engine_from_the_config(ray_cluster
 # The ingest, cut into pieces -------------------------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     lines=st.lists(st.integers(0, 3000), max_size=40),
     newline_at_end=st.booleans(),
     piece_bytes=st.integers(1, 2500),
+    block_bytes=st.one_of(st.integers(1, 4096), st.just(1 << 20)),
 )
 def test_pieces_cut_a_file_at_line_ends_and_count_the_lines_before(
-    tmp_path_factory, lines, newline_at_end, piece_bytes
+    tmp_path_factory, lines, newline_at_end, piece_bytes, block_bytes
 ):
+    """_line_pieces reads the file in blocks of block_bytes (1 MiB in use; small ones here so that cuts fall in
+    every place relative to the blocks)."""
+    from flywheel_dagster.curation.ingest.ingestor import _line_pieces
+
     data = b"\n".join(b"x" * n for n in lines) + (b"\n" if newline_at_end and lines else b"")
     path = tmp_path_factory.mktemp("pieces") / "log.jsonl"
     path.write_bytes(data)
-    pieces = list(ingest.Ingestor(None, None).pieces([str(path)], piece_bytes))  # type: ignore[arg-type]
+    pieces = list(_line_pieces(str(path), piece_bytes, block_bytes))
     assert pieces[0].start == 0 and pieces[-1].stop is None
+    assert {p.path for p in pieces} == {str(path)} and {p.opened for p in pieces} == {os.path.abspath(path)}
     for a, b in zip(pieces, pieces[1:], strict=False):
         assert a.stop == b.start and data[a.stop - 1 : a.stop] == b"\n"  # contiguous, cut after a line end
         assert a.stop - a.start > piece_bytes  # a piece is never cut short of piece_bytes ...
         assert b"\n" not in data[a.start + piece_bytes : a.stop - 1]  # ... and ends at the first line end after it
+    assert pieces[-1].start < len(data) or len(pieces) == 1  # the last piece is not empty, unless the file is
     for p in pieces:
         assert p.first_line == data[: p.start].count(b"\n")
+
+
+def test_a_read_error_while_cutting_is_quarantined_as_in_a_local_ingest(tmp_path, monkeypatch):
+    """An I/O error in the middle of a log file (a failing disk, a stale network mount) while the driver cuts it:
+    the pieces before it stand, the rest of the file is one piece whose worker meets the error and quarantines
+    it (unreadable_file), as the local ingest does; nothing fails the step."""
+    import builtins
+    import errno
+
+    from flywheel_dagster.curation.ingest import ingestor as ingestor_module
+
+    path = tmp_path / "gateway.jsonl"
+    task = load_task(_config("playground"))
+    from make_harvest_reference import END, START
+
+    records = loggen.synthetic_records(task, task.traffic(0, 40), 6000, START, END, seed=8)  # 3 MB
+    loggen.write_jsonl(path, records)
+    damage = path.stat().st_size * 2 // 3
+
+    class Failing:
+        def __init__(self, name, mode="r", *args, **kwargs):
+            self.f = builtins.open(name, mode, *args, **kwargs)
+
+        def read(self, n=-1):
+            if self.f.tell() + (n if n >= 0 else 1 << 62) > damage:
+                raise OSError(errno.EIO, "Input/output error")
+            return self.f.read(n)
+
+        def readinto(self, buf):
+            if self.f.tell() + len(buf) > damage:
+                raise OSError(errno.EIO, "Input/output error")
+            return self.f.readinto(buf)
+
+        def readline(self, limit=-1):
+            if self.f.tell() + (limit if limit >= 0 else 1 << 62) > damage:
+                raise OSError(errno.EIO, "Input/output error")
+            return self.f.readline(limit)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(ingestor_module, "open", Failing, raising=False)
+    for ingestor, tables in (
+        (local := ingest.Ingestor(task, _settings()), lambda: local.tables([str(path)])),
+        (
+            planner := ingest.Ingestor(task, _settings()),
+            lambda: planner.piece_tables(planner.pieces([str(path)], 50_000)),
+        ),
+    ):
+        traces, quarantine, stats = _ingested(ingestor, tables())
+        assert quarantine.column("reason").to_pylist() == ["unreadable_file"]
+        assert "Input/output error" in quarantine.column("detail")[0].as_py()
+        assert 2000 < stats["traces"] < 6000 and stats["lines_read"] == stats["lines_ingested"] + 1
+    assert len(list(planner.pieces([str(path)], 50_000))) > 10  # the file was cut before the damage (2 MB)
 
 
 def _messy_logs(tmp_path) -> list[str]:
@@ -213,29 +281,53 @@ def test_pieces_ingest_what_the_whole_files_ingest(tmp_path):
     )
 
 
-def test_ray_ingest_writes_what_local_ingest_writes_and_survives_a_killed_worker(ray_cluster, tmp_path):
+def test_ray_ingest_writes_what_local_ingest_writes_and_survives_a_killed_worker(ray_cluster, tmp_path, monkeypatch):
+    """Relative paths, as a config gives them: this process works in another folder than the Ray workers (which
+    started where the cluster did), so the pieces and the workers' config must name the files absolutely."""
     import ray
 
-    cfg = _config("playground")
+    _messy_logs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert os.getcwd() != ray.get(ray.remote(lambda: os.getcwd()).remote())  # the workers' folder is another one
+    cfg = build_config({"ingest": {"paths": ["logs"]}, "traffic": {"source": "logs"}})
     task = load_task(cfg)
-    files = _messy_logs(tmp_path)
+    files = ingest.find_log_files(cfg.ingest.paths)
+    assert files and not os.path.isabs(files[0])
     local = ingest.Ingestor(task, _settings(), batch_rows=64)
     want = _ingested(local, local.tables(files))
-    actors = ray_ingest.start_workers(cfg.model_dump(mode="json"), _settings(), 2, batch_rows=64)
+    pieces = list(ingest.Ingestor(task, _settings()).pieces(files, 3000))
+    assert {p.path for p in pieces if ray_ingest._unbounded(p, 3000)} == {  # whole files, through spill files
+        "logs/b.jsonl.gz", "logs/c.jsonl.gz", "logs/d.parquet",
+    }  # fmt: skip
+    actors = ray_ingest.start_workers(cfg, _settings(), 2, batch_rows=64)
     try:
         remote = ingest.Ingestor(task, _settings(), batch_rows=64)
         got = _ingested(remote, ray_ingest.ingest_tables(remote, files, actors, piece_bytes=3000))
         assert got[0].equals(want[0]), first_difference(got[0], want[0])
         assert got[1].equals(want[1]) and got[2] == want[2]
 
+        # A call in flight on a worker that dies is done again on the restarted worker.
+        whole = replace(pieces[0], start=0, stop=None, first_line=0)  # logs/a.jsonl, some 0.2 s of work
         victim = ray.get(actors[1].pid.remote())
+        call = actors[1].ingest.remote(whole)
+        os.kill(victim, signal.SIGKILL)
+        tables, stats = ray.get(call)
+        assert ray.get(actors[1].pid.remote()) != victim  # it really died and came back
+        alone = ingest.Ingestor(task, _settings(), batch_rows=64)
+        assert pa.concat_tables([t for t, _ in tables]).equals(
+            pa.concat_tables([t for t, _ in alone.piece_tables([whole])])
+        )
+        assert stats.lines_read == alone.stats.lines_read > 400
+
+        # And a worker killed in the middle of a run: nothing lost or written twice.
+        victim = ray.get(actors[0].pid.remote())
         again = ingest.Ingestor(task, _settings(), batch_rows=64)
         out = []
         for k, tables in enumerate(ray_ingest.ingest_tables(again, files, actors, piece_bytes=3000)):
             out.append(tables)
             if k == 3:
-                os.kill(victim, signal.SIGKILL)  # pieces are in flight on it
-        assert ray.get(actors[1].pid.remote()) != victim  # it really died and came back
+                os.kill(victim, signal.SIGKILL)
+        assert ray.get(actors[0].pid.remote()) != victim
         got = _ingested(again, out)
         assert got[0].equals(want[0]) and got[1].equals(want[1]) and got[2] == want[2]
     finally:

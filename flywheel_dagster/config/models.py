@@ -45,6 +45,25 @@ class FlywheelConfig(Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     ui: UiConfig = UiConfig()
 
+    def with_absolute_paths(self) -> FlywheelConfig:
+        """This config with its local file paths absolute (task.data_dir, ingest.paths, serving.logs_dir,
+        harvest.dedup.state_spill_dir), for a process whose working directory differs: a Ray worker."""
+
+        def absolute(p: str | None) -> str | None:
+            return p if p is None or "://" in p else os.path.abspath(os.path.expanduser(p))
+
+        d = self.harvest.dedup
+        return self.model_copy(
+            update={
+                "task": self.task.model_copy(update={"data_dir": absolute(self.task.data_dir)}),
+                "ingest": self.ingest.model_copy(update={"paths": [absolute(p) for p in self.ingest.paths]}),
+                "serving": self.serving.model_copy(update={"logs_dir": absolute(self.serving.logs_dir)}),
+                "harvest": self.harvest.model_copy(
+                    update={"dedup": d.model_copy(update={"state_spill_dir": absolute(d.state_spill_dir)})}
+                ),
+            }
+        )
+
     @model_validator(mode="after")
     def _paths_exist(self) -> FlywheelConfig:
         # Caught here, when the file is read, not a stage later when the asset runs.

@@ -11,8 +11,9 @@ share is about 3 us a trace in the exact pass (`benchmarks/harvest.py --engine r
 one driver with any number of workers.
 
 - Memory: an actor holds one batch and its bounded memos; at most two batches per actor are in flight.
-- A worker that dies is restarted and its batch done again (actors restart and retry their calls without
-  limit); the work is a pure function of the batch, so nothing is lost or written twice.
+- A worker that dies is restarted and its batch done again (actors restart without limit and retry a call up to
+  RETRIES times, so a batch that kills its worker every time fails the step instead of hanging it); the work is
+  a pure function of the batch, so nothing is lost or written twice.
 - What does not scale out yet: the decisions run in the driver, which holds the quarter's dedup keys,
   per-problem counts and LSH bands as the local harvest does: in bounded memory (KeyStore: 8 bytes a key,
   spilled to disk past dedup.state_memory_mb), but in one process.
@@ -29,8 +30,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.curation.harvest import Harvester, RowWork
 from flywheel_dagster.traces.lake import Lake, RowGroup
+
+RETRIES = 3  # a batch done again on a restarted worker at most this many times
 
 
 class _RowActor:
@@ -57,16 +61,18 @@ class _RowActor:
 
 
 def start_workers(
-    config: dict[str, Any], benchmark_prompts: list[str], workers: int, address: str = ""
+    cfg: FlywheelConfig, benchmark_prompts: list[str], workers: int, address: str = ""
 ) -> list[Any]:  # Ray actor handles
-    """`workers` actors (0: one per CPU the cluster has), starting a local Ray cluster if none is running."""
+    """`workers` actors (0: one per CPU the cluster has), starting a local Ray cluster if none is running. They
+    get the config with its paths absolute (a worker's working directory is the cluster's, not this one's)."""
     import ray
 
     from flywheel_dagster.engines.replicas import ensure_ray
 
     ensure_ray(address)
     workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(_RowActor)
+    actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_RowActor)
+    config = cfg.with_absolute_paths().model_dump(mode="json")
     return [actor.remote(config, benchmark_prompts) for _ in range(workers)]
 
 

@@ -7,27 +7,37 @@ the driver cuts every big uncompressed JSON Lines file at line ends into pieces 
 Ingestor code as the local ingest, and the driver takes the pieces' tables back in the files' order and writes
 them. A piece knows how many lines come before it, so line numbers in the quarantine, and the trace ids of
 records without a request_id (keyed by file and line), are those of the whole file: `ray` writes exactly the
-traces, quarantine and counts `local` writes (tests/test_ray_ingest.py).
+traces, quarantine and counts `local` writes (tests/test_ray_harvest.py).
 
-- The actors open the files themselves, so every Ray node must see the paths: a cluster on this machine
-  (engines.replicas.cluster_is_local); elsewhere the asset ingests locally and says so in its metadata.
-- Memory: an actor holds one piece's rows; at most two pieces per actor are in flight.
+- The actors open the files themselves (by absolute path: a worker's working directory is the cluster's), so
+  every Ray node must see them: a cluster on this machine (engines.replicas.cluster_is_local); elsewhere the
+  asset ingests in its own process and says so in its metadata.
+- Memory: a plain piece's rows come back in memory (about piece_bytes of them); a gzip or Parquet file larger
+  than piece_bytes / 8 on disk, which cannot be cut, is written by its actor to a spill file (Parquet, lz4)
+  that this process streams back a batch at a time and removes. At most two pieces per actor are in flight.
 - A worker that dies is restarted and its piece done again (a pure function of the file's bytes): nothing
-  is lost or written twice.
+  is lost or written twice. A piece that kills its worker RETRIES + 1 times fails the step, not hangs it.
 - The driver's share is cutting the files (reading them once) and writing the Parquet: about 2 us a trace.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from flywheel_dagster.curation.ingest import Ingestor, IngestStats, Piece, Settings
+from flywheel_dagster.config import FlywheelConfig
+from flywheel_dagster.curation.ingest import QUARANTINE_SCHEMA, Ingestor, IngestStats, Piece, Settings
+from flywheel_dagster.traces.schema import TRACE_SCHEMA
 
 PIECE_BYTES = 8 << 20  # about 16,000 playground records or 4,000 GSM8K ones a piece
+RETRIES = 3  # a piece done again on a restarted worker at most this many times
 
 
 class _IngestActor:
@@ -35,15 +45,28 @@ class _IngestActor:
     piece."""
 
     def __init__(self, config: dict[str, Any], settings: Settings, batch_rows: int) -> None:
-        from flywheel_dagster.config import FlywheelConfig
         from flywheel_dagster.tasks import load_task
 
         pa.set_cpu_count(1)  # one core per actor: the workers are the parallelism
         self.ingestor = Ingestor(load_task(FlywheelConfig.model_validate(config)), settings, batch_rows)
 
-    def ingest(self, piece: Piece) -> tuple[list[tuple[pa.Table, pa.Table]], IngestStats]:
+    def ingest(
+        self, piece: Piece, spill: str | None = None
+    ) -> tuple[list[tuple[pa.Table, pa.Table]] | str, IngestStats]:
+        """The piece's (traces, quarantine) tables, or with `spill` the path they were written to (spill + .traces,
+        spill + .quarantine), and the piece's counts."""
         self.ingestor.stats = IngestStats()
-        return list(self.ingestor.piece_tables([piece])), self.ingestor.stats
+        tables = self.ingestor.piece_tables([piece])
+        if spill is None:
+            return list(tables), self.ingestor.stats
+        with (
+            pq.ParquetWriter(spill + ".traces", TRACE_SCHEMA, compression="lz4") as traces,
+            pq.ParquetWriter(spill + ".quarantine", QUARANTINE_SCHEMA, compression="lz4") as quarantine,
+        ):
+            for t, q in tables:
+                traces.write_table(t)
+                quarantine.write_table(q)
+        return spill, self.ingestor.stats
 
     def pid(self) -> int:
         import os
@@ -52,16 +75,19 @@ class _IngestActor:
 
 
 def start_workers(
-    config: dict[str, Any], settings: Settings, workers: int, address: str = "", batch_rows: int = 8192
+    cfg: FlywheelConfig, settings: Settings, workers: int, address: str = "", batch_rows: int = 8192
 ) -> list[Any]:  # Ray actor handles
-    """`workers` ingest actors (0: one per CPU the cluster has), starting a local Ray cluster if none is running."""
+    """`workers` ingest actors (0: one per CPU the cluster has), starting a local Ray cluster if none is running.
+    They get the config with its paths absolute (a worker's working directory is the cluster's, not this one's);
+    the pieces name the files by absolute path too (Piece.opened)."""
     import ray
 
     from flywheel_dagster.engines.replicas import ensure_ray
 
     ensure_ray(address)
     workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(_IngestActor)
+    actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=RETRIES)(_IngestActor)
+    config = cfg.with_absolute_paths().model_dump(mode="json")
     return [actor.remote(config, settings, batch_rows) for _ in range(workers)]
 
 
@@ -74,18 +100,44 @@ def ingest_tables(
 
     in_flight: deque[Any] = deque()
     limit = 2 * len(actors)
+    spills = tempfile.mkdtemp(prefix="flywheel-ingest-spill-")
 
     def take() -> Iterator[tuple[pa.Table, pa.Table]]:
         tables, stats = ray.get(in_flight.popleft())
         _add(ingestor.stats, stats)
-        yield from tables
+        if not isinstance(tables, str):
+            yield from tables
+            return
+        for suffix, schema in ((".traces", TRACE_SCHEMA), (".quarantine", QUARANTINE_SCHEMA)):
+            for batch in pq.ParquetFile(tables + suffix).iter_batches(batch_size=ingestor.batch_rows):
+                part = pa.Table.from_batches([batch], schema)
+                yield (
+                    (part, QUARANTINE_SCHEMA.empty_table())
+                    if schema is TRACE_SCHEMA
+                    else (TRACE_SCHEMA.empty_table(), part)
+                )
+            os.unlink(tables + suffix)
 
-    for k, piece in enumerate(ingestor.pieces(files, piece_bytes)):
-        in_flight.append(actors[k % len(actors)].ingest.remote(piece))
-        if len(in_flight) >= limit:
+    try:
+        for k, piece in enumerate(ingestor.pieces(files, piece_bytes)):
+            spill = os.path.join(spills, f"piece-{k:08d}") if _unbounded(piece, piece_bytes) else None
+            in_flight.append(actors[k % len(actors)].ingest.remote(piece, spill))
+            if len(in_flight) >= limit:
+                yield from take()
+        while in_flight:
             yield from take()
-    while in_flight:
-        yield from take()
+    finally:
+        shutil.rmtree(spills, ignore_errors=True)
+
+
+def _unbounded(piece: Piece, piece_bytes: int) -> bool:
+    """A whole gzip or Parquet file whose rows may not fit a message: larger than piece_bytes / 8 on disk."""
+    if piece.stop is not None or piece.start or piece.path.endswith(".jsonl"):
+        return False
+    try:
+        return os.path.getsize(piece.source) > piece_bytes // 8
+    except OSError:
+        return False  # the worker quarantines what it cannot read: a row or two
 
 
 def _add(total: IngestStats, piece: IngestStats) -> None:

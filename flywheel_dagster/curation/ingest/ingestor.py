@@ -7,7 +7,7 @@ import io
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -67,42 +67,51 @@ class Piece:
     """Lines of one log file that one worker ingests: bytes [start, stop) (stop None: to the end), which begin
     after `first_line` physical lines of the file. A whole file is Piece(path)."""
 
-    path: str
+    path: str  # as given: what the quarantine's `file` shows, and a trace id's file name
     start: int = 0
     stop: int | None = None
     first_line: int = 0
+    opened: str = ""  # the path to open, when another process opens it: absolute (a worker's directory differs)
+
+    @property
+    def source(self) -> str:
+        return self.opened or self.path
 
 
-def _line_pieces(path: str, piece_bytes: int) -> Iterator[Piece]:
+def _line_pieces(path: str, piece_bytes: int, block_bytes: int = 1 << 20) -> Iterator[Piece]:
     """An uncompressed JSON Lines file cut at the first line end after every `piece_bytes` bytes (a line longer
     than that makes its piece longer: the worker streams it with the size limit, never holding it whole)."""
+    opened = os.path.abspath(path)
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below; opening is what may fail
     except (OSError, ValueError):
-        yield Piece(path)  # the worker meets the same error and quarantines the file, as a local ingest does
+        yield Piece(path, opened=opened)  # the worker meets the same error and quarantines the file, as local does
         return
+    start = first_line = 0  # the current piece's
+    pos = lines = 0  # the block's offset in the file, and the line ends before it
+    last: Piece | None = None  # the piece before the current one, handed out when the current one has lines
     with f:
-        start = first_line = 0  # the current piece's
-        pos = lines = 0  # the block's offset in the file, and the line ends before it
-        last: Piece | None = None  # the piece before the current one, handed out when the current one has lines
-        while block := f.read(1 << 20):
-            at = 0  # where in the block the next cut may fall
-            while (want := start + piece_bytes - pos) < len(block):
-                cut = block.find(b"\n", max(want, at))
-                if cut < 0:
-                    break
-                if last is not None:
-                    yield last
-                lines += block.count(b"\n", at, cut + 1)
-                last = Piece(path, start, pos + cut + 1, first_line)
-                start, first_line, at = pos + cut + 1, lines, cut + 1
-            lines += block.count(b"\n", at)
-            pos += len(block)
+        try:
+            while block := f.read(block_bytes):
+                at = 0  # where in the block the next cut may fall
+                while (want := start + piece_bytes - pos) < len(block):
+                    cut = block.find(b"\n", max(want, at))
+                    if cut < 0:
+                        break
+                    if last is not None:
+                        yield last
+                    lines += block.count(b"\n", at, cut + 1)
+                    last = Piece(path, start, pos + cut + 1, first_line, opened)
+                    start, first_line, at = pos + cut + 1, lines, cut + 1
+                lines += block.count(b"\n", at)
+                pos += len(block)
+        except OSError:
+            pass  # a read error: the rest is one piece, whose worker meets the error and quarantines what follows
     if last is not None and pos == start:  # the file ends at the cut: the last piece reads to the end, whatever
         last, start, first_line = None, last.start, last.first_line  # was appended since
     if last is not None:
         yield last
-    yield Piece(path, start, None, first_line)
+    yield Piece(path, start, None, first_line, opened)
 
 
 @dataclass
@@ -213,6 +222,7 @@ class Ingestor:
         falls back to the line's place come out as from the whole file). Gzip and Parquet files stay whole.
         Reads the big files once to find line ends (about 3 GB/s from the page cache)."""
         for piece in self.whole_files(files):
+            piece = replace(piece, opened=os.path.abspath(piece.path))
             if not piece.path.endswith(".jsonl"):
                 yield piece
                 continue
@@ -226,9 +236,9 @@ class Ingestor:
         traces: list[tuple] = []
         for piece in pieces:
             if _log_kind(piece.path) == "parquet":
-                rows_of = self._parquet_traces(piece.path)
+                rows_of = self._parquet_traces(piece.path, piece.source)
             else:
-                rows_of = self._jsonl_traces(piece.path, piece.start, piece.stop, piece.first_line)
+                rows_of = self._jsonl_traces(piece.path, piece.start, piece.stop, piece.first_line, piece.source)
             for rows in rows_of:
                 traces.extend(rows)
                 if len(traces) >= self.batch_rows or len(self._pending) >= self.batch_rows:
@@ -238,13 +248,13 @@ class Ingestor:
             yield traces, self._take_quarantine()
 
     def _jsonl_traces(
-        self, path: str, start: int = 0, stop: int | None = None, first_line: int = 0
+        self, path: str, start: int = 0, stop: int | None = None, first_line: int = 0, source: str = ""
     ) -> Iterator[list[tuple]]:
         shown = _shown(path)
         name = Path(shown).name
         limit = self.settings.max_record_bytes
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below; opening is what may fail
+            f = open(source or path, "rb")  # noqa: SIM115 - closed below; opening is what may fail
             if start:
                 f.seek(start)
         except (OSError, ValueError) as err:  # ValueError: a NUL in the path
@@ -314,10 +324,10 @@ class Ingestor:
             self._quarantine(path, line_no, err.reason, err.detail, raw)
             return None
 
-    def _parquet_traces(self, path: str) -> Iterator[list[tuple]]:
+    def _parquet_traces(self, path: str, source: str = "") -> Iterator[list[tuple]]:
         shown = _shown(path)
         try:
-            pf = pq.ParquetFile(path, page_checksum_verification=True)
+            pf = pq.ParquetFile(source or path, page_checksum_verification=True)
             names = set(pf.schema_arrow.names)
             groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
         except Exception as err:  # noqa: BLE001 - any unreadable file is quarantined, never fatal
