@@ -19,8 +19,9 @@ Peak RSS is bounded: the quarter's dedup and cap state spills to disk past harve
 pass on 10 million playground traces: 868 MB peak, 602 MB at 1 million; docs/harvest.md).
 `--engine ray --workers 1,2` times the log ingest (pieces of the file in Ray workers) and the harvest after the
 ingest with 1 and 2 Ray workers and prints the scale-out efficiency and the driver's CPU a trace (the ceiling of
-one driver): ingest 88,461 -> 137,345 traces/s (0.78), driver 1.7 us a trace (2026-12-04); harvest exact 70,865 ->
-101,341 traces/s (0.72), near 33,096 -> 52,179 (0.79), driver 3.8 / 4.6 us a trace (2026-12-04).
+one driver), four runs on 2026-12-04: ingest 74,075-88,461 -> 121,398-137,345 traces/s (0.75-0.82), driver
+1.7-1.9 us a trace; harvest exact 64,350-77,213 -> 98,255-104,970 (0.68-0.78), near 30,901-36,444 ->
+44,208-55,966 (0.72-0.81), driver 3.1-3.5 / 3.8-4.7 us a trace since the decisions went to numpy (1a7acaf).
 `--task gsm8k` runs GSM8K word problems instead (reasoning ten times longer, math-verify as the verifier).
 """
 
