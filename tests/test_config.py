@@ -105,3 +105,19 @@ def test_the_ui_addresses_for_links_are_checked():
     assert build_config().ui.dagster_url == "http://127.0.0.1:3000"
     with pytest.raises(ConfigError, match="ui.mlflow_url"):
         build_config({"ui": {"mlflow_url": "localhost:5000"}})
+
+
+def test_a_setting_that_needs_ray_says_so_when_ray_is_missing(monkeypatch):
+    """Ray is an extra (flywheel-dagster[ray]); without it, compute.engine ray or several engine replicas fail when
+    the config is read, naming the setting and the install, not later as a step's ImportError. (Ray is installed
+    here: find_spec stands in for an environment without it.)"""
+    import importlib.util
+
+    assert build_config({"compute": {"engine": "ray"}}).compute.engine == "ray"  # installed: fine
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"compute.engine: ray needs Ray.*pip install 'flywheel-dagster\[ray\]'"):
+        build_config({"compute": {"engine": "ray"}})
+    with pytest.raises(ConfigError, match=r"engine.replicas: 2 needs Ray"):
+        build_config({"engine": {"replicas": 2}})
+    assert build_config({}).compute.engine == "local"  # the default needs no Ray

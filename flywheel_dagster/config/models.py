@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 from pathlib import Path
 
@@ -78,6 +79,18 @@ class FlywheelConfig(Strict):
                     f"ingest.paths: {p!r} matches no file or folder (relative paths start from the working "
                     f"directory, {os.getcwd()})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _ray_installed(self) -> FlywheelConfig:
+        # Ray is an extra: a setting that needs it says so when the file is read, not as a step's ImportError.
+        wants = [s for s, on in (("compute.engine: ray", self.compute.engine == "ray"),
+                                 (f"engine.replicas: {self.engine.replicas}", self.engine.replicas > 1)) if on]  # fmt: skip
+        if wants and importlib.util.find_spec("ray") is None:
+            raise ValueError(
+                f"{' and '.join(wants)} {'needs' if len(wants) == 1 else 'need'} Ray, which this Python environment lacks: "
+                "pip install 'flywheel-dagster[ray]' (or set compute.engine: local, engine.replicas: 1)"
+            )
         return self
 
     @model_validator(mode="after")
