@@ -116,7 +116,7 @@ def test_cycle_on_ingested_logs(logs_cycle):
         for e in result.get_asset_materialization_events()
     }
     rt = mats["reasoning_traces"]
-    assert rt["source"].value == "logs"
+    assert rt["source"].value == "logs" and rt["ingest_engine"].value == "local"
     assert rt["ingest/lines_read"].value == written["lines"]
     assert rt["ingest/lines_ingested"].value == written["records"]
     assert rt["ingest/lines_quarantined"].value == written["lines"] - written["records"]
