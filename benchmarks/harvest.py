@@ -166,7 +166,10 @@ def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -
 
 def ray_ingest_pass(path: Path, batch: int, task_name: str, workers: int) -> dict:
     """The log ingest as the reasoning_traces asset runs it on Ray: this process cuts the file into pieces, the
-    `workers` actors ingest them, this process writes the traces in order; traces/s of the whole."""
+    `workers` actors ingest them, this process writes the traces in order; traces/s of the whole. `path` a folder:
+    its gzip files (which are not cut: a piece each)."""
+    import gzip
+
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
@@ -183,16 +186,17 @@ def ray_ingest_pass(path: Path, batch: int, task_name: str, workers: int) -> dic
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     actors = ray_ingest.start_workers(cfg, settings, workers, batch_rows=batch)
     # One-time work before the clock, as in the local pass: 500 lines through every actor (imports, regexes).
-    warm = path.with_suffix(".warmup.jsonl")
-    with open(path, "rb") as f:
+    files = sorted(str(p) for p in path.glob("*.jsonl.gz")) if path.is_dir() else [str(path)]
+    warm = Path(files[0]).with_suffix(".warmup")
+    with (gzip.open if path.is_dir() else open)(files[0], "rb") as f:
         warm.write_bytes(b"".join(f.readline() for _ in range(500)))
-    ray.get([a.ingest.remote(ingest.Piece(str(warm))) for a in actors])
+    ray.get([a.ingest.remote(ingest.Piece(str(warm), opened=str(warm.resolve()))) for a in actors])
     warm.unlink()
     ingestor = ingest.Ingestor(make_task(task_name), settings, batch_rows=batch)
-    out = path.with_suffix(f".ray{workers}.traces.parquet")
+    out = Path(files[0]).with_suffix(f".ray{workers}.traces.parquet")
     started, cpu = time.perf_counter(), time.process_time()
     with pq.ParquetWriter(out, TRACE_SCHEMA, **parquet_options(TRACE_SCHEMA)) as writer:
-        for traces, _quarantine in ray_ingest.ingest_tables(ingestor, [str(path)], actors):
+        for traces, _quarantine in ray_ingest.ingest_tables(ingestor, files, actors):
             writer.write_table(traces)
     total, driver_cpu = time.perf_counter() - started, time.process_time() - cpu
     ray_ingest.stop_workers(actors)
@@ -205,13 +209,15 @@ def main() -> None:
     parser.add_argument("--traces", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=8192)
     parser.add_argument("--task", choices=["playground", "gsm8k"], default="playground")
-    parser.add_argument("--pass", dest="one", choices=["exact", "near", "ingest"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--pass", dest="one", choices=["exact", "near", "ingest", "ingest-gzip"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--engine", choices=["local", "ray"], default="local")
     parser.add_argument("--workers", default="1,2", help="--engine ray: worker counts to compare")
     parser.add_argument("--log", help=argparse.SUPPRESS)
     parser.add_argument("--ray-workers", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one == "ingest":
+    if args.one in ("ingest", "ingest-gzip"):
         print(json.dumps(ray_ingest_pass(Path(args.log), args.batch, args.task, args.ray_workers)))
         return
     if args.one and args.ray_workers:
@@ -262,24 +268,43 @@ def main() -> None:
     work.rmdir()
 
 
+def split_gzip(log: Path, folder: Path) -> Path:
+    """The log as twelve gzip files of uneven size (6:1:1:1, three times), as hourly logs of a day and its nights
+    come: a gzip file is not cut, so it is one piece, and the big ones test the Ray ingest's scheduling."""
+    import gzip
+
+    folder.mkdir()
+    lines = log.read_bytes().splitlines(keepends=True)
+    shares = [6, 1, 1, 1] * 3
+    at = 0
+    for k, share in enumerate(shares):
+        n = len(lines) * share // sum(shares) if k < len(shares) - 1 else len(lines) - at
+        with gzip.open(folder / f"gateway-{k:02d}.jsonl.gz", "wb", compresslevel=1) as f:
+            f.write(b"".join(lines[at : at + n]))
+        at += n
+    return folder
+
+
 def ray_bench(args: argparse.Namespace) -> None:
     """Traces/s of the log ingest and of the harvest (after the ingest) with 1, 2, ... Ray workers, and the scale-out
     efficiency of each."""
     work = Path(tempfile.mkdtemp(prefix="flywheel-harvest-bench-"))
     log = work / "gateway.jsonl"
     generate(log, args.traces, args.task)
+    gz = split_gzip(log, work / "gzip")
     counts = [int(w) for w in args.workers.split(",")]
-    for mode in ("ingest", "exact", "near"):
+    for mode in ("ingest", "ingest-gzip", "exact", "near"):
         rates = {}
         for workers in counts:
-            cmd = [sys.executable, __file__, "--pass", mode, "--log", str(log), "--batch", str(args.batch)]
+            source = gz if mode == "ingest-gzip" else log
+            cmd = [sys.executable, __file__, "--pass", mode, "--log", str(source), "--batch", str(args.batch)]
             cmd += ["--task", args.task, "--ray-workers", str(workers)]
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             rates[workers] = r["traces"] / r["total_s"]
             base = rates[counts[0]]
             efficiency = rates[workers] / (base * workers / counts[0])
             driver_us = r["driver_cpu_s"] / r["traces"] * 1e6
-            step = "ingest" if mode == "ingest" else f"{mode} harvest"
+            step = {"ingest": "ingest", "ingest-gzip": "ingest of uneven gzip files"}.get(mode, f"{mode} harvest")
             print(
                 f"{step}, ray, {workers} worker(s): {r['traces']:,} traces in {r['total_s']:.1f} s = "
                 f"{rates[workers]:,.0f} traces/s; scale-out efficiency from {counts[0]}: {efficiency:.2f}; "
