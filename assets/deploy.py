@@ -161,8 +161,12 @@ def _ingest_engine(
     """(ingestor, files) -> its (traces, quarantine) tables, and the engine in words: in this process (compute.engine
     local), or with Ray workers ingesting pieces of the files (ray) when every node of the cluster is this machine
     (the workers open the files by absolute path)."""
+
+    def local(ingestor: ingest.Ingestor, files: list[str]) -> Iterator[tuple[pa.Table, pa.Table]]:
+        return ingestor.tables(files)
+
     if cfg.compute.engine == "local":
-        yield (lambda ingestor, files: ingestor.tables(files)), "local"
+        yield local, "local"
         return
     from flywheel_dagster.curation import ray_ingest
     from flywheel_dagster.engines.replicas import cluster_is_local, ensure_ray
@@ -170,10 +174,7 @@ def _ingest_engine(
     c = cfg.compute
     ensure_ray(c.ray_address)
     if not cluster_is_local():
-        yield (
-            (lambda ingestor, files: ingestor.tables(files)),
-            "local: the Ray cluster's nodes cannot open this machine's log files",
-        )
+        yield local, "local: the Ray cluster's nodes cannot open this machine's log files"
         return
     actors = ray_ingest.start_workers(cfg, settings, c.ray_workers, c.ray_address)
     try:

@@ -119,6 +119,14 @@ def one_pass(path: Path, near: bool, batch: int, task_name: str) -> dict:
     }
 
 
+def ray_config(task_name: str, overrides: dict | None = None):  # noqa: ANN201
+    """The config the Ray passes give their workers: the task's, with a model the harvest never loads for GSM8K."""
+    from flywheel_dagster.config import build_config
+
+    model = {} if task_name == "playground" else {"model": {"kind": "hf", "hf_path": "unused-by-the-harvest"}}
+    return build_config({"task": {"source": task_name}, **model, **(overrides or {})})
+
+
 def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -> dict:
     """The harvest of the already-ingested traces, as the harvested_traces asset runs it: a lake partition whose
     row groups the `workers` Ray actors read themselves for the per-trace work, this process deciding in order
@@ -126,7 +134,6 @@ def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -
     import pyarrow as pa
     import ray
 
-    from flywheel_dagster.config import build_config
     from flywheel_dagster.curation import ingest, ray_harvest
     from flywheel_dagster.curation.harvest import Harvester
     from flywheel_dagster.traces.lake import Lake
@@ -142,8 +149,7 @@ def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -
             for table, _ in ingestor.tables([str(path)]):
                 w.write_table(table)
     groups = lake.row_groups("reasoning_traces", key)
-    model = {} if task_name == "playground" else {"model": {"kind": "hf", "hf_path": "unused-by-the-harvest"}}
-    cfg = build_config({"task": {"source": task_name}, **model, "harvest": {"dedup": {"near_duplicates": near}}})
+    cfg = ray_config(task_name, {"harvest": {"dedup": {"near_duplicates": near}}})
     prompts = [p.prompt for p in task.benchmark(150, cfg.benchmark.seed)]
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     actors = ray_harvest.start_workers(cfg, prompts, workers)
@@ -175,18 +181,15 @@ def ray_ingest_pass(path: Path, batch: int, task_name: str, workers: int) -> dic
     import pyarrow.parquet as pq
     import ray
 
-    from flywheel_dagster.config import build_config
     from flywheel_dagster.curation import ingest, ray_ingest
     from flywheel_dagster.traces.lake import parquet_options
     from flywheel_dagster.traces.schema import TRACE_SCHEMA
 
     pa.set_cpu_count(1)
-    model = {} if task_name == "playground" else {"model": {"kind": "hf", "hf_path": "unused-by-the-harvest"}}
-    cfg = build_config({"task": {"source": task_name}, **model})
+    cfg = ray_config(task_name)
     settings = ingest.Settings("2026-01-01", ingest.Window(START, END))
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     actors = ray_ingest.start_workers(cfg, settings, workers, batch_rows=batch)
-    # One-time work before the clock, as in the local pass: 500 lines through every actor (imports, regexes).
     files = sorted(str(p) for p in path.glob("*.jsonl.gz")) if path.is_dir() else [str(path)]
     # One-time work before the clock: 500 lines through every actor, as a plain piece and through a spill file
     # (the driver's first read of one imports pandas, about 0.5 s).

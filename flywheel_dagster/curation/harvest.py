@@ -203,14 +203,11 @@ class RowWorker:
                 if s is not None:
                     sigs[i] = s
         prompt_keys = np.fromiter(pkeys, np.uint64, n)
-        codes = (
-            np.fromiter(map(_CORRECT_CODE.__getitem__, correct), np.int8, n),
-            np.fromiter(map(_DROP_CODE.__getitem__, drop), np.uint8, n),
-            np.frombuffer(b"".join([k or _NO_KEY for k in keys]), np.uint64) if n else np.zeros(0, np.uint64),
-            prompt_keys,
-            np.fromiter(map(digest64, table.column("trace_id").to_pylist()), np.uint64, n),
-            self._problem_keys(table.column("problem_id").to_pylist(), prompt_keys),
-        )
+        correct_codes = np.fromiter(map(_CORRECT_CODE.__getitem__, correct), np.int8, n)
+        drop_codes = np.fromiter(map(_DROP_CODE.__getitem__, drop), np.uint8, n)
+        key_codes = np.frombuffer(b"".join([k or _NO_KEY for k in keys]), np.uint64) if n else np.zeros(0, np.uint64)
+        sample_keys = np.fromiter(map(digest64, table.column("trace_id").to_pylist()), np.uint64, n)
+        problem_keys = self._problem_keys(table.column("problem_id").to_pylist(), prompt_keys)
         seconds["repeats"] += time.perf_counter() - t
         t = time.perf_counter()
         out = table.select(HARVESTED_SCHEMA.names[: len(table.schema.names)])
@@ -226,7 +223,6 @@ class RowWorker:
             out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, type_))
         out = out.append_column("pii_types", pa.array([",".join(sorted(set(k))) or None for k in kinds], pa.string()))
         seconds["assemble"] += time.perf_counter() - t
-        correct_codes, drop_codes, key_codes, prompt_keys, sample_keys, problem_keys = codes
         return RowWork(
             out, correct_codes, answers, drop_codes, key_codes, prompt_keys, sample_keys, problem_keys, sigs,
             pii_counts, seconds,
