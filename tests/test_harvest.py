@@ -514,3 +514,24 @@ def test_answer_diversity_follows_a_bounded_uniform_sample_of_prompts():
     followed = {p for p in everyone if digest64(p) in m._samples_per_prompt}
     assert 3 <= len(followed) < 12 and followed == set(sorted(everyone, key=digest64)[: len(followed)])
     assert m.result(None)["answer_diversity"] == diversity(followed)
+
+
+def test_answer_diversity_of_a_prompt_with_more_answers_than_the_bound_stays_bounded():
+    """One prompt alone past answer_pairs distinct answers: its set is freed and its figure is that of its first
+    samples, up to the one that passed the bound; its later samples change nothing, and other prompts are still
+    followed, in the bound again."""
+    from flywheel_dagster.curation.monitors import MonitorAccumulator, digest64
+
+    m = MonitorAccumulator(10, answer_pairs=50)
+    # 40 samples of 20 answers, then ever new answers: the 51st distinct answer is the 71st sample
+    answers = [str(k % 20) for k in range(40)] + [f"new{k}" for k in range(1000)]
+    for i, answer in enumerate(answers):
+        m.add(f"t{i}", "the prompt", "r", answer, None)
+        assert m._pairs <= 50 and sum(len(s) for s in m._answers.values()) <= 50
+    key = digest64("the prompt")
+    assert m._frozen == {key: 51} and m._samples_per_prompt[key] == 71 and not m._answers
+    assert m.result(None)["answer_diversity"] == round((51 - 1) / (71 - 1), 4)
+    for i, answer in enumerate(["a", "a", "b", "a"]):
+        m.add(f"u{i}", "another prompt", "r", answer, None)
+    assert m._pairs == 2 and m._samples_per_prompt[key] == 71
+    assert m.result(None)["answer_diversity"] == round(((51 - 1) / (71 - 1) + (2 - 1) / (4 - 1)) / 2, 4)

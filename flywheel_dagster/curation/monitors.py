@@ -9,7 +9,8 @@
   PROMPT_SAMPLE prompts; beyond that over the PROMPT_SAMPLE prompts with the smallest digests (a uniform sample,
   each with all its traces), so memory stays bounded when every user asks something new; and past ANSWER_PAIRS
   distinct (prompt, answer) pairs over fewer of them, the smallest digests still, so it stays bounded when each
-  prompt gets ever more distinct answers too.
+  prompt gets ever more distinct answers too. A single prompt that alone reaches ANSWER_PAIRS answers counts
+  with its figure at that point (its first samples), and its set is freed: no prompt grows memory without end.
 - length_ks: two-sample Kolmogorov-Smirnov statistic between this quarter's reasoning lengths and the
   previous quarter's (from its monitors.json); None in the first cycle.
 - verified_accuracy: correct / verified traces.
@@ -65,6 +66,7 @@ class MonitorAccumulator:
         self._answers: dict[int, set] = defaultdict(set)
         self._samples_per_prompt: Counter = Counter()
         self._prompts: list[int] = []  # min-heap of -digest over the prompts followed: the largest on top
+        self._frozen: dict[int, int] = {}  # prompt -> its distinct answers when it alone passed answer_pairs
         self.verified = 0
         self.correct = 0
         self.dedup_seen = 0
@@ -104,7 +106,7 @@ class MonitorAccumulator:
         verdicts = correct[rows]
         self.verified += int((verdicts >= 0).sum())
         self.correct += int((verdicts == 1).sum())
-        counts, answer_sets, followed = self._samples_per_prompt, self._answers, self._prompts
+        counts, answer_sets, followed, frozen = self._samples_per_prompt, self._answers, self._prompts, self._frozen
         if len(counts) >= self.prompt_sample:  # full: a prompt above the largest followed is not followed
             rows = rows[prompt_keys[rows] <= np.uint64(-followed[0])]
         for i, p in zip(rows.tolist(), prompt_keys[rows].tolist(), strict=True):
@@ -112,11 +114,11 @@ class MonitorAccumulator:
                 if len(counts) < self.prompt_sample:
                     heapq.heappush(followed, -p)
                 elif p < -followed[0]:
-                    gone = -heapq.heapreplace(followed, -p)
-                    del counts[gone]
-                    self._pairs -= len(answer_sets.pop(gone))
+                    self._unfollow(-heapq.heapreplace(followed, -p))
                 else:
                     continue
+            elif frozen and p in frozen:
+                continue
             counts[p] += 1
             answers_of = answer_sets[p]
             if answers[i] not in answers_of:
@@ -125,10 +127,16 @@ class MonitorAccumulator:
                 # Too many pairs: follow fewer prompts, dropping the largest digests (the sample stays the prompts
                 # below a threshold that only falls, each followed from its first sample on).
                 while self._pairs > self.answer_pairs and len(followed) > 1:
-                    gone = -heapq.heappop(followed)
-                    del counts[gone]
-                    self._pairs -= len(answer_sets.pop(gone))
+                    self._unfollow(-heapq.heappop(followed))
                     self.prompt_sample = len(followed)
+                if self._pairs > self.answer_pairs:  # this prompt alone: its figure so far stands, its set goes
+                    frozen[p] = len(answer_sets.pop(p))
+                    self._pairs = 0
+
+    def _unfollow(self, prompt: int) -> None:
+        del self._samples_per_prompt[prompt]
+        if self._frozen.pop(prompt, None) is None:
+            self._pairs -= len(self._answers.pop(prompt))
 
     def lengths(self) -> list[int]:
         return sorted(len(r) for _, r in self._sample)
@@ -154,7 +162,10 @@ class MonitorAccumulator:
             for i in range(len(t) - 2):
                 distinct.add((t[i], t[i + 1], t[i + 2]))
                 grams += 1
-        diversities = [(len(self._answers[p]) - 1) / (n - 1) for p, n in self._samples_per_prompt.items() if n >= 2]
+        frozen = self._frozen.get
+        diversities = [
+            ((frozen(p) or len(self._answers[p])) - 1) / (n - 1) for p, n in self._samples_per_prompt.items() if n >= 2
+        ]
         lengths = self.lengths()
         return {
             "distinct_3": round(len(distinct) / grams, 4) if grams else None,
