@@ -78,3 +78,23 @@ def test_a_partition_is_read_back_by_row_groups_of_at_most_8192_rows(tmp_path):
     assert pa.concat_tables([g.read() for g in groups]).equals(table)
     with pytest.raises(FileNotFoundError, match="no partition for cycle '2026-04-01'"):
         lake.row_groups("reasoning_traces", "2026-04-01")
+
+
+def test_row_groups_parse_their_files_footer_once_and_a_rewritten_partition_is_read_anew(tmp_path):
+    """A process reading group after group parses the file's footer (every group's metadata: megabytes at a
+    quarter's size) once; a partition rewritten under the same name is read with its own footer."""
+    from flywheel_dagster.traces import lake as lake_module
+
+    lake = Lake(str(tmp_path / "lake"))
+    first = pa.table({"n": list(range(20_000))})
+    lake.write_table("reasoning_traces", "2026-01-01", first)
+    lake_module._footer.cache_clear()
+    groups = lake.row_groups("reasoning_traces", "2026-01-01")
+    assert pa.concat_tables([g.read() for g in groups]).equals(first)
+    assert lake_module._footer.cache_info().misses == 1 and lake_module._footer.cache_info().hits == 2
+    again = pa.table({"n": list(range(100, 30_100))})
+    lake.write_table("reasoning_traces", "2026-01-01", again)
+    groups = lake.row_groups("reasoning_traces", "2026-01-01")
+    assert [g.rows for g in groups] == [8192, 8192, 8192, 5424]
+    assert pa.concat_tables([g.read() for g in groups]).equals(again)
+    assert lake_module._footer.cache_info().misses == 2

@@ -7,6 +7,7 @@ to them. Any pyarrow filesystem works (local paths, s3://, gs://); the rename is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import uuid
@@ -47,11 +48,24 @@ class RowGroup:
     path: str  # under location
     index: int
     rows: int
+    version: tuple[int, int] = (0, 0)  # the file's size and modification time (ns) when listed
 
     def read(self) -> pa.Table:
         fs, root = _filesystem(self.location)
+        footer = _footer(self.location, self.path, self.version)
         with fs.open_input_file(f"{root}/{self.path}") as f:
-            return pq.ParquetFile(f).read_row_group(self.index)
+            return pq.ParquetFile(f, metadata=footer).read_row_group(self.index)
+
+
+@functools.lru_cache(maxsize=2)
+def _footer(location: str, path: str, version: tuple[int, int]) -> pq.FileMetaData:
+    """A file's Parquet footer, parsed once a process (a Ray worker reads group after group of one file). It
+    holds every row group's metadata, about 2.8 KB a group of harvested traces: 3.4 MB at 10 million traces,
+    about 32 ms to parse, several times the read of a group, and growing with the file. `version` keeps a
+    rewritten partition's new file from being read with the old one's footer."""
+    fs, root = _filesystem(location)
+    with fs.open_input_file(f"{root}/{path}") as f:
+        return pq.ParquetFile(f).metadata
 
 
 def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
@@ -123,12 +137,13 @@ class Lake:
     def row_groups(self, table: str, cycle: str, name: str = DATA_FILE) -> list[RowGroup]:
         """A partition's file as its row groups, in order (the lake writes at most ROW_GROUP_ROWS rows a group)."""
         path = self._existing(table, cycle, name)
+        info = self.fs.get_file_info(path)
         with self.fs.open_input_file(path) as f:
             meta = pq.ParquetFile(f).metadata
         local = isinstance(self.fs, pafs.LocalFileSystem)
         location = os.path.abspath(self.root) if local else self.location.rstrip("/")
-        inside = f"{table}/cycle={cycle}/{name}"
-        return [RowGroup(location, inside, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+        inside, version = f"{table}/cycle={cycle}/{name}", (info.size or 0, info.mtime_ns or 0)
+        return [RowGroup(location, inside, i, meta.row_group(i).num_rows, version) for i in range(meta.num_row_groups)]
 
     def read_table(self, table: str, cycle: str, name: str = DATA_FILE) -> pa.Table:
         path = self._existing(table, cycle, name)
