@@ -170,7 +170,11 @@ def training_dataset(
         int((b.column(0).to_numpy(zero_copy_only=False) == "positive").sum())
         for b in the_lake.iter_batches(HarvestedSet.TABLE, key, columns=["label"])
     )
-    anchors = task.anchors(anchor_pool(most_positives, cfg.harvest), seed=1000 + index)
+    # The training set takes the positives of at most max_training_prompts prompts, at most
+    # max_positives_per_problem each: no more anchors than that share asks for are drawn.
+    h = cfg.harvest
+    most_positives = min(most_positives, h.max_training_prompts * h.max_positives_per_problem)
+    anchors = task.anchors(anchor_pool(most_positives, h), seed=1000 + index)
     eng = None
     if cfg.harvest.reformat.get("rephrase", 0) > 0:
         deployed = registry.version(Deployment.read(the_lake, key).version)

@@ -535,3 +535,36 @@ def test_answer_diversity_of_a_prompt_with_more_answers_than_the_bound_stays_bou
         m.add(f"u{i}", "another prompt", "r", answer, None)
     assert m._pairs == 2 and m._samples_per_prompt[key] == 71
     assert m.result(None)["answer_diversity"] == round(((51 - 1) / (71 - 1) + (2 - 1) / (4 - 1)) / 2, 4)
+
+
+def test_training_dataset_past_max_training_prompts_is_that_of_the_smallest_digest_prompts(task):
+    """Past max_training_prompts the training set is exactly what the same harvested rows give with only the
+    prompts of the smallest digests in them (each with all its positives, pairs and on-policy prompt), and the
+    traces left out are counted; below the bound nothing changes."""
+    from flywheel_dagster.curation.monitors import digest64
+
+    problems = task.traffic(0, 40)
+    right = [(p, p.solution) for p in problems for _ in range(2)]
+    wrong = [(p, p.solution.replace(f"A:{p.reference}", f"A:{int(p.reference) + 1}")) for p in problems[::2]]
+    rows = right + wrong
+    rows = [rows[(7 * i) % len(rows)] for i in range(len(rows))]  # interleaved: a prompt's traces far apart
+    traces = _traces(task, rows)
+    harvested = harvest(traces, task, _cfg(dedup={"exact": False, "near_duplicates": False})).harvested
+    anchors = task.anchors(200, 1)
+    whole = build_training_dataset(harvested, anchors, _cfg(), task)
+    assert whole.composition["traces_not_sampled"] == 0 and whole.composition["prompts"] == 40
+    same = build_training_dataset(harvested, anchors, _cfg(max_training_prompts=40), task)
+    assert same.table.equals(whole.table) and same.pairs.equals(whole.pairs) and same.prompts.equals(whole.prompts)
+
+    sampled = build_training_dataset(harvested, anchors, _cfg(max_training_prompts=12), task)
+    smallest = set(sorted({p.prompt for p in problems}, key=digest64)[:12])
+    labels = harvested.column("label").to_pylist()
+    prompts = harvested.column("prompt").to_pylist()
+    keep = [lab not in ("positive", "negative") or p in smallest for lab, p in zip(labels, prompts, strict=True)]
+    expected = build_training_dataset(harvested.filter(pa.array(keep)), anchors, _cfg(), task)
+    assert sampled.table.equals(expected.table) and sampled.pairs.equals(expected.pairs)
+    assert sampled.prompts.equals(expected.prompts) and set(sampled.prompts.column("prompt").to_pylist()) == smallest
+    with_negative = len(smallest & {p.prompt for p in problems[::2]})  # a negative: a pair
+    assert 0 < with_negative < 12
+    assert sampled.composition["synthetic"] == 24 and sampled.composition["pairs"] == with_negative
+    assert sampled.composition["traces_not_sampled"] == 100 - (24 + with_negative)

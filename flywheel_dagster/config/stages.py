@@ -169,6 +169,13 @@ class HarvestConfig(Strict):
     )
     validation_fraction: float = Field(default=0.05, ge=0, lt=0.5)
     max_positives_per_problem: int = Field(default=4, gt=0)
+    max_training_prompts: int = Field(
+        default=50_000,
+        gt=0,
+        description="distinct prompts the training set takes traces from, at most: past that a uniform sample of "
+        "them (the smallest digests), each with all its positives, pairs and on-policy prompt; bounds the "
+        "training_dataset step's memory whatever the quarter's size",
+    )
     min_training_examples: int = Field(
         default=0, ge=0, description="human anchors fill the training set up to this size when positives are scarce"
     )

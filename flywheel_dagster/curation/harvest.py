@@ -10,6 +10,7 @@ order; the first that applies is recorded.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import time
 from collections import Counter, defaultdict
@@ -531,6 +532,55 @@ class TrainingSet:
     composition: dict[str, int | float]
 
 
+class _Columns:
+    """Rows gathered as one list a column (TRAINING_SCHEMA's), made a table at the end."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.columns: dict[str, list] = {name: [] for name in schema.names}
+
+    def append(self, row: dict) -> None:
+        for name, values in self.columns.items():
+            values.append(row[name])
+
+    def extend(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            self.append(row)
+
+    def __len__(self) -> int:
+        return len(self.columns[self.schema.names[0]])
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pydict(self.columns, schema=self.schema)
+
+
+class _PromptSample:
+    """The prompts the training set draws on: every one up to `most`, beyond that the `most` with the smallest
+    digests (a uniform sample). The threshold only falls, so a prompt in the sample was in it from its first
+    trace on and holds all its traces; one left out never comes back. Each prompt's entry: its first row and
+    place, samples, solved, first positive completion, positives (with their places) and negatives."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.prompts: dict[str, dict] = {}
+        self._largest: list[tuple[int, str]] = []  # min-heap of (-digest, prompt): the largest digest on top
+
+    def entry(self, prompt: str, row: dict, order: int) -> dict | None:
+        seen = self.prompts.get(prompt)
+        if seen is not None:
+            return seen
+        key = digest64(prompt)
+        if len(self.prompts) >= self.most:
+            if key >= -self._largest[0][0]:
+                return None
+            del self.prompts[heapq.heappop(self._largest)[1]]
+        heapq.heappush(self._largest, (-key, prompt))
+        seen = self.prompts[prompt] = {
+            "row": row, "first": order, "solved": 0, "samples": 0, "trace": None, "positives": [], "negatives": [],
+        }  # fmt: skip
+        return seen
+
+
 def build_training_dataset(
     harvested: pa.Table | Iterable[pa.RecordBatch],
     anchors: list[Problem],
@@ -549,23 +599,32 @@ def build_training_dataset(
     check_strategies(task, cfg.reformat)
     batches = harvested.to_batches() if isinstance(harvested, pa.Table) else harvested
     columns = ["trace_id", "problem_id", "suite", "prompt", "completion", "reference_answer", "label"]
-    positives: list[dict] = []
-    negatives: dict[str, list[dict]] = defaultdict(list)
     labels: Counter = Counter()
-    problems: dict[str, dict] = {}
+    sample = _PromptSample(cfg.max_training_prompts)
+    order = 0  # the place of each positive and negative in the harvested order
+    # A prompt's negatives beyond its positives pair with nothing, and the harvest keeps at most
+    # max_positives_per_problem positives a problem (so a prompt): more negatives than that are not held.
+    most_negatives = cfg.max_positives_per_problem
     for batch in batches:
         for r in pa.Table.from_batches([batch]).select(columns).to_pylist():
             labels[r["label"]] += 1
-            if r["label"] in ("positive", "negative"):
-                seen = problems.setdefault(r["prompt"], {"row": r, "solved": 0, "samples": 0, "trace": None})
-                seen["samples"] += 1
-                if r["label"] == "positive":
-                    seen["solved"] += 1
-                    seen["trace"] = seen["trace"] or r["completion"]
+            if r["label"] not in ("positive", "negative"):
+                continue
+            seen = sample.entry(r["prompt"], r, order)
+            order += 1
+            if seen is None:
+                continue
+            seen["samples"] += 1
             if r["label"] == "positive":
-                positives.append(r)
-            elif r["label"] == "negative":
-                negatives[r["prompt"]].append(r)
+                r["prompt"] = seen["row"]["prompt"]  # one string a prompt, however many traces hold it
+                seen["solved"] += 1
+                seen["trace"] = seen["trace"] or r["completion"]
+                seen["positives"].append((order, r))
+            elif len(seen["negatives"]) < most_negatives:
+                seen["negatives"].append({"completion": r["completion"], "trace_id": r["trace_id"]})
+    problems = dict(sorted(sample.prompts.items(), key=lambda item: item[1]["first"]))
+    positives = [r for _, r in sorted(pr for seen in problems.values() for pr in seen["positives"])]
+    negatives = {prompt: seen["negatives"] for prompt, seen in problems.items()}
     if not positives and cfg.min_training_examples == 0:
         raise ValueError(
             f"no verified positive traces to distill from ({sum(labels.values())} harvested traces: "
@@ -584,7 +643,7 @@ def build_training_dataset(
     if to_rephrase and engine is None:
         raise ValueError("harvest.reformat gives weight to 'rephrase', which needs an inference engine")
     rephrased = iter(rephrase(task, engine, to_rephrase, rephrase_tokens, seed, reformat_counts))
-    rows = []
+    rows = _Columns(TRAINING_SCHEMA)  # column by column: a dict a row is most of the step's memory
     for r, strategy in zip(positives, strategies, strict=True):
         completion = (
             next(rephrased) if strategy == "rephrase" else template(strategy, task, r["prompt"], r["completion"])
@@ -611,7 +670,7 @@ def build_training_dataset(
         anchor_pii.update(kinds)
         return out
 
-    rows += [
+    rows.extend(
         {
             "example_id": f"human/{p.problem_id}",
             "prompt": redacted(p.prompt),
@@ -624,7 +683,7 @@ def build_training_dataset(
             "strategy": None,
         }
         for p in anchors[:n_anchor]
-    ]
+    )
     pairs = []
     used: Counter = Counter()
     for r in positives:
@@ -667,20 +726,24 @@ def build_training_dataset(
             }
         )
     composition: dict[str, int | float] = defaultdict(int)
-    for r in rows:
-        composition[f"{r['origin']}_{r['split']}"] += 1
+    for origin, split in zip(rows.columns["origin"], rows.columns["split"], strict=True):
+        composition[f"{origin}_{split}"] += 1
     composition["synthetic"] = len(positives)
     composition["human"] = n_anchor
     composition["synthetic_fraction"] = round(len(positives) / max(len(rows), 1), 4)
     composition["pairs"] = len(pairs)
     composition["prompts"] = len(prompts)
     composition["prompts_unsolved"] = sum(1 for p in prompts if p["solved"] == 0)
+    # Past max_training_prompts: the positive and negative traces of the prompts left out of the sample.
+    composition["traces_not_sampled"] = (
+        labels["positive"] + labels["negative"] - sum(seen["samples"] for seen in problems.values())
+    )
     for k, v in sorted(reformat_counts.items()):
         composition[f"strategy/{k}"] = v
     for k, v in sorted(anchor_pii.items()):
         composition[f"human_pii_redacted/{k}"] = v
     return TrainingSet(
-        pa.Table.from_pylist(rows, schema=TRAINING_SCHEMA),
+        rows.table(),
         pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA),
         pa.Table.from_pylist(prompts, schema=PROMPTS_SCHEMA),
         dict(composition),
