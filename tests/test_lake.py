@@ -1,5 +1,7 @@
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flywheel_dagster.traces.lake import Lake
 
@@ -98,3 +100,24 @@ def test_row_groups_parse_their_files_footer_once_and_a_rewritten_partition_is_r
     assert [g.rows for g in groups] == [8192, 8192, 8192, 5424]
     assert pa.concat_tables([g.read() for g in groups]).equals(again)
     assert lake_module._footer.cache_info().misses == 2
+
+
+@given(st.lists(st.integers(0, 9), max_size=12), st.integers(1, 7))
+@settings(max_examples=60, deadline=None)
+def test_batches_hold_batch_rows_rows_whatever_the_row_groups(tmp_path_factory, groups, batch_rows):
+    """A partition read a row group at a time still comes in batches of batch_rows rows, the last shorter, in
+    order: row groups of any size (erasure's rewrites leave groups smaller than 8,192) change nothing."""
+    lake = Lake(str(tmp_path_factory.mktemp("lake")))
+    schema = pa.schema([("x", pa.int64())])
+    with lake.open_partition("t", "c") as part:
+        w = part.parquet("part-00000.parquet", schema)
+        start = 0
+        for size in groups:
+            w.write_table(pa.table({"x": list(range(start, start + size))}, schema=schema))
+            start += size
+    batches = list(lake.iter_batches("t", "c", batch_rows=batch_rows))
+    sizes = [b.num_rows for b in batches]
+    assert (
+        sum(sizes) == start and all(n == batch_rows for n in sizes[:-1]) and (not sizes or 0 < sizes[-1] <= batch_rows)
+    )
+    assert [x for b in batches for x in b.column(0).to_pylist()] == list(range(start))

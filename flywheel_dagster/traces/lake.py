@@ -68,6 +68,26 @@ def _footer(location: str, path: str, version: tuple[int, int]) -> pq.FileMetaDa
         return pq.ParquetFile(f).metadata
 
 
+def _rebatched(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of `rows` (the last may be shorter), whatever the sizes coming in; a batch of
+    that size already passes as it is."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if not held and batch.num_rows == rows:
+            yield batch
+            continue
+        held.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(held).combine_chunks()
+            yield table.slice(0, rows).to_batches()[0]
+            rest = table.slice(rows)
+            held, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
+
+
 def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     fs, root = pafs.FileSystem.from_uri(location) if "://" in location else (pafs.LocalFileSystem(), location)
     return fs, root.rstrip("/")
@@ -122,10 +142,20 @@ class Lake:
     def iter_batches(
         self, table: str, cycle: str, name: str = DATA_FILE, columns: list[str] | None = None, batch_rows: int = 8192
     ) -> Iterator[pa.RecordBatch]:
-        """Stream a partition's rows without loading the whole file."""
+        """Stream a partition's rows without loading the whole file: batches of batch_rows rows (the last may be
+        shorter), read a row group at a time. Over a whole file, pyarrow's reader keeps every row group it
+        pre-buffered until it is done (about 70 MB a million harvested traces, 213 MB at 3 million: the memory
+        grew with the quarter); one group's reader frees them as the next starts (9 MB at any size), and still
+        reads each group in few requests from a remote store."""
         path = self._existing(table, cycle, name)
         with self.fs.open_input_file(path) as f:
-            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
+            pf = pq.ParquetFile(f)
+            groups = (
+                batch
+                for group in range(pf.metadata.num_row_groups)
+                for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
+            )
+            yield from _rebatched(groups, batch_rows)
 
     def _existing(self, table: str, cycle: str, name: str) -> str:
         """The path of a partition's file; FileNotFoundError, naming the table and cycle, when there is none."""
