@@ -27,7 +27,7 @@ import gzip
 import json
 import os
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,57 +70,94 @@ class ErasureResult:
         return sum(self.removed.values())
 
 
-def _mask(table: pa.Table, column: str, values: set[str]) -> pa.Array:
+# A file's rows to keep, batch by batch: True for a row that stays.
+Keep = Callable[[pa.RecordBatch], pa.Array]
+SCAN_ROWS = 8192  # rows a batch when a file is scanned or rewritten: memory stays flat whatever its size
+
+
+def _mask(batch: pa.RecordBatch, column: str, values: set[str]) -> pa.Array:
     """True for rows to keep."""
-    if column not in table.column_names or not values:
-        return pa.array([True] * table.num_rows)
-    hit = pc.fill_null(pc.is_in(table.column(column), value_set=pa.array(sorted(values), pa.string())), False)
+    if column not in batch.schema.names or not values:
+        return pa.array([True] * batch.num_rows)
+    hit = pc.fill_null(pc.is_in(batch.column(column), value_set=pa.array(sorted(values), pa.string())), False)
     return pc.invert(hit)
 
 
-def _plan_cycle(lake: Lake, cycle: str, user_id: str) -> dict[tuple[str, str], pa.Table]:
-    """(table, file) -> the file's rows without the user's, for each file of the cycle that loses rows."""
-    out: dict[tuple[str, str], pa.Table] = {}
+def _user_rows(table: str, user_id: str) -> Keep:
+    """The rows that are not the user's: by user id, and in the quarantine also by the excerpt or detail naming
+    the user (a line whose user id could not be parsed)."""
+    needles = [n.decode() for n in _needles(user_id)]
+
+    def keep(batch: pa.RecordBatch) -> pa.Array:
+        kept = _mask(batch, "user_id", {user_id})
+        if table == INGEST_QUARANTINE:
+            for col in ("excerpt", "detail"):
+                for needle in needles:
+                    named = pc.fill_null(pc.match_substring(batch.column(col), needle), False)
+                    kept = pc.and_(kept, pc.invert(named))
+        return kept
+
+    return keep
+
+
+def _not_in(columns: tuple[str, ...], values: set[str]) -> Keep:
+    def keep(batch: pa.RecordBatch) -> pa.Array:
+        kept = pa.array([True] * batch.num_rows)
+        for col in columns:
+            kept = pc.and_(kept, _mask(batch, col, values))
+        return kept
+
+    return keep
+
+
+def _scan(lake: Lake, table: str, cycle: str, name: str, keep: Keep) -> pa.Table | None:
+    """The rows of one file that `keep` removes, in the columns that decide and name them, read a batch at a time
+    (a quarter's partition need not fit in memory); None when it removes none."""
+    with lake.fs.open_input_file(f"{lake.partition_dir(table, cycle)}/{name}") as f:
+        names = pq.read_schema(f).names
+    columns = [c for c in ("user_id", "excerpt", "detail", "trace_id", "chosen_trace_id",
+                           "rejected_trace_id", "prompt") if c in names]  # fmt: skip
+    gone = [
+        batch.filter(pc.invert(keep(batch)))
+        for batch in lake.iter_batches(table, cycle, name, columns=columns, batch_rows=SCAN_ROWS)
+    ]
+    gone = [g for g in gone if g.num_rows]
+    return pa.Table.from_batches(gone) if gone else None
+
+
+def _plan_cycle(lake: Lake, cycle: str, user_id: str) -> dict[tuple[str, str], Keep]:
+    """(table, file) -> the rows to keep, for each file of the cycle that loses rows. Each file is scanned a batch
+    at a time for the columns that decide: what is held is the user's rows' trace ids and prompts."""
+    out: dict[tuple[str, str], Keep] = {}
     trace_ids: set[str] = set()
     prompts: set[str] = set()
     for table in USER_TABLES:
         if not lake.exists(table, cycle):
             continue
-        data = lake.read_table(table, cycle)
-        if "user_id" not in data.column_names:
-            continue
-        keep = _mask(data, "user_id", {user_id})
-        if table == INGEST_QUARANTINE:  # a line whose user id could not be parsed may still name the user
-            for col in ("excerpt", "detail"):
-                for needle in _needles(user_id):
-                    named = pc.fill_null(pc.match_substring(data.column(col), needle.decode()), False)
-                    keep = pc.and_(keep, pc.invert(named))
-        gone = data.filter(pc.invert(keep))
-        if gone.num_rows:
-            out[(table, DATA_FILE)] = data.filter(keep)
+        with lake.fs.open_input_file(f"{lake.partition_dir(table, cycle)}/{DATA_FILE}") as f:
+            if "user_id" not in pq.read_schema(f).names:
+                continue
+        keep = _user_rows(table, user_id)
+        gone = _scan(lake, table, cycle, DATA_FILE, keep)
+        if gone is not None:
+            out[(table, DATA_FILE)] = keep
             if "trace_id" in gone.column_names:
                 trace_ids |= set(gone.column("trace_id").to_pylist())
             if table == HARVESTED_TRACES:  # the prompts as the training set saw them (redacted)
                 prompts |= set(gone.column("prompt").to_pylist())
+    trace_ids.discard(None)
     if not trace_ids:
         return out
-    for name, columns in (
-        (TrainingSet.EXAMPLES, ["trace_id"]),
-        (TrainingSet.PAIRS, ["chosen_trace_id", "rejected_trace_id"]),
+    for name, columns, values in (
+        (TrainingSet.EXAMPLES, ("trace_id",), trace_ids),
+        (TrainingSet.PAIRS, ("chosen_trace_id", "rejected_trace_id"), trace_ids),
+        (TrainingSet.PROMPTS, ("prompt",), prompts),
     ):
-        data = TrainingSet.read(lake, cycle, name)
-        if data is None:
+        if not lake.exists(TRAINING_DATASET, cycle, name):  # not built yet, or from before the file existed
             continue
-        keep = pa.array([True] * data.num_rows)
-        for col in columns:
-            keep = pc.and_(keep, _mask(data, col, trace_ids))
-        if not pc.all(keep).as_py():
-            out[(TRAINING_DATASET, name)] = data.filter(keep)
-    data = TrainingSet.read(lake, cycle, TrainingSet.PROMPTS)
-    if data is not None:
-        keep = _mask(data, "prompt", prompts)
-        if not pc.all(keep).as_py():
-            out[(TRAINING_DATASET, TrainingSet.PROMPTS)] = data.filter(keep)
+        keep = _not_in(columns, values)
+        if _scan(lake, TRAINING_DATASET, cycle, name, keep) is not None:
+            out[(TRAINING_DATASET, name)] = keep
     return out
 
 
@@ -129,14 +166,17 @@ def _rows(lake: Lake, table: str, cycle: str, name: str) -> int:
         return pq.ParquetFile(f).metadata.num_rows
 
 
-def _rewrite(lake: Lake, table: str, cycle: str, replaced: dict[str, pa.Table]) -> None:
-    """Rewrite one partition atomically: `replaced` files get their new rows, the others are copied as they are."""
+def _rewrite(lake: Lake, table: str, cycle: str, replaced: dict[str, Keep]) -> None:
+    """Rewrite one partition atomically, a batch at a time: `replaced` files keep the rows their predicate keeps,
+    the others are copied as they are."""
     with lake.open_partition(table, cycle) as part:
         for name in lake.files(table, cycle):
             if name in replaced:
                 with lake.fs.open_input_file(f"{lake.partition_dir(table, cycle)}/{name}") as f:
                     schema = pq.read_schema(f)
-                part.parquet(name, schema).write_table(replaced[name].cast(schema))
+                out = part.parquet(name, schema)
+                for batch in lake.iter_batches(table, cycle, name, batch_rows=SCAN_ROWS):
+                    out.write_table(pa.Table.from_batches([batch.filter(replaced[name](batch))], schema))
             else:
                 part.write_bytes(name, lake.read_bytes(table, cycle, name))
 

@@ -1,0 +1,43 @@
+"""Erasure's lake rewrite on its own (the whole request, logs and audit included, is in test_harvest_cycle.py)."""
+
+import pyarrow as pa
+
+from flywheel_dagster import erasure
+from flywheel_dagster.traces.lake import Lake
+
+Q = "2026-01-01"
+
+
+def _write(lake: Lake, table: str, name: str, rows: dict) -> None:
+    with lake.open_partition(table, Q) as part:
+        part.parquet(name, pa.table(rows).schema).write_table(pa.table(rows))
+
+
+def test_a_partition_is_scanned_and_rewritten_a_batch_at_a_time_and_a_cycle_without_training_set_is_erased(
+    tmp_path, monkeypatch
+):
+    """The user's rows go from files many batches long, read and written a batch at a time (SCAN_ROWS rows), the
+    others stay in order; a cycle harvested but not yet turned into a training set is erased too (the training
+    set's files were read unconditionally, and a missing one failed the request)."""
+    monkeypatch.setattr(erasure, "SCAN_ROWS", 7)
+    lake = Lake(str(tmp_path / "lake"))
+    users = [f"u{i % 5}" if i % 11 else None for i in range(100)]
+    raw = {"trace_id": [f"t{i}" for i in range(100)], "user_id": users, "prompt": [f"p{i % 13}" for i in range(100)]}
+    _write(lake, "reasoning_traces", "part-00000.parquet", raw)
+    _write(lake, "harvested_traces", "part-00000.parquet", {**raw, "label": ["positive"] * 100})
+    plan = erasure._plan_cycle(lake, Q, "u3")
+    assert set(plan) == {("reasoning_traces", "part-00000.parquet"), ("harvested_traces", "part-00000.parquet")}
+    for table in ("reasoning_traces", "harvested_traces"):
+        erasure._rewrite(lake, table, Q, {name: keep for (t, name), keep in plan.items() if t == table})
+        after = lake.read_table(table, Q)
+        assert after.column("trace_id").to_pylist() == [f"t{i}" for i in range(100) if users[i] != "u3"]
+    assert erasure._plan_cycle(lake, Q, "u3") == {}  # nothing of theirs is left
+
+    # With a training set: its rows built from the user's traces, pairs naming one, and the prompts they asked.
+    _write(lake, "training_dataset", "part-00000.parquet", {"trace_id": ["t1", "t8", None], "prompt": ["a", "b", "c"]})
+    plan = erasure._plan_cycle(lake, Q, "u1")
+    assert ("training_dataset", "part-00000.parquet") in plan
+    erasure._rewrite(
+        lake, "training_dataset", Q, {"part-00000.parquet": plan[("training_dataset", "part-00000.parquet")]}
+    )
+    assert lake.read_table("training_dataset", Q).column("trace_id").to_pylist() == ["t8", None]
