@@ -16,7 +16,7 @@ from flywheel_dagster import timing
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.curation import pii
 from flywheel_dagster.curation.decontam import BenchmarkIndex
-from flywheel_dagster.curation.harvest import Harvester, anchor_pool, build_training_dataset
+from flywheel_dagster.curation.harvest import Harvester, build_training_dataset
 from flywheel_dagster.curation.monitors import MONITORS, judge
 from flywheel_dagster.records import (
     DEPLOYMENT,
@@ -166,15 +166,6 @@ def training_dataset(
     share, split train/validation by problem; and positive/negative pairs of the same prompt."""
     cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
     task = load_task(cfg)
-    most_positives = sum(
-        int((b.column(0).to_numpy(zero_copy_only=False) == "positive").sum())
-        for b in the_lake.iter_batches(HarvestedSet.TABLE, key, columns=["label"])
-    )
-    # The training set takes the positives of at most max_training_prompts prompts, at most
-    # max_positives_per_problem each: no more anchors than that share asks for are drawn.
-    h = cfg.harvest
-    most_positives = min(most_positives, h.max_training_prompts * h.max_positives_per_problem)
-    anchors = task.anchors(anchor_pool(most_positives, h), seed=1000 + index)
     eng = None
     if cfg.harvest.reformat.get("rephrase", 0) > 0:
         deployed = registry.version(Deployment.read(the_lake, key).version)
@@ -182,8 +173,8 @@ def training_dataset(
     try:
         with timing.compute(TRAINING_DATASET):
             result = build_training_dataset(
-                the_lake.iter_batches(HarvestedSet.TABLE, key),
-                anchors,
+                lambda columns: the_lake.iter_batches(HarvestedSet.TABLE, key, columns=columns),
+                lambda n: task.anchors(n, seed=1000 + index),  # as many as the positives taken need
                 cfg.harvest,
                 task,
                 engine=eng,

@@ -568,3 +568,25 @@ def test_training_dataset_past_max_training_prompts_is_that_of_the_smallest_dige
     assert 0 < with_negative < 12
     assert sampled.composition["synthetic"] == 24 and sampled.composition["pairs"] == with_negative
     assert sampled.composition["traces_not_sampled"] == 100 - (24 + with_negative)
+
+
+def test_a_prompt_under_two_problem_ids_pairs_every_positive_it_can(task):
+    """The harvest caps positives per problem id, so one prompt text under two ids can hold twice the cap: each
+    positive still gets the next negative of its prompt, and anchors drawn by size cover what it takes."""
+    import dataclasses
+
+    p = task.traffic(0, 1)[0]
+    q = dataclasses.replace(p, problem_id=p.problem_id + "-dup")  # the same prompt text, another problem id
+    wrong = p.solution.replace(f"A:{p.reference}", f"A:{int(p.reference) + 1}")
+    rows = [(p, wrong)] * 4 + [(p, p.solution)] * 2 + [(q, p.solution)] * 2
+    cfg = _cfg(max_positives_per_problem=2, dedup={"exact": False, "near_duplicates": False})
+    harvested = harvest(_traces(task, rows), task, cfg).harvested
+    assert harvested.column("label").to_pylist() == ["negative"] * 4 + ["positive"] * 4
+    one = _cfg(max_positives_per_problem=2, max_training_prompts=1, anchor_fraction=0.5)
+    sizes = []
+    result = build_training_dataset(harvested, lambda n: sizes.append(n) or task.anchors(n, 1), one, task)
+    ids = harvested.column("trace_id").to_pylist()
+    assert [(r["chosen_trace_id"], r["rejected_trace_id"]) for r in result.pairs.to_pylist()] == list(
+        zip(ids[4:], ids[:4], strict=True)
+    )
+    assert sizes == [5] and result.composition["synthetic"] == 4 and result.composition["human"] == 4

@@ -14,11 +14,12 @@ import heapq
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flywheel_dagster.config import HarvestConfig
 from flywheel_dagster.curation import pii
@@ -582,8 +583,8 @@ class _PromptSample:
 
 
 def build_training_dataset(
-    harvested: pa.Table | Iterable[pa.RecordBatch],
-    anchors: list[Problem],
+    harvested: pa.Table | Callable[[list[str]], Iterable[pa.RecordBatch]],
+    anchors: list[Problem] | Callable[[int], list[Problem]],
     cfg: HarvestConfig,
     task: TaskSource,
     engine: InferenceEngine | None = None,  # needed only for the 'rephrase' strategy
@@ -594,19 +595,21 @@ def build_training_dataset(
     positive and a negative of the same prompt; and the quarter's verifiable prompts with a solution for
     the on-policy methods.
 
-    The train/validation split is by problem, so no problem's examples sit on both sides.
+    `harvested`: the harvested rows, or columns -> their batches (read twice: the negatives a pair needs are
+    known once every positive is). `anchors`: a list, or size -> that many (called with anchor_pool of the
+    positives taken). The train/validation split is by problem, so no problem's examples sit on both sides.
     """
     check_strategies(task, cfg.reformat)
-    batches = harvested.to_batches() if isinstance(harvested, pa.Table) else harvested
+
+    def batches(columns: list[str]) -> Iterable[pa.RecordBatch]:
+        return harvested.select(columns).to_batches() if isinstance(harvested, pa.Table) else harvested(columns)
+
     columns = ["trace_id", "problem_id", "suite", "prompt", "completion", "reference_answer", "label"]
     labels: Counter = Counter()
     sample = _PromptSample(cfg.max_training_prompts)
     order = 0  # the place of each positive and negative in the harvested order
-    # A prompt's negatives beyond its positives pair with nothing, and the harvest keeps at most
-    # max_positives_per_problem positives a problem (so a prompt): more negatives than that are not held.
-    most_negatives = cfg.max_positives_per_problem
-    for batch in batches:
-        for r in pa.Table.from_batches([batch]).select(columns).to_pylist():
+    for batch in batches(columns):
+        for r in pa.Table.from_batches([batch]).to_pylist():
             labels[r["label"]] += 1
             if r["label"] not in ("positive", "negative"):
                 continue
@@ -620,8 +623,18 @@ def build_training_dataset(
                 seen["solved"] += 1
                 seen["trace"] = seen["trace"] or r["completion"]
                 seen["positives"].append((order, r))
-            elif len(seen["negatives"]) < most_negatives:
-                seen["negatives"].append({"completion": r["completion"], "trace_id": r["trace_id"]})
+    # The negatives that pair: each prompt's first ones in the harvested order, as many as it has positives.
+    paired = {prompt: seen for prompt, seen in sample.prompts.items() if seen["positives"]}
+    if paired and labels["negative"]:
+        wanted = pa.array(list(paired), pa.string())
+        for batch in batches(["prompt", "completion", "trace_id", "label"]):
+            hit = pc.and_(pc.equal(batch.column(3), "negative"), pc.is_in(batch.column(0), value_set=wanted))
+            negatives = batch.filter(hit)
+            texts, traces = negatives.column(1).to_pylist(), negatives.column(2).to_pylist()
+            for prompt, completion, trace in zip(negatives.column(0).to_pylist(), texts, traces, strict=True):
+                seen = paired[prompt]
+                if len(seen["negatives"]) < len(seen["positives"]):
+                    seen["negatives"].append({"completion": completion, "trace_id": trace})
     problems = dict(sorted(sample.prompts.items(), key=lambda item: item[1]["first"]))
     positives = [r for _, r in sorted(pr for seen in problems.values() for pr in seen["positives"])]
     negatives = {prompt: seen["negatives"] for prompt, seen in problems.items()}
@@ -630,6 +643,8 @@ def build_training_dataset(
             f"no verified positive traces to distill from ({sum(labels.values())} harvested traces: "
             f"{dict(sorted(labels.items()))}); the deployed model solved none of this quarter's problems"
         )
+    if callable(anchors):
+        anchors = anchors(anchor_pool(len(positives), cfg))
     n_anchor = anchors_needed(len(positives), cfg.anchor_fraction, cfg.min_training_examples)
     if not cfg.synthetic:  # the anchors-only control: as many examples as the mix, all of them human
         n_anchor, positives = len(positives) + n_anchor, []
