@@ -590,3 +590,26 @@ def test_a_prompt_under_two_problem_ids_pairs_every_positive_it_can(task):
         zip(ids[4:], ids[:4], strict=True)
     )
     assert sizes == [5] and result.composition["synthetic"] == 4 and result.composition["human"] == 4
+
+
+def test_a_prompt_frozen_for_its_many_answers_gives_the_same_figure_in_any_order():
+    """A prompt past prompt_answers distinct answers is fixed at its figure then, whether the other prompts come
+    before, after or between its samples: they stay followed (with answer_pairs the only bound, the others were
+    dropped when they came first and kept when they came after)."""
+    import random
+
+    from flywheel_dagster.curation.monitors import MonitorAccumulator
+
+    heavy = [("heavy", f"a{k}") for k in range(200)]
+    light = [(f"p{k}", "same") for k in range(30) for _ in range(3)]
+    interleaved = light + heavy
+    random.Random(5).shuffle(interleaved)
+    figures = set()
+    for traces in (heavy + light, light + heavy, interleaved):
+        m = MonitorAccumulator(10, answer_pairs=50, prompt_answers=10)
+        for i, (prompt, answer) in enumerate(traces):
+            m.add(f"t{i}", prompt, "r", answer, None)
+            assert m._pairs <= 50
+        assert list(m._frozen.values()) == [11] and len(m._samples_per_prompt) == 31
+        figures.add(m.result(None)["answer_diversity"])
+    assert figures == {round((1.0 + 30 * 0.0) / 31, 4)}  # heavy: 11 answers in 11 samples; the others: one each

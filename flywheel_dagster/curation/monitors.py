@@ -9,8 +9,9 @@
   PROMPT_SAMPLE prompts; beyond that over the PROMPT_SAMPLE prompts with the smallest digests (a uniform sample,
   each with all its traces), so memory stays bounded when every user asks something new; and past ANSWER_PAIRS
   distinct (prompt, answer) pairs over fewer of them, the smallest digests still, so it stays bounded when each
-  prompt gets ever more distinct answers too. A single prompt that alone reaches ANSWER_PAIRS answers counts
-  with its figure at that point (its first samples), and its set is freed: no prompt grows memory without end.
+  prompt gets ever more distinct answers too. A prompt whose distinct answers pass PROMPT_ANSWERS counts with
+  its figure at that point (its samples up to there) and its set is freed, whatever the other prompts do: no
+  one prompt grows memory without end.
 - length_ks: two-sample Kolmogorov-Smirnov statistic between this quarter's reasoning lengths and the
   previous quarter's (from its monitors.json); None in the first cycle.
 - verified_accuracy: correct / verified traces.
@@ -52,21 +53,29 @@ def digest64(text: str) -> int:
 
 PROMPT_SAMPLE = 100_000  # prompts whose answers answer_diversity follows
 ANSWER_PAIRS = 250_000  # distinct (prompt, answer) pairs it holds at most (about 30 MB): fewer prompts past that
+PROMPT_ANSWERS = 25_000  # distinct answers one prompt holds at most: past that its figure is fixed
 
 
 class MonitorAccumulator:
     """Fed batch by batch during the harvest; memory bounded by the sample sizes (reasonings and prompts)."""
 
-    def __init__(self, sample_size: int, prompt_sample: int = PROMPT_SAMPLE, answer_pairs: int = ANSWER_PAIRS) -> None:
+    def __init__(
+        self,
+        sample_size: int,
+        prompt_sample: int = PROMPT_SAMPLE,
+        answer_pairs: int = ANSWER_PAIRS,
+        prompt_answers: int = PROMPT_ANSWERS,
+    ) -> None:
         self.sample_size = sample_size
         self.prompt_sample = max(prompt_sample, 1)
         self.answer_pairs = answer_pairs
+        self.prompt_answers = max(1, min(prompt_answers, answer_pairs))  # so one prompt never fills the pairs
         self._pairs = 0  # sum of the answer sets' sizes
         self._sample: list[tuple[int, str]] = []  # min-heap of (-key, reasoning): keeps the smallest keys
         self._answers: dict[int, set] = defaultdict(set)
         self._samples_per_prompt: Counter = Counter()
         self._prompts: list[int] = []  # min-heap of -digest over the prompts followed: the largest on top
-        self._frozen: dict[int, int] = {}  # prompt -> its distinct answers when it alone passed answer_pairs
+        self._frozen: dict[int, int] = {}  # prompt -> its distinct answers when they passed prompt_answers
         self.verified = 0
         self.correct = 0
         self.dedup_seen = 0
@@ -124,14 +133,15 @@ class MonitorAccumulator:
             if answers[i] not in answers_of:
                 answers_of.add(answers[i])
                 self._pairs += 1
+                if len(answers_of) > self.prompt_answers:  # ever more answers to one prompt: its figure stands
+                    frozen[p] = len(answer_sets.pop(p))
+                    self._pairs -= frozen[p]
+                    continue
                 # Too many pairs: follow fewer prompts, dropping the largest digests (the sample stays the prompts
                 # below a threshold that only falls, each followed from its first sample on).
                 while self._pairs > self.answer_pairs and len(followed) > 1:
                     self._unfollow(-heapq.heappop(followed))
                     self.prompt_sample = len(followed)
-                if self._pairs > self.answer_pairs:  # this prompt alone: its figure so far stands, its set goes
-                    frozen[p] = len(answer_sets.pop(p))
-                    self._pairs = 0
 
     def _unfollow(self, prompt: int) -> None:
         del self._samples_per_prompt[prompt]
