@@ -1,3 +1,5 @@
+import dataclasses
+
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -100,6 +102,10 @@ def test_row_groups_parse_their_files_footer_once_and_a_rewritten_partition_is_r
     assert [g.rows for g in groups] == [8192, 8192, 8192, 5424]
     assert pa.concat_tables([g.read() for g in groups]).equals(again)
     assert lake_module._footer.cache_info().misses == 2
+    # A store that gives no modification time: every read parses the footer, nothing is cached.
+    unknown = [dataclasses.replace(g, version=None) for g in groups]
+    assert pa.concat_tables([g.read() for g in unknown]).equals(again)
+    assert lake_module._footer.cache_info().misses == 2 and lake_module._footer.cache_info().currsize == 2
 
 
 @given(st.lists(st.integers(0, 9), max_size=12), st.integers(1, 7))

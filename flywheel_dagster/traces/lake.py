@@ -48,11 +48,11 @@ class RowGroup:
     path: str  # under location
     index: int
     rows: int
-    version: tuple[int, int] = (0, 0)  # the file's size and modification time (ns) when listed
+    version: tuple[int, int] | None  # the file's size and modification time (ns) when listed; None: unknown
 
     def read(self) -> pa.Table:
         fs, root = _filesystem(self.location)
-        footer = _footer(self.location, self.path, self.version)
+        footer = _footer(self.location, self.path, self.version) if self.version is not None else None
         with fs.open_input_file(f"{root}/{self.path}") as f:
             return pq.ParquetFile(f, metadata=footer).read_row_group(self.index)
 
@@ -61,8 +61,9 @@ class RowGroup:
 def _footer(location: str, path: str, version: tuple[int, int]) -> pq.FileMetaData:
     """A file's Parquet footer, parsed once a process (a Ray worker reads group after group of one file). It
     holds every row group's metadata, about 2.8 KB a group of harvested traces: 3.4 MB at 10 million traces,
-    about 32 ms to parse, several times the read of a group, and growing with the file. `version` keeps a
-    rewritten partition's new file from being read with the old one's footer."""
+    27-29 ms to parse, several times the read of a group (4 ms), and growing with the file. `version` keeps a
+    rewritten partition's new file from being read with the old one's footer (a store that gives no
+    modification time gets no cache). A Ray worker's cache lasts one harvest step."""
     fs, root = _filesystem(location)
     with fs.open_input_file(f"{root}/{path}") as f:
         return pq.ParquetFile(f).metadata
@@ -172,7 +173,8 @@ class Lake:
             meta = pq.ParquetFile(f).metadata
         local = isinstance(self.fs, pafs.LocalFileSystem)
         location = os.path.abspath(self.root) if local else self.location.rstrip("/")
-        inside, version = f"{table}/cycle={cycle}/{name}", (info.size or 0, info.mtime_ns or 0)
+        inside = f"{table}/cycle={cycle}/{name}"
+        version = (info.size, info.mtime_ns) if info.size is not None and info.mtime_ns is not None else None
         return [RowGroup(location, inside, i, meta.row_group(i).num_rows, version) for i in range(meta.num_row_groups)]
 
     def read_table(self, table: str, cycle: str, name: str = DATA_FILE) -> pa.Table:
