@@ -27,7 +27,7 @@ import gzip
 import json
 import os
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,33 +199,45 @@ def _log_files(folders: Iterable[str]) -> list[Path]:
     return sorted(set(out))
 
 
-def _read_lines(path: Path) -> list[bytes]:
+def _read_lines(path: Path) -> Iterator[bytes]:
+    """A log's lines as they are read: a log may be larger than memory."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as f:
-        return f.readlines()
+        yield from f
 
 
 def rewrite_log(path: Path, needles: list[bytes]) -> int:
     """Drop every line naming the user from one serving log, atomically (a temp file renamed over it, under an
-    exclusive lock that the gateway's writer also takes, so no line it appends in between is lost). Returns the
-    lines removed."""
+    exclusive lock that the gateway's writer also takes, so no line it appends in between is lost), a line at a
+    time. Returns the lines removed."""
     import fcntl
 
     with open(path, "rb+") as locked:
         fcntl.flock(locked, fcntl.LOCK_EX)
-        lines = _read_lines(path)
-        kept = [x for x in lines if not _names_user(x, needles)]
-        if len(kept) == len(lines):
-            return 0
         tmp = path.with_name(f".erasure-{path.name}")
-        data = b"".join(kept)
-        with open(tmp, "wb") as out:
-            out.write(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
-            out.flush()
-            os.fsync(out.fileno())
+        removed = 0
+        try:
+            with open(tmp, "wb") as raw:
+                gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if path.name.endswith(".gz") else None
+                out = gz or raw
+                for line in _read_lines(path):
+                    if _names_user(line, needles):
+                        removed += 1
+                    else:
+                        out.write(line)
+                if gz is not None:
+                    gz.close()  # writes the gzip trailer; raw stays open
+                raw.flush()
+                os.fsync(raw.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if not removed:
+            tmp.unlink()
+            return 0
         os.chmod(tmp, path.stat().st_mode & 0o777)
         os.replace(tmp, path)
-        return len(lines) - len(kept)
+        return removed
 
 
 def _count_at_source(paths: Iterable[str], user_id: str) -> dict[str, int]:
@@ -242,7 +254,12 @@ def _count_at_source(paths: Iterable[str], user_id: str) -> dict[str, int]:
     for f in files:
         try:
             if f.endswith(".parquet"):
-                n = pq.read_table(f, columns=["user_id"]).column("user_id").to_pylist().count(user_id)
+                pf = pq.ParquetFile(f)
+                n = sum(
+                    pc.sum(pc.equal(batch.column(0), user_id)).as_py() or 0
+                    for group in range(pf.num_row_groups)
+                    for batch in pf.iter_batches(row_groups=[group], columns=["user_id"])
+                )
             else:
                 n = sum(_names_user(x, needles) for x in _read_lines(Path(f)))
         except Exception:  # noqa: BLE001 - an unreadable input is listed by the ingest, not here

@@ -1,6 +1,7 @@
 """Erasure's lake rewrite on its own (the whole request, logs and audit included, is in test_harvest_cycle.py)."""
 
 import pyarrow as pa
+import pytest
 
 from flywheel_dagster import erasure
 from flywheel_dagster.traces.lake import Lake
@@ -41,3 +42,26 @@ def test_a_partition_is_scanned_and_rewritten_a_batch_at_a_time_and_a_cycle_with
         lake, "training_dataset", Q, {"part-00000.parquet": plan[("training_dataset", "part-00000.parquet")]}
     )
     assert lake.read_table("training_dataset", Q).column("trace_id").to_pylist() == ["t8", None]
+
+
+def test_a_serving_log_is_rewritten_a_line_at_a_time_and_a_damaged_one_is_left_as_it_was(tmp_path):
+    """Plain and gzipped logs lose exactly the lines naming the user (a last line without a newline included) and
+    stay readable; a log that loses nothing is not rewritten; a damaged gzip raises and leaves no temporary file."""
+    import gzip
+
+    lines = [b'{"user_id": "u1", "x": 1}\n', b'{"user_id": "u2"}\n', b'{"note": "u1"}\n', b'{"user_id": "u2"']
+    for name, pack in (("a.jsonl", bytes), ("b.jsonl.gz", lambda d: gzip.compress(d, mtime=0))):
+        log = tmp_path / name
+        log.write_bytes(pack(b"".join(lines)))
+        assert erasure.rewrite_log(log, erasure._needles("u1")) == 2
+        kept = log.read_bytes() if name.endswith(".jsonl") else gzip.decompress(log.read_bytes())
+        assert kept == lines[1] + lines[3]
+        before = log.stat().st_mtime_ns
+        assert erasure.rewrite_log(log, erasure._needles("u1")) == 0 and log.stat().st_mtime_ns == before
+    damaged = tmp_path / "c.jsonl.gz"
+    whole = gzip.compress(b"".join(lines) * 100, mtime=0)
+    damaged.write_bytes(whole[:-30])
+    with pytest.raises(EOFError):
+        erasure.rewrite_log(damaged, erasure._needles("u1"))
+    assert damaged.read_bytes() == whole[:-30]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl.gz", "c.jsonl.gz"]
