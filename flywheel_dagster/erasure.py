@@ -75,21 +75,25 @@ Keep = Callable[[pa.RecordBatch], pa.Array]
 SCAN_ROWS = 8192  # rows a batch when a file is scanned or rewritten: memory stays flat whatever its size
 
 
-def _mask(batch: pa.RecordBatch, column: str, values: set[str]) -> pa.Array:
-    """True for rows to keep."""
-    if column not in batch.schema.names or not values:
+def _mask(batch: pa.RecordBatch, column: str, values: pa.Array) -> pa.Array:
+    """True for rows to keep: those whose `column` is not one of `values`."""
+    if column not in batch.schema.names or not len(values):
         return pa.array([True] * batch.num_rows)
-    hit = pc.fill_null(pc.is_in(batch.column(column), value_set=pa.array(sorted(values), pa.string())), False)
-    return pc.invert(hit)
+    return pc.invert(pc.fill_null(pc.is_in(batch.column(column), value_set=values), False))
+
+
+def _value_set(values: set[str]) -> pa.Array:
+    return pa.array(sorted(values), pa.string())
 
 
 def _user_rows(table: str, user_id: str) -> Keep:
     """The rows that are not the user's: by user id, and in the quarantine also by the excerpt or detail naming
     the user (a line whose user id could not be parsed)."""
     needles = [n.decode() for n in _needles(user_id)]
+    user = _value_set({user_id})
 
     def keep(batch: pa.RecordBatch) -> pa.Array:
-        kept = _mask(batch, "user_id", {user_id})
+        kept = _mask(batch, "user_id", user)
         if table == INGEST_QUARANTINE:
             for col in ("excerpt", "detail"):
                 for needle in needles:
@@ -101,10 +105,12 @@ def _user_rows(table: str, user_id: str) -> Keep:
 
 
 def _not_in(columns: tuple[str, ...], values: set[str]) -> Keep:
+    value_set = _value_set(values)
+
     def keep(batch: pa.RecordBatch) -> pa.Array:
         kept = pa.array([True] * batch.num_rows)
         for col in columns:
-            kept = pc.and_(kept, _mask(batch, col, values))
+            kept = pc.and_(kept, _mask(batch, col, value_set))
         return kept
 
     return keep
@@ -146,6 +152,7 @@ def _plan_cycle(lake: Lake, cycle: str, user_id: str) -> dict[tuple[str, str], K
             if table == HARVESTED_TRACES:  # the prompts as the training set saw them (redacted)
                 prompts |= set(gone.column("prompt").to_pylist())
     trace_ids.discard(None)
+    prompts.discard(None)
     if not trace_ids:
         return out
     for name, columns, values in (
@@ -214,7 +221,7 @@ def rewrite_log(path: Path, needles: list[bytes]) -> int:
 
     with open(path, "rb+") as locked:
         fcntl.flock(locked, fcntl.LOCK_EX)
-        tmp = path.with_name(f".erasure-{path.name}")
+        tmp = path.with_name(f".{path.name}.erasure-tmp")  # not a log file's name: no ingest reads it
         removed = 0
         try:
             with open(tmp, "wb") as raw:

@@ -592,10 +592,11 @@ def test_a_prompt_under_two_problem_ids_pairs_every_positive_it_can(task):
     assert sizes == [5] and result.composition["synthetic"] == 4 and result.composition["human"] == 4
 
 
-def test_a_prompt_frozen_for_its_many_answers_gives_the_same_figure_in_any_order():
+def test_a_prompt_frozen_for_its_many_answers_gives_the_same_figure_in_any_order_under_the_pairs_bound():
     """A prompt past prompt_answers distinct answers is fixed at its figure then, whether the other prompts come
-    before, after or between its samples: they stay followed (with answer_pairs the only bound, the others were
-    dropped when they came first and kept when they came after)."""
+    before, after or between its samples, as long as the pairs stay under answer_pairs: they stay followed (with
+    answer_pairs the only bound, the others were dropped when they came first and kept when they came after).
+    Once the pairs bound binds, which prompts are followed still depends on the order, as it always has."""
     import random
 
     from flywheel_dagster.curation.monitors import MonitorAccumulator

@@ -127,3 +127,5 @@ def test_batches_hold_batch_rows_rows_whatever_the_row_groups(tmp_path_factory, 
         sum(sizes) == start and all(n == batch_rows for n in sizes[:-1]) and (not sizes or 0 < sizes[-1] <= batch_rows)
     )
     assert [x for b in batches for x in b.column(0).to_pylist()] == list(range(start))
+    # no columns at all (only the row counts): the same sizes (a table of no columns slices differently)
+    assert [b.num_rows for b in lake.iter_batches("t", "c", columns=[], batch_rows=batch_rows)] == sizes

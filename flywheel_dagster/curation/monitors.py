@@ -10,8 +10,8 @@
   each with all its traces), so memory stays bounded when every user asks something new; and past ANSWER_PAIRS
   distinct (prompt, answer) pairs over fewer of them, the smallest digests still, so it stays bounded when each
   prompt gets ever more distinct answers too. A prompt whose distinct answers pass PROMPT_ANSWERS counts with
-  its figure at that point (its samples up to there) and its set is freed, whatever the other prompts do: no
-  one prompt grows memory without end.
+  its figure at that point (its samples up to there) and its set is freed: no one prompt grows memory without
+  end, and while the pairs stay under ANSWER_PAIRS its figure does not depend on when the others come.
 - length_ks: two-sample Kolmogorov-Smirnov statistic between this quarter's reasoning lengths and the
   previous quarter's (from its monitors.json); None in the first cycle.
 - verified_accuracy: correct / verified traces.
@@ -68,8 +68,8 @@ class MonitorAccumulator:
     ) -> None:
         self.sample_size = sample_size
         self.prompt_sample = max(prompt_sample, 1)
-        self.answer_pairs = answer_pairs
-        self.prompt_answers = max(1, min(prompt_answers, answer_pairs))  # so one prompt never fills the pairs
+        self.answer_pairs = max(answer_pairs, 1)
+        self.prompt_answers = max(1, min(prompt_answers, self.answer_pairs))  # one prompt alone stays in the bound
         self._pairs = 0  # sum of the answer sets' sizes
         self._sample: list[tuple[int, str]] = []  # min-heap of (-key, reasoning): keeps the smallest keys
         self._answers: dict[int, set] = defaultdict(set)
