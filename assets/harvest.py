@@ -171,9 +171,11 @@ def training_dataset(
         deployed = registry.version(Deployment.read(the_lake, key).version)
         eng = engine.load(cfg, registry.local_path(deployed))
     try:
-        with timing.compute(TRAINING_DATASET):
+        # Read twice (the pairs' negatives are known once every positive is): from one open file, so both reads see
+        # the same rows even if harvested_traces is materialized again meanwhile.
+        with timing.compute(TRAINING_DATASET), the_lake.open_file(HarvestedSet.TABLE, key) as harvested:
             result = build_training_dataset(
-                lambda columns: the_lake.iter_batches(HarvestedSet.TABLE, key, columns=columns),
+                lambda columns: harvested.batches(columns),
                 lambda n: task.anchors(n, seed=1000 + index),  # as many as the positives taken need
                 cfg.harvest,
                 task,

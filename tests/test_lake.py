@@ -129,3 +129,15 @@ def test_batches_hold_batch_rows_rows_whatever_the_row_groups(tmp_path_factory, 
     assert [x for b in batches for x in b.column(0).to_pylist()] == list(range(start))
     # no columns at all (only the row counts): the same sizes (a table of no columns slices differently)
     assert [b.num_rows for b in lake.iter_batches("t", "c", columns=[], batch_rows=batch_rows)] == sizes
+
+
+def test_an_open_file_reads_the_same_rows_while_its_partition_is_rewritten(tmp_path):
+    """What reads a partition twice (the training set) sees one version, even if it is rewritten in between."""
+    lake = Lake(str(tmp_path / "lake"))
+    first = pa.table({"n": list(range(10_000))})
+    lake.write_table("harvested_traces", "c", first)
+    with lake.open_file("harvested_traces", "c") as data:
+        assert pa.Table.from_batches(list(data.batches())).equals(first)
+        lake.write_table("harvested_traces", "c", pa.table({"n": [7]}))
+        assert pa.Table.from_batches(list(data.batches(["n"], 300))).equals(first)
+    assert lake.read_table("harvested_traces", "c").num_rows == 1

@@ -12,6 +12,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -143,21 +144,18 @@ class Lake:
     def iter_batches(
         self, table: str, cycle: str, name: str = DATA_FILE, columns: list[str] | None = None, batch_rows: int = 8192
     ) -> Iterator[pa.RecordBatch]:
-        """Stream a partition's rows without loading the whole file: batches of batch_rows rows (the last may be
-        shorter), read a row group at a time. Over a whole file, pyarrow's reader keeps every row group it
-        pre-buffered until it is done (about 70 MB a million harvested traces, 213 MB at 3 million: the memory
-        grew with the quarter); one group's reader frees them as the next starts (9 MB on the playground's
-        harvested traces, 33 MB with 1 KB completions, at any size: benchmarks/lake_memory.py), and still reads
-        each group in few requests from a remote store."""
+        """Stream a partition's rows without loading the whole file (OpenFile.batches)."""
+        with self.open_file(table, cycle, name) as data:
+            yield from data.batches(columns, batch_rows)
+
+    @contextmanager
+    def open_file(self, table: str, cycle: str, name: str = DATA_FILE) -> Iterator[OpenFile]:
+        """One partition file held open, to be read more than once: every read sees the same rows, even if the
+        partition is rewritten meanwhile (on a local disk, where the open file keeps the old one; an object
+        store reads by name)."""
         path = self._existing(table, cycle, name)
         with self.fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            groups = (
-                batch
-                for group in range(pf.metadata.num_row_groups)
-                for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
-            )
-            yield from _rebatched(groups, batch_rows)
+            yield OpenFile(pq.ParquetFile(f))
 
     def _existing(self, table: str, cycle: str, name: str) -> str:
         """The path of a partition's file; FileNotFoundError, naming the table and cycle, when there is none."""
@@ -244,6 +242,27 @@ class Lake:
                 h.update(chunk)
                 size += len(chunk)
         return h.hexdigest(), size
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    """See Lake.open_file."""
+
+    file: pq.ParquetFile
+
+    def batches(self, columns: list[str] | None = None, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
+        """Batches of batch_rows rows (the last may be shorter), read a row group at a time. Over a whole file,
+        pyarrow's reader keeps every row group it pre-buffered until it is done (about 70 MB a million harvested
+        traces, 213 MB at 3 million: the memory grew with the quarter); one group's reader frees them as the next
+        starts (9 MB on the playground's harvested traces, 33 MB with 1 KB completions, at any size:
+        benchmarks/lake_memory.py), and still reads each group in few requests from a remote store."""
+        pf = self.file
+        groups = (
+            batch
+            for group in range(pf.metadata.num_row_groups)
+            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
+        )
+        yield from _rebatched(groups, batch_rows)
 
 
 class PartitionWriter:
