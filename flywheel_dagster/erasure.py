@@ -299,10 +299,12 @@ def forget(
     key: bytes,
     log_dirs: Iterable[str] = (),
     read_only_paths: Iterable[str] = (),
+    progress: Callable[[str], None] = lambda _: None,
 ) -> ErasureResult:
     """Remove `user_id`'s traces everywhere the flywheel wrote them (the serving logs under `log_dirs`, every
     cycle's tables in the lake), list the read-only inputs that still hold them, and record the request in the
-    audit chain. `key`: the deployment's erasure key (audit.erasure_key)."""
+    audit chain. `key`: the deployment's erasure key (audit.erasure_key). `progress` is told each step as it
+    starts (on a quarter's lake, a request reads every partition: minutes)."""
     if not user_id.strip():
         raise ValueError("--user-id must not be empty")
     if not requested_by.strip():
@@ -327,7 +329,9 @@ def forget(
     # The serving logs first: a rerun of any quarter would ingest the user's lines again from them. Each file's
     # hash before is journaled before it is rewritten, so a crashed request records the right one on its rerun.
     unreadable: list[str] = []
-    for path in _log_files(log_dirs):
+    logs = _log_files(log_dirs)
+    progress(f"reading {len(logs)} serving log file(s)")
+    for path in logs:
         name = str(path.resolve())
         try:
             if name not in logs_before and not any(_names_user(x, needles) for x in _read_lines(path)):
@@ -338,6 +342,7 @@ def forget(
         if name not in logs_before:
             logs_before[name] = {"sha256": file_sha256(path)[0], "lines_removed": 0}
             save_journal()
+        progress(f"rewriting {name}")
         logs_before[name]["lines_removed"] += rewrite_log(path, needles)
         save_journal()
     inputs_rewritten = []
@@ -351,12 +356,14 @@ def forget(
             {"path": name, "lines_removed": b["lines_removed"], "sha256_before": b["sha256"], "sha256_after": after}
         )
     written_dirs = {str(Path(d).resolve()) for d in log_dirs}
+    progress("counting the user's lines in the read-only inputs (ingest.paths)")
     at_source = {f: -1 for f in unreadable} | {
         f: n
         for f, n in _count_at_source(read_only_paths, user_id).items()
         if not any(f.startswith(d + os.sep) for d in written_dirs)
     }
     for q in sorted(set().union(*(lake.cycles(t) for t in (*USER_TABLES, TRAINING_DATASET)))):
+        progress(f"cycle {q}: scanning")
         plan = _plan_cycle(lake, q, user_id)
         for table, name in plan:
             k = f"{table}|{q}|{name}"
@@ -367,6 +374,7 @@ def forget(
         for table in (TRAINING_DATASET, HARVESTED_TRACES, INGEST_QUARANTINE, REASONING_TRACES):
             replaced = {name: data for (t, name), data in plan.items() if t == table}
             if replaced:
+                progress(f"cycle {q}: rewriting {table} ({', '.join(sorted(replaced))})")
                 _rewrite(lake, table, q, replaced)
 
     result = ErasureResult(subject, logs_rewritten=logs_rewritten, erase_at_source=at_source)

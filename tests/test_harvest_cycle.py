@@ -332,8 +332,21 @@ def test_forget_leaves_no_byte_of_the_user_under_the_lake(logs_cycle, tmp_path):
     quarantined = fw.lake.read_table(ingest.QUARANTINE_TABLE, Q1).to_pylist()
     assert any(VICTIM in q["excerpt"] and q["user_id"] is None for q in quarantined)  # the unparsable line
 
-    res = forget(fw.lake, fw.registry, VICTIM, "DPO desk", **erasure_args(fw), read_only_paths=[str(outside)])
+    steps = []
+    res = forget(
+        fw.lake,
+        fw.registry,
+        VICTIM,
+        "DPO desk",
+        **erasure_args(fw),
+        read_only_paths=[str(outside)],
+        progress=steps.append,
+    )
     assert res.logs_rewritten == {str(log.resolve()): 4}  # three records and the broken line
+    # each step is told as it starts (the CLI prints them on stderr): the log, then each partition rewritten
+    assert f"rewriting {log.resolve()}" in steps and f"cycle {Q1}: scanning" in steps
+    assert f"cycle {Q1}: rewriting harvested_traces (part-00000.parquet)" in steps
+    assert steps.index(f"rewriting {log.resolve()}") < steps.index(f"cycle {Q1}: scanning")
     assert res.erase_at_source == {str((outside / "copy.jsonl").resolve()): 4}
     after = lake_text(lake_root)
     for fragment in (VICTIM, VICTIM_EMAIL, "mara.victim"):

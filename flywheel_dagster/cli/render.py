@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from flywheel_dagster.evaluation.stats import SuiteComparison
 
 console = Console()
+progress = Console(stderr=True)  # steps of a long command as they start: on stderr, apart from its result
 
 
 def overall(report: dict) -> dict:
