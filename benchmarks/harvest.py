@@ -20,8 +20,8 @@ pass on 10 million playground traces: 868 MB peak, 602 MB at 1 million; docs/har
 `--engine ray --workers 1,2` times the log ingest (pieces of the file in Ray workers) and the harvest after the
 ingest with 1 and 2 Ray workers and prints the scale-out efficiency and the driver's CPU a trace (the ceiling of
 one driver), four runs on 2026-12-04: ingest 74,075-88,461 -> 121,398-137,345 traces/s (0.75-0.82), driver
-1.7-1.9 us a trace (of twelve uneven gzip files, which are not cut: 67,321-68,865 -> 80,688-84,887, 0.59-0.63,
-270,000 traces); harvest exact 64,350-77,213 -> 98,255-104,970 (0.68-0.78), near 30,901-36,444 ->
+1.7-1.9 us a trace (of twelve uneven gzip files, when they were not cut: 67,321-68,865 -> 80,688-84,887, 0.59-0.63,
+270,000 traces; inflated into pieces by the driver since 2026-12-05: 81,558 -> 121,316, 0.74, 300,000 traces); harvest exact 64,350-77,213 -> 98,255-104,970 (0.68-0.78), near 30,901-36,444 ->
 44,208-55,966 (0.72-0.81), driver 3.1-3.5 / 3.8-4.7 us a trace since the decisions went to numpy (1a7acaf).
 `--task gsm8k` runs GSM8K word problems instead (reasoning ten times longer, math-verify as the verifier).
 """
@@ -174,7 +174,7 @@ def ray_pass(path: Path, near: bool, batch: int, task_name: str, workers: int) -
 def ray_ingest_pass(path: Path, batch: int, task_name: str, workers: int) -> dict:
     """The log ingest as the reasoning_traces asset runs it on Ray: this process cuts the file into pieces, the
     `workers` actors ingest them, this process writes the traces in order; traces/s of the whole. `path` a folder:
-    its gzip files (which are not cut: a piece each)."""
+    its gzip files (inflated into pieces by this process)."""
     import gzip
 
     import pyarrow as pa
@@ -281,7 +281,8 @@ def main() -> None:
 
 def split_gzip(log: Path, folder: Path) -> Path:
     """The log as twelve gzip files of uneven size (6:1:1:1, three times), as hourly logs of a day and its nights
-    come: a gzip file is not cut, so it is one piece, and the big ones test the Ray ingest's scheduling."""
+    come: the big ones test the Ray ingest's scheduling (a gzip file was one piece; it is inflated into pieces
+    now)."""
     import gzip
 
     folder.mkdir()

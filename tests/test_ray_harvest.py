@@ -10,6 +10,7 @@ import os
 import signal
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import orjson
 import pyarrow as pa
@@ -239,6 +240,9 @@ def _messy_logs(tmp_path) -> list[str]:
     (logs / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records[450:550])))
     cut = gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records[550:650]))
     (logs / "c.jsonl.gz").write_bytes(cut[: len(cut) // 2])
+    flipped = bytearray(gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records[600:700])))
+    flipped[len(flipped) // 2] ^= 0x10  # damage inside the deflate stream: zlib.error, not a truncation
+    (logs / "f.jsonl.gz").write_bytes(bytes(flipped))
     traces = [t for t, _ in ingest.Ingestor(task, _settings()).tables([str(a)])]
     pq.write_table(pa.concat_tables(traces).slice(0, 30), logs / "d.parquet")
     loggen.write_jsonl(logs / "e.jsonl", [{**r, "request_id": None} for r in records[650:]], broken_every=5)
@@ -273,6 +277,20 @@ def test_pieces_ingest_what_the_whole_files_ingest(tmp_path):
     worker.stats.files, worker.stats.files_skipped = planner.stats.files, planner.stats.files_skipped
     assert traces.equals(want[0]), first_difference(traces, want[0])
     assert quarantine.equals(want[1]) and worker.stats.as_metadata() == want[2]
+    # The gzip files inflated here into plain pieces (their lines spread over the workers): the same again,
+    # the damaged ones included (a truncated file, a flipped bit).
+    inflated = tmp_path / "inflated"
+    inflated.mkdir()
+    planner, worker = ingest.Ingestor(task, _settings()), ingest.Ingestor(task, _settings(), batch_rows=64)
+    pieces = list(planner.pieces(files, 3000, inflate_into=str(inflated)))
+    damaged = {Path(p.path).name: p.damage for p in pieces if p.damage}
+    assert set(damaged) == {"c.jsonl.gz", "f.jsonl.gz"} and damaged["c.jsonl.gz"].startswith("EOFError")
+    assert damaged["f.jsonl.gz"].startswith("error: ")  # zlib.error
+    assert sum(p.path.endswith("b.jsonl.gz") for p in pieces) > 3  # a whole gzip file, cut as a plain one is
+    traces, quarantine, _ = _ingested(worker, worker.piece_tables(pieces))
+    worker.stats.files, worker.stats.files_skipped = planner.stats.files, planner.stats.files_skipped
+    assert traces.equals(want[0]), first_difference(traces, want[0])
+    assert quarantine.equals(want[1]) and worker.stats.as_metadata() == want[2]
     reasons = set(quarantine.column("reason").to_pylist())
     assert {"oversized_record", "unreadable_file", "bad_json", "outside_window"} <= reasons
     assert (
@@ -297,7 +315,7 @@ def test_ray_ingest_writes_what_local_ingest_writes_and_survives_a_killed_worker
     want = _ingested(local, local.tables(files))
     pieces = list(ingest.Ingestor(task, _settings()).pieces(files, 3000))
     assert {p.path for p in pieces if ray_ingest._unbounded(p, 3000)} == {  # whole files, through spill files
-        "logs/b.jsonl.gz", "logs/c.jsonl.gz", "logs/d.parquet",
+        "logs/b.jsonl.gz", "logs/c.jsonl.gz", "logs/d.parquet", "logs/f.jsonl.gz",
     }  # fmt: skip
     actors = ray_ingest.start_workers(cfg, _settings(), 2, batch_rows=64)
     try:

@@ -3,22 +3,23 @@
 The ingest is the harvest stage's largest cost on one core (about 12 us a playground trace: JSON, the record
 checks, the rows into Arrow), and each line is ingested on its own, so it scales out by pieces of the files:
 the driver cuts every big uncompressed JSON Lines file at line ends into pieces of about `piece_bytes`
-(Ingestor.pieces; gzip and Parquet files stay whole), each actor ingests the pieces it is given with the same
-Ingestor code as the local ingest, and the driver takes the pieces' tables back in the files' order and writes
-them. A piece knows how many lines come before it, so line numbers in the quarantine, and the trace ids of
+(Ingestor.pieces; a big gzip file is inflated here into such pieces, in a temporary folder; Parquet files stay
+whole), each actor ingests the pieces it is given with the same Ingestor code as the local ingest, and the
+driver takes the pieces' tables back in the files' order and writes them. A piece knows how many lines come before it, so line numbers in the quarantine, and the trace ids of
 records without a request_id (keyed by file and line), are those of the whole file: `ray` writes exactly the
 traces, quarantine and counts `local` writes (tests/test_ray_harvest.py).
 
 - The actors open the files themselves (by absolute path: a worker's working directory is the cluster's), so
   every Ray node must see them: a cluster on this machine (engines.replicas.cluster_is_local); elsewhere the
   asset ingests in its own process and says so in its metadata.
-- Memory: a plain piece's rows come back in memory (about piece_bytes of them); a gzip or Parquet file larger
-  than piece_bytes / 8 on disk, which cannot be cut, is written by its actor to a spill file (Parquet, lz4)
-  that this process streams back a batch at a time and removes. At most IN_FLIGHT (4) pieces per actor are in
-  flight.
+- Memory: a plain piece's rows come back in memory (about piece_bytes of them); a Parquet file larger than
+  piece_bytes / 8 on disk, which is not cut, is written by its actor to a spill file (Parquet, lz4) that this
+  process streams back a batch at a time and removes. At most IN_FLIGHT (4) pieces per actor are in flight,
+  which bounds the disk an inflated gzip file's pieces take too (each removed once ingested).
 - A worker that dies is restarted and its piece done again (a pure function of the file's bytes): nothing
   is lost or written twice. A piece that kills its worker RETRIES + 1 times fails the step, not hangs it.
-- The driver's share is cutting the files (reading them once) and writing the Parquet: about 2 us a trace.
+- The driver's share is cutting the files (reading them once), inflating the gzip ones, and writing the
+  Parquet: about 2 us a trace.
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ def ingest_tables(
     spills = tempfile.mkdtemp(prefix="flywheel-ingest-spill-")
 
     def take() -> Iterator[tuple[pa.Table, pa.Table]]:
-        tables, stats = ray.get(in_flight.popleft())
+        call, piece = in_flight.popleft()
+        tables, stats = ray.get(call)
+        if piece.opened.startswith(spills):  # a piece of an inflated gzip file: done with
+            os.unlink(piece.opened)
         _add(ingestor.stats, stats)
         if not isinstance(tables, str):
             yield from tables
@@ -123,9 +127,9 @@ def ingest_tables(
             os.unlink(tables + suffix)
 
     try:
-        for k, piece in enumerate(ingestor.pieces(files, piece_bytes)):
+        for k, piece in enumerate(ingestor.pieces(files, piece_bytes, inflate_into=spills)):
             spill = os.path.join(spills, f"piece-{k:08d}") if _unbounded(piece, piece_bytes) else None
-            in_flight.append(actors[k % len(actors)].ingest.remote(piece, spill))
+            in_flight.append((actors[k % len(actors)].ingest.remote(piece, spill), piece))
             if len(in_flight) >= limit:
                 yield from take()
         while in_flight:
@@ -136,7 +140,7 @@ def ingest_tables(
 
 def _unbounded(piece: Piece, piece_bytes: int) -> bool:
     """A whole gzip or Parquet file whose rows may not fit a message: larger than piece_bytes / 8 on disk."""
-    if piece.path.endswith(".jsonl"):  # cut into pieces of about piece_bytes, or smaller than that whole
+    if piece.source.endswith(".jsonl"):  # cut into pieces of about piece_bytes (a gzip file's inflated), or small
         return False
     try:
         return os.path.getsize(piece.source) > piece_bytes // 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import io
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -72,6 +73,9 @@ class Piece:
     stop: int | None = None
     first_line: int = 0
     opened: str = ""  # the path to open, when another process opens it: absolute (a worker's directory differs)
+    # A piece of an inflated gzip file (opened: plain lines) that ends where the file is damaged: the error, which
+    # its worker quarantines after the piece's lines as the local ingest does (Ingestor.pieces, inflate_into).
+    damage: str = ""
 
     @property
     def source(self) -> str:
@@ -112,6 +116,50 @@ def _line_pieces(path: str, piece_bytes: int, block_bytes: int = 1 << 20) -> Ite
     if last is not None:
         yield last
     yield Piece(path, start, None, first_line, opened)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0  # ingested whole: the worker quarantines what it cannot read
+
+
+def _gzip_pieces(piece: Piece, piece_bytes: int, folder: str) -> Iterator[Piece]:
+    """A gzip file inflated here into plain pieces of whole lines, about piece_bytes each (files in `folder`), so
+    its lines spread over the workers like a plain file's instead of going to one. Where the file is damaged,
+    the complete lines before the damage are kept and the piece they end carries the error, as the local ingest
+    reads the file (the line the damage cuts is lost either way). A file that cannot be opened stays whole."""
+    try:
+        f = open(piece.source, "rb")  # noqa: SIM115 - closed below; opening is what may fail
+    except (OSError, ValueError):
+        yield piece  # its worker meets the same error and quarantines it, as the local ingest does
+        return
+    first_line, damage, ended = 0, "", False
+    with f:
+        stream = io.BufferedReader(_Inflater(f), 1 << 16)
+        while not ended:
+            fd, name = tempfile.mkstemp(suffix=".jsonl", dir=folder)
+            size = whole = lines = 0  # bytes written, bytes up to the last line end, line ends
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    while whole < piece_bytes:
+                        chunk = stream.readline(1 << 20)  # a long line comes in parts
+                        if not chunk:
+                            ended = True
+                            break
+                        out.write(chunk)
+                        size += len(chunk)
+                        if chunk.endswith(b"\n"):
+                            whole, lines = size, lines + 1
+                except Exception as err:  # noqa: BLE001 - zlib.error, EOFError, OSError, ...: the rest is lost
+                    damage, ended = f"{type(err).__name__}: {err}"[:300], True
+                    out.truncate(whole)  # the line the damage cut is not a line
+            if size == 0 and not damage:
+                os.unlink(name)
+                break
+            yield replace(piece, opened=name, first_line=first_line, damage=damage)
+            first_line += lines
 
 
 @dataclass
@@ -216,13 +264,18 @@ class Ingestor:
             self.stats.files += 1
             yield Piece(path)
 
-    def pieces(self, files: list[str], piece_bytes: int) -> Iterator[Piece]:
+    def pieces(self, files: list[str], piece_bytes: int, inflate_into: str | None = None) -> Iterator[Piece]:
         """whole_files, with each uncompressed JSON Lines file larger than `piece_bytes` cut at line ends into
         pieces of about that size (each knows the lines before it, so a quarantined line and a trace id that
-        falls back to the line's place come out as from the whole file). Gzip and Parquet files stay whole.
-        Reads the big files once to find line ends (about 3 GB/s from the page cache)."""
+        falls back to the line's place come out as from the whole file). Reads the big files once to find line
+        ends (about 3 GB/s from the page cache). Parquet files stay whole; so do gzip files, unless
+        `inflate_into` names a folder: then a gzip file larger than piece_bytes / 8 is inflated here into plain
+        pieces there (made as they are asked for; whoever ingests one may remove its file)."""
         for piece in self.whole_files(files):
             piece = replace(piece, opened=os.path.abspath(piece.path))
+            if piece.path.endswith(".gz") and inflate_into is not None and _size(piece.path) > piece_bytes // 8:
+                yield from _gzip_pieces(piece, piece_bytes, inflate_into)
+                continue
             if not piece.path.endswith(".jsonl"):
                 yield piece
                 continue
@@ -238,7 +291,9 @@ class Ingestor:
             if _log_kind(piece.path) == "parquet":
                 rows_of = self._parquet_traces(piece.path, piece.source)
             else:
-                rows_of = self._jsonl_traces(piece.path, piece.start, piece.stop, piece.first_line, piece.source)
+                rows_of = self._jsonl_traces(
+                    piece.path, piece.start, piece.stop, piece.first_line, piece.source, piece.damage
+                )
             for rows in rows_of:
                 traces.extend(rows)
                 if len(traces) >= self.batch_rows or len(self._pending) >= self.batch_rows:
@@ -248,7 +303,13 @@ class Ingestor:
             yield traces, self._take_quarantine()
 
     def _jsonl_traces(
-        self, path: str, start: int = 0, stop: int | None = None, first_line: int = 0, source: str = ""
+        self,
+        path: str,
+        start: int = 0,
+        stop: int | None = None,
+        first_line: int = 0,
+        source: str = "",
+        damage: str = "",
     ) -> Iterator[list[tuple]]:
         shown = _shown(path)
         name = Path(shown).name
@@ -263,7 +324,7 @@ class Ingestor:
         out: list[tuple] = []
         line_no = first_line  # physical lines, blank ones included, so a quarantined line is found where it says
         with f:
-            if path.endswith(".gz"):
+            if (source or path).endswith(".gz"):
                 stream: BinaryIO = io.BufferedReader(_Inflater(f), 1 << 16)
             else:
                 stream = f if stop is None else io.BufferedReader(_Range(f, stop - start), 1 << 16)
@@ -276,6 +337,9 @@ class Ingestor:
                     self._unreadable(shown, line_no + 1, err)
                     break
                 if item is None:
+                    if damage:  # the gzip file this piece was inflated from is damaged here (_gzip_pieces)
+                        self.stats.lines_read += 1
+                        self._quarantine(shown, line_no + 1, "unreadable_file", damage, b"")
                     break
                 raw, size = item
                 line_no += 1
