@@ -237,7 +237,9 @@ def _messy_logs(tmp_path) -> list[str]:
         f.write(b"\n\n" + orjson.dumps(no_id) + b"\n" + orjson.dumps({**no_id, "timestamp": "2025-12-31T23:59:59Z"}))
         f.write(b"\n" + b"\n".join(orjson.dumps(r) for r in records[400:450]))
     a.write_bytes(codecs.BOM_UTF8 + a.read_bytes())
-    (logs / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records[450:550])))
+    b = [orjson.dumps(r) + b"\n" for r in records[450:550]]
+    b[40:40] = [b'{"user_id": "u-9", "note": "' + b"x" * 6000 + b'"}\n']  # over max_record_bytes (4000)
+    (logs / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(b)))
     cut = gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records[550:650]))
     (logs / "c.jsonl.gz").write_bytes(cut[: len(cut) // 2])
     flipped = bytearray(gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records[600:700])))
@@ -283,9 +285,14 @@ def test_pieces_ingest_what_the_whole_files_ingest(tmp_path):
     inflated.mkdir()
     planner, worker = ingest.Ingestor(task, _settings()), ingest.Ingestor(task, _settings(), batch_rows=64)
     pieces = list(planner.pieces(files, 3000, inflate_into=str(inflated)))
-    damaged = {Path(p.path).name: p.damage for p in pieces if p.damage}
+    damaged = {
+        Path(p.path).name: p.tail_entry[1] for p in pieces if p.tail_entry and p.tail_entry[0] == "unreadable_file"
+    }
     assert set(damaged) == {"c.jsonl.gz", "f.jsonl.gz"} and damaged["c.jsonl.gz"].startswith("EOFError")
     assert damaged["f.jsonl.gz"].startswith("error: ")  # zlib.error
+    (long,) = [p for p in pieces if p.tail_entry and p.tail_entry[0] == "oversized_record"]
+    assert long.path.endswith("b.jsonl.gz") and long.tail_entry[1] == "6030 bytes > max_record_bytes 4000"
+    assert os.path.getsize(long.opened) < 3000 + 4000  # the long line is never written out
     assert sum(p.path.endswith("b.jsonl.gz") for p in pieces) > 3  # a whole gzip file, cut as a plain one is
     traces, quarantine, _ = _ingested(worker, worker.piece_tables(pieces))
     worker.stats.files, worker.stats.files_skipped = planner.stats.files, planner.stats.files_skipped

@@ -311,7 +311,7 @@ def forget(
             key=erasure_key(s.home),
             log_dirs=[str(logs_dir_for(s.cfg, s.home))],
             read_only_paths=s.cfg.ingest.paths,
-            progress=lambda step: render.progress.print(f"[dim]{step}[/dim]"),
+            progress=lambda step: render.progress.print(step, style="dim", markup=False, highlight=False),
         )
     except (ValueError, RuntimeError) as err:
         console.print(f"[red]{err}[/red]")

@@ -73,9 +73,10 @@ class Piece:
     stop: int | None = None
     first_line: int = 0
     opened: str = ""  # the path to open, when another process opens it: absolute (a worker's directory differs)
-    # A piece of an inflated gzip file (opened: plain lines) that ends where the file is damaged: the error, which
-    # its worker quarantines after the piece's lines as the local ingest does (Ingestor.pieces, inflate_into).
-    damage: str = ""
+    # A piece of an inflated gzip file (opened: its plain lines, see _gzip_pieces) may end with the quarantine
+    # entry (reason, detail, raw) of the line after them, which its worker records as the local ingest does: a
+    # line over max_record_bytes (never written out), or the damage that ends the file.
+    tail_entry: tuple[str, str, bytes] | None = None
 
     @property
     def source(self) -> str:
@@ -125,41 +126,47 @@ def _size(path: str) -> int:
         return 0  # ingested whole: the worker quarantines what it cannot read
 
 
-def _gzip_pieces(piece: Piece, piece_bytes: int, folder: str) -> Iterator[Piece]:
+def _gzip_pieces(piece: Piece, piece_bytes: int, limit: int, folder: str) -> Iterator[Piece]:
     """A gzip file inflated here into plain pieces of whole lines, about piece_bytes each (files in `folder`), so
-    its lines spread over the workers like a plain file's instead of going to one. Where the file is damaged,
-    the complete lines before the damage are kept and the piece they end carries the error, as the local ingest
-    reads the file (the line the damage cuts is lost either way). A file that cannot be opened stays whole."""
+    its lines spread over the workers like a plain file's instead of going to one. The lines are read as the
+    local ingest reads them (_Inflater, _lines with max_record_bytes `limit`), so they are the same lines: a line
+    over the limit is not written out (a piece ends before it, with its quarantine entry as its tail, so a temporary
+    file holds at most piece_bytes and one line of at most `limit`), and where the file is damaged the piece
+    before carries the error. A file that cannot be opened stays whole; a failed write fails the step."""
     try:
         f = open(piece.source, "rb")  # noqa: SIM115 - closed below; opening is what may fail
     except (OSError, ValueError):
         yield piece  # its worker meets the same error and quarantines it, as the local ingest does
         return
-    first_line, damage, ended = 0, "", False
     with f:
-        stream = io.BufferedReader(_Inflater(f), 1 << 16)
+        lines_in = _lines(io.BufferedReader(_Inflater(f), 1 << 16), limit)
+        first_line, ended = 0, False
         while not ended:
             fd, name = tempfile.mkstemp(suffix=".jsonl", dir=folder)
-            size = whole = lines = 0  # bytes written, bytes up to the last line end, line ends
+            size = lines = 0
+            tail: tuple[str, str, bytes] | None = None
             with os.fdopen(fd, "wb") as out:
-                try:
-                    while whole < piece_bytes:
-                        chunk = stream.readline(1 << 20)  # a long line comes in parts
-                        if not chunk:
-                            ended = True
-                            break
-                        out.write(chunk)
-                        size += len(chunk)
-                        if chunk.endswith(b"\n"):
-                            whole, lines = size, lines + 1
-                except Exception as err:  # noqa: BLE001 - zlib.error, EOFError, OSError, ...: the rest is lost
-                    damage, ended = f"{type(err).__name__}: {err}"[:300], True
-                    out.truncate(whole)  # the line the damage cut is not a line
-            if size == 0 and not damage:
+                while size < piece_bytes:
+                    try:
+                        item = next(lines_in, None)
+                    except Exception as err:  # noqa: BLE001 - zlib.error, EOFError, OSError, ...: the rest is lost
+                        tail, ended = ("unreadable_file", f"{type(err).__name__}: {err}"[:300], b""), True
+                        break
+                    if item is None:
+                        ended = True
+                        break
+                    raw, length = item
+                    if length > limit:
+                        tail = ("oversized_record", f"{length} bytes > max_record_bytes {limit}", raw)
+                        break
+                    out.write(raw)
+                    size += len(raw)
+                    lines += 1
+            if size == 0 and tail is None:
                 os.unlink(name)
                 break
-            yield replace(piece, opened=name, first_line=first_line, damage=damage)
-            first_line += lines
+            yield replace(piece, opened=name, first_line=first_line, tail_entry=tail)
+            first_line += lines + (tail is not None)
 
 
 @dataclass
@@ -274,7 +281,7 @@ class Ingestor:
         for piece in self.whole_files(files):
             piece = replace(piece, opened=os.path.abspath(piece.path))
             if piece.path.endswith(".gz") and inflate_into is not None and _size(piece.path) > piece_bytes // 8:
-                yield from _gzip_pieces(piece, piece_bytes, inflate_into)
+                yield from _gzip_pieces(piece, piece_bytes, self.settings.max_record_bytes, inflate_into)
                 continue
             if not piece.path.endswith(".jsonl"):
                 yield piece
@@ -292,7 +299,7 @@ class Ingestor:
                 rows_of = self._parquet_traces(piece.path, piece.source)
             else:
                 rows_of = self._jsonl_traces(
-                    piece.path, piece.start, piece.stop, piece.first_line, piece.source, piece.damage
+                    piece.path, piece.start, piece.stop, piece.first_line, piece.source, piece.tail_entry
                 )
             for rows in rows_of:
                 traces.extend(rows)
@@ -309,7 +316,7 @@ class Ingestor:
         stop: int | None = None,
         first_line: int = 0,
         source: str = "",
-        damage: str = "",
+        tail_entry: tuple[str, str, bytes] | None = None,
     ) -> Iterator[list[tuple]]:
         shown = _shown(path)
         name = Path(shown).name
@@ -337,9 +344,9 @@ class Ingestor:
                     self._unreadable(shown, line_no + 1, err)
                     break
                 if item is None:
-                    if damage:  # the gzip file this piece was inflated from is damaged here (_gzip_pieces)
+                    if tail_entry is not None:  # the line after this piece of an inflated gzip file (_gzip_pieces)
                         self.stats.lines_read += 1
-                        self._quarantine(shown, line_no + 1, "unreadable_file", damage, b"")
+                        self._quarantine(shown, line_no + 1, *tail_entry)
                     break
                 raw, size = item
                 line_no += 1
