@@ -47,7 +47,7 @@ from flywheel_dagster.records import (
     TrainingSet,
 )
 from flywheel_dagster.registry import Registry
-from flywheel_dagster.traces.lake import DATA_FILE, Lake
+from flywheel_dagster.traces.lake import DATA_FILE, Lake, OpenFile
 
 JOURNAL_TABLE = "audit_erasure_journal"
 USER_TABLES = (REASONING_TRACES, INGEST_QUARANTINE, HARVESTED_TRACES)
@@ -119,8 +119,7 @@ def _not_in(columns: tuple[str, ...], values: set[str]) -> Keep:
 def _scan(lake: Lake, table: str, cycle: str, name: str, keep: Keep) -> pa.Table | None:
     """The rows of one file that `keep` removes, in the columns that decide and name them, read a batch at a time
     (a quarter's partition need not fit in memory); None when it removes none."""
-    with lake.fs.open_input_file(f"{lake.partition_dir(table, cycle)}/{name}") as f:
-        names = pq.read_schema(f).names
+    names = lake.schema(table, cycle, name).names
     columns = [c for c in ("user_id", "excerpt", "detail", "trace_id", "chosen_trace_id",
                            "rejected_trace_id", "prompt") if c in names]  # fmt: skip
     gone = [
@@ -140,9 +139,8 @@ def _plan_cycle(lake: Lake, cycle: str, user_id: str) -> dict[tuple[str, str], K
     for table in USER_TABLES:
         if not lake.exists(table, cycle):
             continue
-        with lake.fs.open_input_file(f"{lake.partition_dir(table, cycle)}/{DATA_FILE}") as f:
-            if "user_id" not in pq.read_schema(f).names:
-                continue
+        if "user_id" not in lake.schema(table, cycle).names:
+            continue
         keep = _user_rows(table, user_id)
         gone = _scan(lake, table, cycle, DATA_FILE, keep)
         if gone is not None:
@@ -179,8 +177,7 @@ def _rewrite(lake: Lake, table: str, cycle: str, replaced: dict[str, Keep]) -> N
     with lake.open_partition(table, cycle) as part:
         for name in lake.files(table, cycle):
             if name in replaced:
-                with lake.fs.open_input_file(f"{lake.partition_dir(table, cycle)}/{name}") as f:
-                    schema = pq.read_schema(f)
+                schema = lake.schema(table, cycle, name)
                 out = part.parquet(name, schema)
                 for batch in lake.iter_batches(table, cycle, name, batch_rows=SCAN_ROWS):
                     out.write_table(pa.Table.from_batches([batch.filter(replaced[name](batch))], schema))
@@ -249,8 +246,6 @@ def rewrite_log(path: Path, needles: list[bytes]) -> int:
 
 def _count_at_source(paths: Iterable[str], user_id: str) -> dict[str, int]:
     """Read-only inputs (ingest.paths) that hold lines or rows of the user: file -> how many."""
-    import pyarrow.parquet as pq
-
     from flywheel_dagster.curation.ingest import find_log_files
 
     needles, out = _needles(user_id), {}
@@ -261,11 +256,9 @@ def _count_at_source(paths: Iterable[str], user_id: str) -> dict[str, int]:
     for f in files:
         try:
             if f.endswith(".parquet"):
-                pf = pq.ParquetFile(f)
                 n = sum(
                     pc.sum(pc.equal(batch.column(0), user_id)).as_py() or 0
-                    for group in range(pf.num_row_groups)
-                    for batch in pf.iter_batches(row_groups=[group], columns=["user_id"])
+                    for batch in OpenFile(pq.ParquetFile(f)).batches(["user_id"])  # a row group at a time
                 )
             else:
                 n = sum(_names_user(x, needles) for x in _read_lines(Path(f)))

@@ -5,9 +5,10 @@ checks, the rows into Arrow), and each line is ingested on its own, so it scales
 the driver cuts every big uncompressed JSON Lines file at line ends into pieces of about `piece_bytes`
 (Ingestor.pieces; a big gzip file is inflated here into such pieces, in a temporary folder; Parquet files stay
 whole), each actor ingests the pieces it is given with the same Ingestor code as the local ingest, and the
-driver takes the pieces' tables back in the files' order and writes them. A piece knows how many lines come before it, so line numbers in the quarantine, and the trace ids of
-records without a request_id (keyed by file and line), are those of the whole file: `ray` writes exactly the
-traces, quarantine and counts `local` writes (tests/test_ray_harvest.py).
+driver takes the pieces' tables back in the files' order and writes them. A piece knows how many lines come
+before it, so line numbers in the quarantine, and the trace ids of records without a request_id (keyed by file
+and line), are those of the whole file: `ray` writes exactly the traces, quarantine and counts `local` writes
+(tests/test_ray_harvest.py).
 
 - The actors open the files themselves (by absolute path: a worker's working directory is the cluster's), so
   every Ray node must see them: a cluster on this machine (engines.replicas.cluster_is_local); elsewhere the
@@ -37,6 +38,7 @@ import pyarrow.parquet as pq
 
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.curation.ingest import QUARANTINE_SCHEMA, Ingestor, IngestStats, Piece, Settings
+from flywheel_dagster.curation.ingest.ingestor import _size
 from flywheel_dagster.traces.schema import TRACE_SCHEMA
 
 PIECE_BYTES = 8 << 20  # about 16,000 playground records or 4,000 GSM8K ones a piece
@@ -143,10 +145,7 @@ def _unbounded(piece: Piece, piece_bytes: int) -> bool:
     """A whole gzip or Parquet file whose rows may not fit a message: larger than piece_bytes / 8 on disk."""
     if piece.source.endswith(".jsonl"):  # cut into pieces of about piece_bytes (a gzip file's inflated), or small
         return False
-    try:
-        return os.path.getsize(piece.source) > piece_bytes // 8
-    except OSError:
-        return False  # the worker quarantines what it cannot read: a row or two
+    return _size(piece.source) > piece_bytes // 8  # 0 for a file that cannot be read: its worker quarantines it
 
 
 def _add(total: IngestStats, piece: IngestStats) -> None:

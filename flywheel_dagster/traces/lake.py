@@ -176,6 +176,11 @@ class Lake:
         version = (info.size, info.mtime_ns) if info.size is not None and info.mtime_ns is not None else None
         return [RowGroup(location, inside, i, meta.row_group(i).num_rows, version) for i in range(meta.num_row_groups)]
 
+    def schema(self, table: str, cycle: str, name: str = DATA_FILE) -> pa.Schema:
+        """A partition file's schema, from its footer."""
+        with self.fs.open_input_file(self._existing(table, cycle, name)) as f:
+            return pq.read_schema(f)
+
     def read_table(self, table: str, cycle: str, name: str = DATA_FILE) -> pa.Table:
         path = self._existing(table, cycle, name)
         return pq.read_table(path, filesystem=self.fs)

@@ -120,10 +120,12 @@ def _line_pieces(path: str, piece_bytes: int, block_bytes: int = 1 << 20) -> Ite
 
 
 def _size(path: str) -> int:
+    """A file's size, 0 when it cannot be read: such a file is ingested whole, and its worker quarantines what it
+    cannot read, as the local ingest does."""
     try:
         return os.path.getsize(path)
     except OSError:
-        return 0  # ingested whole: the worker quarantines what it cannot read
+        return 0
 
 
 def _gzip_pieces(piece: Piece, piece_bytes: int, limit: int, folder: str) -> Iterator[Piece]:
@@ -286,11 +288,7 @@ class Ingestor:
             if not piece.path.endswith(".jsonl"):
                 yield piece
                 continue
-            try:
-                size = os.path.getsize(piece.path)
-            except OSError:
-                size = 0  # ingested whole: the worker quarantines what it cannot read
-            yield from _line_pieces(piece.path, piece_bytes) if size > piece_bytes else (piece,)
+            yield from _line_pieces(piece.path, piece_bytes) if _size(piece.path) > piece_bytes else (piece,)
 
     def _batches(self, pieces: Iterable[Piece]) -> Iterator[tuple[list[tuple], list[dict]]]:
         traces: list[tuple] = []
