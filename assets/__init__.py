@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from flywheel_dagster.config import FlywheelConfig
+from flywheel_dagster.erasure import hold_during_erasure
 from flywheel_dagster.partitions import cycle_index, not_a_cycle, previous_cycle, quarterly_partitions
 from flywheel_dagster.registry import Registry
 from flywheel_dagster.resources import FlywheelConfigResource, LakeResource, MlflowResource
@@ -108,7 +109,9 @@ def open_cycle(
     the lake and the registry."""
     cfg = flywheel_config.load()
     key, index = cycle_of(context, cfg)
-    return cfg, key, index, lake.lake(), mlflow.registry(cfg.name)
+    # Before any input is read: a user table's partition is not written from inputs an erasure request ran under.
+    the_lake = hold_during_erasure(lake.lake(), error=lambda problem: dg.Failure(description=problem))
+    return cfg, key, index, the_lake, mlflow.registry(cfg.name)
 
 
 def previous_of(key: str, cfg: FlywheelConfig) -> str | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,47 @@ from flywheel_dagster.registry import Registry
 from flywheel_dagster.traces.lake import DATA_FILE, Lake, OpenFile
 
 JOURNAL_TABLE = "audit_erasure_journal"
+STARTED_TABLE = "audit_erasure_started"  # an empty object per request run, made as it starts (hold_during_erasure)
 USER_TABLES = (REASONING_TRACES, INGEST_QUARANTINE, HARVESTED_TRACES)
+HELD_TABLES = frozenset({*USER_TABLES, TRAINING_DATASET})  # what an erasure rewrites: see hold_during_erasure
+
+
+class ErasureConflict(RuntimeError):
+    """A partition of a user table not written because an erasure request ran while its inputs were read."""
+
+
+def _erasure_state(lake: Lake) -> tuple[list[str], list[str]]:
+    return lake.files(JOURNAL_TABLE), lake.files(STARTED_TABLE)
+
+
+def hold_during_erasure(lake: Lake, error: Callable[[str], BaseException] = ErasureConflict) -> Lake:
+    """Make `lake` refuse to write a partition of a table an erasure rewrites (raw, quarantined, harvested
+    traces, training set) from inputs read while an erasure request was running or before one started: such a
+    partition could hold the erased user's rows again, written after the request removed them. Call it before
+    the inputs are read (every asset does, in open_cycle); the write is refused with `error(message)` when the
+    partition is opened (fail fast) or committed. The commit's check and rename hold the lake's lock, which a
+    request takes as it starts, so a partition is committed either before the request scans it or not at all."""
+    journals, started = _erasure_state(lake)
+
+    def guard(table: str) -> None:
+        if table not in HELD_TABLES:
+            return
+        journals_now, started_now = _erasure_state(lake)
+        if journals or journals_now:
+            raise error(
+                f"{table}: an erasure request (flywheel forget) is running, or stopped before it finished "
+                f"({len(journals or journals_now)} journal(s) under {JOURNAL_TABLE}/); the user tables are not "
+                "written until it is done. Run the same `flywheel forget` again if it stopped, then materialize "
+                "this partition again."
+            )
+        if started_now != started:
+            raise error(
+                f"{table}: an erasure request (flywheel forget) ran while this step read its inputs, so its output "
+                "could hold the erased user's rows again; it was not written. Materialize this partition again."
+            )
+
+    lake.write_guard = guard
+    return lake
 
 
 @dataclass
@@ -303,6 +344,7 @@ def forget(
     if not requested_by.strip():
         raise ValueError("--by: name who handled the request")
     subject = audit.subject_sha256(user_id, key)
+    lake = Lake(lake.location)  # this request's own view: rewriting is what a held lake (write_guard) refuses
     needles = _needles(user_id)
     audit.ensure_genesis(lake, registry)
     journal_name = f"{subject}.json"
@@ -318,7 +360,11 @@ def forget(
         state = {"requested_at": at, "before": before, "logs": logs_before}
         lake.write_object(JOURNAL_TABLE, journal_name, json.dumps(state).encode())
 
-    save_journal()
+    # Under the lake's lock, so that a partition of a user table is either committed before this (and scanned
+    # below) or refused (hold_during_erasure): no step that read its inputs before now writes after.
+    with lake.locked():
+        lake.write_object(STARTED_TABLE, f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}", b"")
+        save_journal()
     # The serving logs first: a rerun of any quarter would ingest the user's lines again from them. Each file's
     # hash before is journaled before it is rewritten, so a crashed request records the right one on its rerun.
     unreadable: list[str] = []

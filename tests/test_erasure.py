@@ -65,3 +65,60 @@ def test_a_serving_log_is_rewritten_a_line_at_a_time_and_a_damaged_one_is_left_a
         erasure.rewrite_log(damaged, erasure._needles("u1"))
     assert damaged.read_bytes() == whole[:-30]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl.gz", "c.jsonl.gz"]
+
+
+def test_a_user_table_is_not_written_from_inputs_read_before_an_erasure_request_started(tmp_path):
+    """hold_during_erasure, on its own (the whole request landing inside a Dagster step is in
+    test_harvest_cycle.py): once a request has started (its marker, as forget writes it under the lake's lock),
+    a lake held before refuses to commit a user table's partition and leaves the old one as it was; other tables
+    and a lake held afterwards write; a request that stopped half-way (its journal left) refuses writes up front.
+    A commit waits for the lock a request takes as it starts, and is then refused."""
+    import threading
+    import time
+
+    root = str(tmp_path / "lake")
+    lake = Lake(root)
+    _write(lake, "harvested_traces", "part-00000.parquet", {"trace_id": ["old"]})
+    held = erasure.hold_during_erasure(Lake(root))
+    with (
+        pytest.raises(erasure.ErasureConflict, match="ran while this step read its inputs"),
+        held.open_partition("harvested_traces", Q) as part,
+    ):
+        part.parquet("part-00000.parquet", pa.schema([("trace_id", pa.string())])).write_table(
+            pa.table({"trace_id": ["new, from inputs read before the request"]})
+        )
+        lake.write_object(erasure.STARTED_TABLE, "20260105T000000000000Z-test", b"")
+    assert lake.read_table("harvested_traces", Q).column("trace_id").to_pylist() == ["old"]
+    assert lake.files("harvested_traces") == []  # its temporary folder is gone too (dot-named, not listed)
+    assert not [p for p in (tmp_path / "lake" / "harvested_traces").iterdir() if p.name.startswith(".tmp")]
+    held.write_object("models", "kept.json", b"{}")  # not a table of users' rows
+    with held.open_partition("benchmark_reports", Q) as other:
+        other.write_bytes("report.json", b"{}")
+    _write(erasure.hold_during_erasure(Lake(root)), "harvested_traces", "part-00000.parquet", {"trace_id": ["later"]})
+    assert lake.read_table("harvested_traces", Q).column("trace_id").to_pylist() == ["later"]
+
+    lake.write_object(erasure.JOURNAL_TABLE, "stopped.json", b"{}")
+    with pytest.raises(erasure.ErasureConflict, match="is running, or stopped before it finished"):
+        held = erasure.hold_during_erasure(Lake(root))
+        held.open_partition("training_dataset", Q).__enter__()
+    lake.delete_object(erasure.JOURNAL_TABLE, "stopped.json")
+
+    # The commit's check and rename hold the lock: here a request starts while a commit waits for it.
+    held = erasure.hold_during_erasure(Lake(root))
+    outcome: list[BaseException | None] = []
+
+    def commit() -> None:
+        try:
+            _write(held, "reasoning_traces", "part-00000.parquet", {"trace_id": ["racing"]})
+            outcome.append(None)
+        except erasure.ErasureConflict as e:
+            outcome.append(e)
+
+    with lake.locked():
+        writer = threading.Thread(target=commit)
+        writer.start()
+        time.sleep(0.5)
+        assert not outcome and not lake.exists("reasoning_traces", Q)  # waiting for the lock
+        lake.write_object(erasure.STARTED_TABLE, "20260105T000001000000Z-test", b"")
+    writer.join(10)
+    assert isinstance(outcome[0], erasure.ErasureConflict) and not lake.exists("reasoning_traces", Q)

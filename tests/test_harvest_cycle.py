@@ -357,3 +357,55 @@ def test_forget_leaves_no_byte_of_the_user_under_the_lake(logs_cycle, tmp_path):
     entry = audit.Chain(fw.lake).entries()[-1]
     assert entry["erase_at_source"] == res.erase_at_source and entry["inputs_rewritten"][0]["lines_removed"] == 4
     assert audit.verify(fw.lake, fw.registry) == []
+
+
+def test_an_erasure_request_landing_while_the_training_set_is_built_keeps_the_user_out(logs_cycle, monkeypatch):
+    """A real `forget` runs while the training_dataset step is building (after it read harvested_traces, before it
+    writes): the step fails saying why, instead of writing the user's rows back after the request removed them;
+    a request that stopped half-way holds the user tables' steps up front; once it is done, the step runs again
+    clean. (Before, the training set was written from the rows read before the request: the user was back.)"""
+    import assets.harvest as harvest_assets
+    from flywheel_dagster.erasure import JOURNAL_TABLE, forget
+
+    fw, result, _ = logs_cycle
+    assert result.success
+    lake = fw.lake
+    harvested = lake.read_table("harvested_traces", Q1)
+    user_of = dict(zip(harvested.column("trace_id").to_pylist(), harvested.column("user_id").to_pylist(), strict=True))
+    used = [user_of.get(t) for t in lake.read_table("training_dataset", Q1).column("trace_id").to_pylist() if t]
+    user = sorted({u for u in used if u and u != VICTIM}, key=lambda u: (-used.count(u), u))[0]
+    mine = {t for t, u in user_of.items() if u == user}
+
+    def users_traces_in_training() -> set[str]:
+        return mine & set(lake.read_table("training_dataset", Q1).column("trace_id").to_pylist())
+
+    assert users_traces_in_training()
+    build = harvest_assets.build_training_dataset
+
+    def build_then_erase(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        out = build(*args, **kwargs)  # built from the harvested rows as they were, the user's included
+        assert any(r["trace_id"] in mine for r in out.table.to_pylist())
+        forget(lake, fw.registry, user, requested_by="DPO desk", **erasure_args(fw))
+        return out
+
+    monkeypatch.setattr(harvest_assets, "build_training_dataset", build_then_erase)
+    with dg.instance_for_test() as instance:
+        failed = materialize(fw, instance, Q1, selection=["training_dataset"])
+    assert not failed.success
+    (failure,) = failed.get_step_failure_events()
+    assert "ran while this step read its inputs" in failure.event_specific_data.error.message
+    assert not users_traces_in_training() and not mine & set(
+        lake.read_table("harvested_traces", Q1)["trace_id"].to_pylist()
+    )
+
+    monkeypatch.setattr(harvest_assets, "build_training_dataset", build)
+    lake.write_object(JOURNAL_TABLE, "stopped.json", b"{}")  # a request that stopped before it finished
+    with dg.instance_for_test() as instance:
+        held = materialize(fw, instance, Q1, selection=["harvested_traces"])
+    assert not held.success
+    assert "stopped before it finished" in held.get_step_failure_events()[0].event_specific_data.error.message
+    lake.delete_object(JOURNAL_TABLE, "stopped.json")
+    with dg.instance_for_test() as instance:
+        again = materialize(fw, instance, Q1, selection=["training_dataset"])
+    assert again.success and not users_traces_in_training()
+    assert lake.read_table("training_dataset", Q1).num_rows > 0

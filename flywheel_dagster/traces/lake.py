@@ -11,7 +11,7 @@ import functools
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -103,6 +103,28 @@ class Lake:
         self.fs, self.root = _filesystem(root)
         self.fs.create_dir(self.root, recursive=True)
         self._scheme = root.split("://", 1)[0] + "://" if "://" in root else "file://"
+        # Asked with a table's name as a partition of it is opened, and again under the lake's lock just before it
+        # is committed; raises to refuse the write (erasure.hold_during_erasure: no write from inputs read before
+        # an erasure request lands after it).
+        self.write_guard: Callable[[str], None] | None = None
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """The lake's writers one at a time: an exclusive lock on `<root>/.lock` (flock; every process on the
+        machine, or on a shared file system that supports it). An object store has no such lock: there it is a
+        no-op, and what it orders (a partition's commit against an erasure request's start) is left to the
+        instant between a check and a rename."""
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            yield
+            return
+        import fcntl
+
+        with open(os.path.join(self.root, ".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def partition_dir(self, table: str, cycle: str) -> str:
         return f"{self.root}/{table}/cycle={cycle}"
@@ -281,6 +303,8 @@ class PartitionWriter:
         self._rows: dict[str, int] = {}
 
     def __enter__(self) -> PartitionWriter:
+        if self.lake.write_guard is not None:
+            self.lake.write_guard(self.table)  # refused now rather than after the work
         self.lake.fs.create_dir(self.tmp, recursive=True)
         return self
 
@@ -310,10 +334,17 @@ class PartitionWriter:
             digest, size = self.lake._sha256(f"{self.tmp}/{name}")
             self.files[name] = LakeFile(uri=f"{self.lake._scheme}{final}/{name}", sha256=digest, rows=rows, bytes=size)
         old = None
-        if self.lake.fs.get_file_info(final).type == pafs.FileType.Directory:
-            old = f"{self.lake.root}/{self.table}/.old-cycle={self.cycle}-{uuid.uuid4().hex[:8]}"
-            self.lake.fs.move(final, old)
-        self.lake.fs.move(self.tmp, final)
+        with self.lake.locked():
+            if self.lake.write_guard is not None:
+                try:
+                    self.lake.write_guard(self.table)
+                except BaseException:
+                    self.lake.fs.delete_dir(self.tmp)
+                    raise
+            if self.lake.fs.get_file_info(final).type == pafs.FileType.Directory:
+                old = f"{self.lake.root}/{self.table}/.old-cycle={self.cycle}-{uuid.uuid4().hex[:8]}"
+                self.lake.fs.move(final, old)
+            self.lake.fs.move(self.tmp, final)
         if old is not None:
             self.lake.fs.delete_dir(old)
 
