@@ -51,6 +51,7 @@ from flywheel_dagster.registry import Registry
 from flywheel_dagster.traces.lake import DATA_FILE, Lake, OpenFile
 
 JOURNAL_TABLE = "audit_erasure_journal"
+ERASURE_LOCK = ".erasure.lock"  # held by a request from start to end (a file in the lake's root)
 STARTED_TABLE = "audit_erasure_started"  # an empty object per request run, made as it starts (hold_during_erasure)
 USER_TABLES = (REASONING_TRACES, INGEST_QUARANTINE, HARVESTED_TRACES)
 HELD_TABLES = frozenset({*USER_TABLES, TRAINING_DATASET})  # what an erasure rewrites: see hold_during_erasure
@@ -61,7 +62,23 @@ class ErasureConflict(RuntimeError):
 
 
 def _erasure_state(lake: Lake) -> tuple[list[str], list[str]]:
+    """The requests under way (their journals) and every request run's start marker: one view when the caller
+    holds the lake's lock, which a request holds while it writes both."""
     return lake.files(JOURNAL_TABLE), lake.files(STARTED_TABLE)
+
+
+def _running(lake: Lake, journals: list[str]) -> str:
+    """The requests under way, as an operator finds them: when, by whom, the note (the user is a keyed hash)."""
+    said = []
+    for name in journals:
+        try:
+            j = json.loads(lake.read_object(JOURNAL_TABLE, name))
+            said.append(
+                f"requested at {j['requested_at']} by {j.get('requested_by', '?')!r}, note {j.get('note', '')!r}"
+            )
+        except (OSError, ValueError, KeyError):  # gone meanwhile (finished), or not a journal
+            said.append(name)
+    return "; ".join(said)
 
 
 def hold_during_erasure(lake: Lake, error: Callable[[str], BaseException] = ErasureConflict) -> Lake:
@@ -71,18 +88,19 @@ def hold_during_erasure(lake: Lake, error: Callable[[str], BaseException] = Eras
     the inputs are read (every asset does, in open_cycle); the write is refused with `error(message)` when the
     partition is opened (fail fast) or committed. The commit's check and rename hold the lake's lock, which a
     request takes as it starts, so a partition is committed either before the request scans it or not at all."""
-    journals, started = _erasure_state(lake)
+    with lake.locked():
+        journals, started = _erasure_state(lake)
 
-    def guard(table: str) -> None:
+    def guard(table: str) -> None:  # at commit under the lock (PartitionWriter), so one view there
         if table not in HELD_TABLES:
             return
         journals_now, started_now = _erasure_state(lake)
         if journals or journals_now:
             raise error(
                 f"{table}: an erasure request (flywheel forget) is running, or stopped before it finished "
-                f"({len(journals or journals_now)} journal(s) under {JOURNAL_TABLE}/); the user tables are not "
-                "written until it is done. Run the same `flywheel forget` again if it stopped, then materialize "
-                "this partition again."
+                f"({_running(lake, journals_now or journals)}; its journal is under {JOURNAL_TABLE}/). The user "
+                "tables are not written until it is done: run the same `flywheel forget` again if it stopped, then "
+                "materialize this partition again."
             )
         if started_now != started:
             raise error(
@@ -343,8 +361,30 @@ def forget(
         raise ValueError("--user-id must not be empty")
     if not requested_by.strip():
         raise ValueError("--by: name who handled the request")
-    subject = audit.subject_sha256(user_id, key)
     lake = Lake(lake.location)  # this request's own view: rewriting is what a held lake (write_guard) refuses
+    # One request at a time: each reads a partition and commits it rewritten, so two at once could each put back
+    # the rows the other removed.
+    with lake.locked(ERASURE_LOCK, waiting=lambda: progress("waiting for another erasure request to finish")):
+        return _forget(
+            lake, registry, user_id, requested_by, note, now, key=key, log_dirs=log_dirs,
+            read_only_paths=read_only_paths, progress=progress,
+        )  # fmt: skip
+
+
+def _forget(
+    lake: Lake,
+    registry: Registry,
+    user_id: str,
+    requested_by: str,
+    note: str,
+    now: datetime | None,
+    *,
+    key: bytes,
+    log_dirs: Iterable[str],
+    read_only_paths: Iterable[str],
+    progress: Callable[[str], None],
+) -> ErasureResult:
+    subject = audit.subject_sha256(user_id, key)
     needles = _needles(user_id)
     audit.ensure_genesis(lake, registry)
     journal_name = f"{subject}.json"
@@ -355,10 +395,9 @@ def forget(
     logs_before: dict[str, dict] = dict(journal.get("logs", {})) if journal else {}
     at = journal["requested_at"] if journal else (now or datetime.now(UTC)).replace(microsecond=0).isoformat()
 
-    def save_journal() -> None:
-        lake.delete_object(JOURNAL_TABLE, journal_name)
-        state = {"requested_at": at, "before": before, "logs": logs_before}
-        lake.write_object(JOURNAL_TABLE, journal_name, json.dumps(state).encode())
+    def save_journal() -> None:  # replaced whole: never a moment without it (a crash, or a step's check)
+        state = {"requested_at": at, "requested_by": requested_by, "note": note, "before": before, "logs": logs_before}
+        lake.replace_object(JOURNAL_TABLE, journal_name, json.dumps(state).encode())
 
     # Under the lake's lock, so that a partition of a user table is either committed before this (and scanned
     # below) or refused (hold_during_erasure): no step that read its inputs before now writes after.

@@ -399,6 +399,29 @@ def test_an_erasure_request_landing_while_the_training_set_is_built_keeps_the_us
     )
 
     monkeypatch.setattr(harvest_assets, "build_training_dataset", build)
+    # A step that starts while a request runs (here, as it scans the quarter) is refused as it opens its partition,
+    # and says which request (its journal, there from its start to its end: test_lake.py checks it is replaced
+    # in one rename, where it was deleted and written again, a moment in which a step saw no request running).
+    refused = []
+
+    def step_during(line: str) -> None:
+        if line == f"cycle {Q1}: scanning":
+            with dg.instance_for_test() as instance:
+                refused.append(materialize(fw, instance, Q1, selection=["harvested_traces"]))
+
+    forget(
+        lake,
+        fw.registry,
+        "u-nobody",
+        requested_by="DPO desk",
+        note="ticket 9",
+        **erasure_args(fw),
+        progress=step_during,
+    )
+    (during,) = refused
+    message = during.get_step_failure_events()[0].event_specific_data.error.message
+    assert not during.success and "is running, or stopped before it finished" in message
+    assert "by 'DPO desk', note 'ticket 9'" in message
     lake.write_object(JOURNAL_TABLE, "stopped.json", b"{}")  # a request that stopped before it finished
     with dg.instance_for_test() as instance:
         held = materialize(fw, instance, Q1, selection=["harvested_traces"])
@@ -409,3 +432,31 @@ def test_an_erasure_request_landing_while_the_training_set_is_built_keeps_the_us
         again = materialize(fw, instance, Q1, selection=["training_dataset"])
     assert again.success and not users_traces_in_training()
     assert lake.read_table("training_dataset", Q1).num_rows > 0
+
+
+def test_erasure_requests_run_one_at_a_time_and_start_under_the_lakes_lock(logs_cycle):
+    """A request waits for one already running (each reads a partition and commits it rewritten: two at once
+    could each put back the rows the other removed), saying so; and it writes its start under the lake's lock,
+    so no partition is committed between a step's check and the request's start."""
+    import threading
+    import time
+
+    from flywheel_dagster.erasure import ERASURE_LOCK, STARTED_TABLE, forget
+
+    fw, result, _ = logs_cycle
+    lake = fw.lake
+    for lock, first_step in ((ERASURE_LOCK, "waiting for another erasure request to finish"), (".lock", None)):
+        markers = lake.files(STARTED_TABLE)
+        steps: list[str] = []
+        request = threading.Thread(
+            target=forget,
+            args=(lake, fw.registry, "u-nobody", "DPO desk"),
+            kwargs={**erasure_args(fw), "progress": steps.append},
+        )
+        with lake.locked(lock):
+            request.start()
+            time.sleep(1.0)
+            assert steps == ([first_step] if first_step else []) and lake.files(STARTED_TABLE) == markers
+        request.join(60)
+        assert not request.is_alive() and len(lake.files(STARTED_TABLE)) == len(markers) + 1
+        assert f"cycle {Q1}: scanning" in steps

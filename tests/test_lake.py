@@ -141,3 +141,33 @@ def test_an_open_file_reads_the_same_rows_while_its_partition_is_rewritten(tmp_p
         lake.write_table("harvested_traces", "c", pa.table({"n": [7]}))
         assert pa.Table.from_batches(list(data.batches(["n"], 300))).equals(first)
     assert lake.read_table("harvested_traces", "c").num_rows == 1
+
+
+def test_an_object_is_replaced_whole_and_a_refused_commit_leaves_the_partition_as_it_was(tmp_path):
+    """replace_object (an erasure's journal) swaps the file in one rename; a commit whose guard refuses it, or
+    whose lock cannot be taken, leaves the old partition and no temporary folder."""
+    import pyarrow as pa
+    import pytest
+
+    from flywheel_dagster.traces.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    lake.replace_object("journal", "a.json", b"1")
+    lake.replace_object("journal", "a.json", b"2")
+    assert lake.read_object("journal", "a.json") == b"2" and lake.files("journal") == ["a.json"]
+    assert [p.name for p in (tmp_path / "lake" / "journal").iterdir()] == ["a.json"]
+    lake.write_table("t", "q", pa.table({"x": [1]}))
+
+    def refuse(table: str) -> None:
+        raise PermissionError(f"{table}: no")
+
+    lake.write_guard = refuse
+    with pytest.raises(PermissionError, match="t: no"):
+        lake.write_table("t", "q", pa.table({"x": [2]}))
+    lake.write_guard = None
+    (tmp_path / "lake" / ".lock").unlink()
+    (tmp_path / "lake" / ".lock").mkdir()  # the lock file cannot be opened
+    with pytest.raises(IsADirectoryError):
+        lake.write_table("t", "q", pa.table({"x": [3]}))
+    assert lake.read_table("t", "q").column("x").to_pylist() == [1]
+    assert [p.name for p in (tmp_path / "lake" / "t").iterdir()] == ["cycle=q"]

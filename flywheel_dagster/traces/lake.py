@@ -109,18 +109,23 @@ class Lake:
         self.write_guard: Callable[[str], None] | None = None
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """The lake's writers one at a time: an exclusive lock on `<root>/.lock` (flock; every process on the
-        machine, or on a shared file system that supports it). An object store has no such lock: there it is a
-        no-op, and what it orders (a partition's commit against an erasure request's start) is left to the
-        instant between a check and a rename."""
+    def locked(self, name: str = ".lock", waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        """An exclusive lock on `<root>/<name>` (flock: every process on the machine, or on a shared file system
+        that supports it), `waiting` called first when another holder makes this one wait. ".lock" orders the
+        commits of partitions against an erasure request's start. An object store has no such lock: there it is
+        a no-op, and what it orders is left to the instant between a check and a rename."""
         if not isinstance(self.fs, pafs.LocalFileSystem):
             yield
             return
         import fcntl
 
-        with open(os.path.join(self.root, ".lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        with open(os.path.join(self.root, name), "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting is not None:
+                    waiting()
+                fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
             finally:
@@ -251,6 +256,15 @@ class Lake:
             out.write(content)
         self.fs.move(tmp, final)
 
+    def replace_object(self, table: str, name: str, content: bytes) -> None:
+        """Write one file directly under a table, replacing it if it is there: written to a temporary name and
+        renamed over it (atomic on a local disk), so a reader sees the old content or the new, never none."""
+        self.fs.create_dir(f"{self.root}/{table}", recursive=True)
+        tmp = f"{self.root}/{table}/.tmp-{uuid.uuid4().hex[:8]}-{name}"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(content)
+        self.fs.move(tmp, f"{self.root}/{table}/{name}")
+
     def delete_object(self, table: str, name: str) -> None:
         """Remove one file directly under a table, if it is there."""
         path = f"{self.root}/{table}/{name}"
@@ -334,17 +348,21 @@ class PartitionWriter:
             digest, size = self.lake._sha256(f"{self.tmp}/{name}")
             self.files[name] = LakeFile(uri=f"{self.lake._scheme}{final}/{name}", sha256=digest, rows=rows, bytes=size)
         old = None
-        with self.lake.locked():
-            if self.lake.write_guard is not None:
-                try:
+        try:
+            with self.lake.locked():
+                if self.lake.write_guard is not None:
                     self.lake.write_guard(self.table)
-                except BaseException:
-                    self.lake.fs.delete_dir(self.tmp)
-                    raise
-            if self.lake.fs.get_file_info(final).type == pafs.FileType.Directory:
-                old = f"{self.lake.root}/{self.table}/.old-cycle={self.cycle}-{uuid.uuid4().hex[:8]}"
-                self.lake.fs.move(final, old)
-            self.lake.fs.move(self.tmp, final)
+                if self.lake.fs.get_file_info(final).type == pafs.FileType.Directory:
+                    old = f"{self.lake.root}/{self.table}/.old-cycle={self.cycle}-{uuid.uuid4().hex[:8]}"
+                    self.lake.fs.move(final, old)
+                self.lake.fs.move(self.tmp, final)
+        except BaseException:
+            fs = self.lake.fs
+            if old is not None and fs.get_file_info(final).type == pafs.FileType.NotFound:
+                fs.move(old, final)  # the old partition back where it was
+            if fs.get_file_info(self.tmp).type == pafs.FileType.Directory:
+                fs.delete_dir(self.tmp)  # refused, or the lock could not be taken: no half-written folder
+            raise
         if old is not None:
             self.lake.fs.delete_dir(old)
 
