@@ -52,7 +52,7 @@ from flywheel_dagster.traces.lake import DATA_FILE, Lake, OpenFile
 
 JOURNAL_TABLE = "audit_erasure_journal"
 ERASURE_LOCK = ".erasure.lock"  # held by a request from start to end (a file in the lake's root)
-STARTED_TABLE = "audit_erasure_started"  # an empty object per request run, made as it starts (hold_during_erasure)
+STARTED_TABLE = "audit_erasure_started"  # an empty object, made anew as each request run starts (hold_during_erasure)
 USER_TABLES = (REASONING_TRACES, INGEST_QUARANTINE, HARVESTED_TRACES)
 HELD_TABLES = frozenset({*USER_TABLES, TRAINING_DATASET})  # what an erasure rewrites: see hold_during_erasure
 
@@ -401,8 +401,13 @@ def _forget(
 
     # Under the lake's lock, so that a partition of a user table is either committed before this (and scanned
     # below) or refused (hold_during_erasure): no step that read its inputs before now writes after.
+    # A step compares the markers it saw with those there now, so the newest alone says a request started: the
+    # older ones go (a step that saw them is refused by the new one anyway), and the folder holds one file.
     with lake.locked():
+        stale = lake.files(STARTED_TABLE)
         lake.write_object(STARTED_TABLE, f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}", b"")
+        for name in stale:
+            lake.delete_object(STARTED_TABLE, name)
         save_journal()
     # The serving logs first: a rerun of any quarter would ingest the user's lines again from them. Each file's
     # hash before is journaled before it is rewritten, so a crashed request records the right one on its rerun.
