@@ -130,9 +130,10 @@ def _ingest_logs(
     settings = ingest.Settings(key, window, cfg.ingest.max_record_bytes, cfg.ingest.reasoning_markup)
     ingestor = ingest.Ingestor(load_task(cfg), settings)
     with timing.compute(REASONING_TRACES), _ingest_engine(cfg, settings) as (ingested, engine):
-        with (
-            the_lake.open_partition(TraceSet.TABLE, key) as traces_part,
-            the_lake.open_partition(ingest.QUARANTINE_TABLE, key) as quarantine_part,
+        # Committed together: an erasure request starting between the two could leave one new, one old.
+        with the_lake.open_partitions((TraceSet.TABLE, key), (ingest.QUARANTINE_TABLE, key)) as (
+            traces_part,
+            quarantine_part,
         ):
             traces_part.write_bytes(TraceSet.SOURCES, json.dumps(sources, sort_keys=True).encode())
             traces_out = traces_part.parquet(TraceSet.DATA, TRACE_SCHEMA)

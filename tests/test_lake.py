@@ -171,3 +171,49 @@ def test_an_object_is_replaced_whole_and_a_refused_commit_leaves_the_partition_a
         lake.write_table("t", "q", pa.table({"x": [3]}))
     assert lake.read_table("t", "q").column("x").to_pylist() == [1]
     assert [p.name for p in (tmp_path / "lake" / "t").iterdir()] == ["cycle=q"]
+
+
+def test_partitions_opened_together_are_committed_all_or_none(tmp_path):
+    """open_partitions (the ingest's traces and quarantine): a guard refusing one table commits neither; a rename
+    failing part-way puts back the partition already renamed; no temporary folder stays; and a clean block
+    commits both."""
+    import pyarrow as pa
+    import pytest
+
+    from flywheel_dagster.traces.lake import Lake
+
+    class LostFolder(Lake):  # the second partition's folder cannot be made: its rename fails
+        def partition_dir(self, table: str, cycle: str) -> str:
+            return (
+                f"{self.root}/gone/gone/cycle={cycle}"
+                if table == "b" and self.fail
+                else super().partition_dir(table, cycle)
+            )
+
+    lake = LostFolder(str(tmp_path / "lake"))
+    lake.fail = False
+    lake.write_table("a", "q", pa.table({"x": [1]}))
+    lake.write_table("b", "q", pa.table({"x": [1]}))
+
+    def write_both(value: int) -> None:
+        with lake.open_partitions(("a", "q"), ("b", "q")) as (a, b):
+            for part in (a, b):
+                part.parquet("part-00000.parquet", pa.schema([("x", pa.int64())])).write_table(pa.table({"x": [value]}))
+
+    def refuse_b(table: str) -> None:
+        if table == "b":
+            raise PermissionError("b: no")
+
+    lake.write_guard = refuse_b
+    with pytest.raises(PermissionError):
+        write_both(2)
+    lake.write_guard = None
+    lake.fail = True
+    with pytest.raises(OSError):
+        write_both(3)
+    lake.fail = False
+    for table in ("a", "b"):
+        assert lake.read_table(table, "q").column("x").to_pylist() == [1]
+        assert [p.name for p in (tmp_path / "lake" / table).iterdir()] == ["cycle=q"]
+    write_both(4)
+    assert [lake.read_table(t, "q").column("x").to_pylist() for t in ("a", "b")] == [[4], [4]]

@@ -165,6 +165,22 @@ class Lake:
         """
         return PartitionWriter(self, table, cycle)
 
+    @contextmanager
+    def open_partitions(self, *partitions: tuple[str, str]) -> Iterator[tuple[PartitionWriter, ...]]:
+        """Writers for several partitions ((table, cycle) each) that are committed together when the block ends
+        without error, all or none (the ingest's traces and its quarantine): see open_partition."""
+        parts = tuple(PartitionWriter(self, table, cycle) for table, cycle in partitions)
+        entered: list[PartitionWriter] = []
+        try:
+            for part in parts:
+                entered.append(part.__enter__())
+            yield parts
+        except BaseException:
+            for part in entered:
+                part._abandon()
+            raise
+        _commit(self, list(parts))
+
     def write_table(self, table: str, cycle: str, data: pa.Table) -> LakeFile:
         return self.write_partition(table, cycle, {DATA_FILE: data})[DATA_FILE]
 
@@ -337,34 +353,67 @@ class PartitionWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if exc_type is not None:
+            self._abandon()
+        else:
+            _commit(self.lake, [self])
+
+    def _abandon(self) -> None:
+        self._close()
+        if self.lake.fs.get_file_info(self.tmp).type == pafs.FileType.Directory:
+            self.lake.fs.delete_dir(self.tmp)
+
+    def _close(self) -> None:
         for writer, stream in self._writers.values():
             writer.close()
             stream.close()
-        if exc_type is not None:
-            self.lake.fs.delete_dir(self.tmp)
-            return
+        self._writers = {}
+
+    def _seal(self) -> None:
+        """Close the files and record each one's hash, rows and size, as it will be named once committed."""
+        self._close()
         final = self.lake.partition_dir(self.table, self.cycle)
         for name, rows in self._rows.items():
             digest, size = self.lake._sha256(f"{self.tmp}/{name}")
             self.files[name] = LakeFile(uri=f"{self.lake._scheme}{final}/{name}", sha256=digest, rows=rows, bytes=size)
-        old = None
-        try:
-            with self.lake.locked():
-                if self.lake.write_guard is not None:
-                    self.lake.write_guard(self.table)
-                if self.lake.fs.get_file_info(final).type == pafs.FileType.Directory:
-                    old = f"{self.lake.root}/{self.table}/.old-cycle={self.cycle}-{uuid.uuid4().hex[:8]}"
-                    self.lake.fs.move(final, old)
-                self.lake.fs.move(self.tmp, final)
-        except BaseException:
-            fs = self.lake.fs
-            if old is not None and fs.get_file_info(final).type == pafs.FileType.NotFound:
-                fs.move(old, final)  # the old partition back where it was
-            if fs.get_file_info(self.tmp).type == pafs.FileType.Directory:
-                fs.delete_dir(self.tmp)  # refused, or the lock could not be taken: no half-written folder
-            raise
+
+
+def _commit(lake: Lake, parts: list[PartitionWriter]) -> None:
+    """Rename each sealed partition into place: under the lake's lock, every one asked of lake.write_guard before
+    any is renamed, so they are committed all or none (a refusal, or an error part-way, puts back the old ones)."""
+    fs = lake.fs
+    moved: list[tuple[PartitionWriter, str | None]] = []  # committed so far, with where its old partition went
+    try:
+        for part in parts:
+            part._seal()
+        with lake.locked():
+            try:
+                if lake.write_guard is not None:
+                    for part in parts:
+                        lake.write_guard(part.table)
+                for part in parts:
+                    final, old = lake.partition_dir(part.table, part.cycle), None
+                    if fs.get_file_info(final).type == pafs.FileType.Directory:
+                        old = f"{lake.root}/{part.table}/.old-cycle={part.cycle}-{uuid.uuid4().hex[:8]}"
+                        fs.move(final, old)
+                    moved.append((part, old))
+                    fs.move(part.tmp, final)
+            except BaseException:
+                for part, old in reversed(moved):  # the old partitions back where they were, still under the lock
+                    final = lake.partition_dir(part.table, part.cycle)
+                    if fs.get_file_info(part.tmp).type == pafs.FileType.NotFound:
+                        fs.move(final, part.tmp)  # this one's new files had gone in: out again, removed below
+                    if old is not None:
+                        fs.move(old, final)
+                raise
+    except BaseException:
+        for part in parts:
+            if fs.get_file_info(part.tmp).type == pafs.FileType.Directory:
+                fs.delete_dir(part.tmp)  # refused, or the lock could not be taken: no half-written folder
+        raise
+    for _, old in moved:
         if old is not None:
-            self.lake.fs.delete_dir(old)
+            fs.delete_dir(old)
 
 
 class _CountingWriter:
