@@ -115,7 +115,14 @@ def _append(
     if previous is not None and audit.content(previous[0]) == record:
         stored, sha, appended = previous[0], previous[1], False
     else:
-        stored, sha = audit.append_and_anchor(chain, registry, {**record, "amends": previous[1] if previous else None})
+        # Refused, as the record's partition would be, when an erasure request started since this step began: the
+        # record's file hashes could be from before it.
+        stored, sha = audit.append_and_anchor(
+            chain,
+            registry,
+            {**record, "amends": previous[1] if previous else None},
+            check=lambda: the_lake.write_guard(audit.AUDIT_TABLE) if the_lake.write_guard else None,
+        )
         appended = True
     files = the_lake.write_partition(
         audit.AUDIT_TABLE,

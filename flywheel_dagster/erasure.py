@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from flywheel_dagster import audit
 from flywheel_dagster.hashing import file_sha256
 from flywheel_dagster.records import (
+    CYCLE_AUDIT,
     HARVESTED_TRACES,
     INGEST_QUARANTINE,
     REASONING_TRACES,
@@ -54,7 +55,8 @@ JOURNAL_TABLE = "audit_erasure_journal"
 ERASURE_LOCK = ".erasure.lock"  # held by a request from start to end (a file in the lake's root)
 STARTED_TABLE = "audit_erasure_started"  # an empty object, made anew as each request run starts (hold_during_erasure)
 USER_TABLES = (REASONING_TRACES, INGEST_QUARANTINE, HARVESTED_TRACES)
-HELD_TABLES = frozenset({*USER_TABLES, TRAINING_DATASET})  # what an erasure rewrites: see hold_during_erasure
+# What an erasure rewrites, and the cycle's audit record, which names those files' hashes: see hold_during_erasure
+HELD_TABLES = frozenset({*USER_TABLES, TRAINING_DATASET, CYCLE_AUDIT})
 
 
 class ErasureConflict(RuntimeError):
@@ -105,7 +107,8 @@ def hold_during_erasure(lake: Lake, error: Callable[[str], BaseException] = Eras
         if started_now != started:
             raise error(
                 f"{table}: an erasure request (flywheel forget) ran while this step read its inputs, so its output "
-                "could hold the erased user's rows again; it was not written. Materialize this partition again."
+                "could hold the erased user's rows again, or name files the request rewrote; it was not written. "
+                "Materialize this partition again."
             )
 
     lake.write_guard = guard
@@ -403,12 +406,20 @@ def _forget(
     # below) or refused (hold_during_erasure): no step that read its inputs before now writes after.
     # A step compares the markers it saw with those there now, so the newest alone says a request started: the
     # older ones go (a step that saw them is refused by the new one anyway), and the folder holds one file.
+    # The journal first: on an object store, where there is no lock, a step that sees the new marker sees the
+    # journal too. Then the folders a crashed or refused write left (.tmp-cycle=...: a step killed as it wrote;
+    # .old-cycle=...: a commit stopped before it removed the old partition): no listing shows them, and they can
+    # hold the user's rows. A step still writing into one is refused at its commit anyway.
     with lake.locked():
         stale = lake.files(STARTED_TABLE)
+        save_journal()
         lake.write_object(STARTED_TABLE, f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}", b"")
         for name in stale:
             lake.delete_object(STARTED_TABLE, name)
-        save_journal()
+        for table in sorted(HELD_TABLES):
+            for folder in lake.leftovers(table):
+                progress(f"removing {folder}, left by a write that did not finish")
+                lake.remove_leftover(table, folder)
     # The serving logs first: a rerun of any quarter would ingest the user's lines again from them. Each file's
     # hash before is journaled before it is rewritten, so a crashed request records the right one on its rerun.
     unreadable: list[str] = []

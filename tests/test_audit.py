@@ -123,3 +123,35 @@ def test_a_tree_hash_tells_apart_trees_that_the_old_encoding_confused(tmp_path):
     assert tree_sha256(a) != tree_sha256(b)
     assert audit.files_sha256(a, audit.SCHEMA_1) == legacy_tree_sha256(a)  # format-1 records still verify
     assert audit.files_sha256(a) == tree_sha256(a)
+
+
+def test_an_input_rewritten_by_an_erasure_before_its_cycle_was_audited_is_expected_as_rewritten():
+    """A cycle ingests a log (hash A), an erasure request rewrites it (A -> B), then the cycle is audited: its
+    record names the log as ingested (A), and verify expects B, what the erasure's entry says it became (through
+    each erasure in turn); a record before an erasure is moved on to its "after", as before."""
+    from flywheel_dagster.audit.verification import expected_inputs
+
+    inputs = {"paths": ["/logs"], "window": ["2026-01-01T00:00:00+00:00", "2026-04-01T00:00:00+00:00"]}
+
+    def cycle(q: str, sha: str) -> dict:
+        return {
+            "kind": "cycle",
+            "cycle": q,
+            "inputs": {**inputs, "files": [{"path": f"/logs/{q}.jsonl", "sha256": sha}]},
+        }
+
+    def erasure(q: str, before: str, after: str) -> dict:
+        rewritten = [{"path": f"/logs/{q}.jsonl", "sha256_before": before, "sha256_after": after}]
+        return {"kind": "erasure", "inputs_rewritten": rewritten}
+
+    entries = [
+        cycle("q1", "a1"),
+        erasure("q1", "a1", "b1"),
+        erasure("q2", "a2", "b2"),
+        erasure("q2", "b2", "c2"),
+        cycle("q2", "a2"),
+        cycle("q3", "a3"),
+        erasure("q3", "x3", "y3"),
+    ]
+    got = {path: f["sha256"] for path, f in expected_inputs(entries).items()}
+    assert got == {"/logs/q1.jsonl": "b1", "/logs/q2.jsonl": "c2", "/logs/q3.jsonl": "y3"}

@@ -331,6 +331,11 @@ def test_forget_leaves_no_byte_of_the_user_under_the_lake(logs_cycle, tmp_path):
     assert VICTIM in before and VICTIM_EMAIL in before
     quarantined = fw.lake.read_table(ingest.QUARANTINE_TABLE, Q1).to_pylist()
     assert any(VICTIM in q["excerpt"] and q["user_id"] is None for q in quarantined)  # the unparsable line
+    # What writes that did not finish left, hidden from every listing: a step killed as it wrote its partition,
+    # a commit stopped before it removed the old one. Both hold the user's rows.
+    harvested_dir = Path(fw.lake.partition_dir("harvested_traces", Q1))
+    for leftover in (f".tmp-cycle={Q1}-killed", f".old-cycle={Q1}-stopped"):
+        shutil.copytree(harvested_dir, harvested_dir.parent / leftover)
 
     steps = []
     res = forget(
@@ -348,6 +353,8 @@ def test_forget_leaves_no_byte_of_the_user_under_the_lake(logs_cycle, tmp_path):
     assert f"cycle {Q1}: rewriting harvested_traces (part-00000.parquet)" in steps
     assert steps.index(f"rewriting {log.resolve()}") < steps.index(f"cycle {Q1}: scanning")
     assert res.erase_at_source == {str((outside / "copy.jsonl").resolve()): 4}
+    assert f"removing .tmp-cycle={Q1}-killed, left by a write that did not finish" in steps
+    assert sorted(p.name for p in harvested_dir.parent.iterdir()) == [f"cycle={Q1}"]
     after = lake_text(lake_root)
     for fragment in (VICTIM, VICTIM_EMAIL, "mara.victim"):
         assert fragment not in after, fragment
@@ -461,3 +468,37 @@ def test_erasure_requests_run_one_at_a_time_and_start_under_the_lakes_lock(logs_
         (newest,) = lake.files(STARTED_TABLE)  # the newest marker alone
         assert not request.is_alive() and newest not in markers
         assert f"cycle {Q1}: scanning" in steps
+
+
+def test_an_erasure_request_landing_while_the_cycle_is_audited_is_not_recorded_over(logs_cycle, monkeypatch):
+    """The audit step hashes the cycle's files, then appends its record: a request that rewrites them in between
+    would leave a record naming the old hashes after the erasure's entry, and verify would report the files as
+    changed. The step is refused instead (its entry is checked under the lock the chain's appends take), and
+    run again it records the files as they are."""
+    from flywheel_dagster import audit
+    from flywheel_dagster.erasure import forget
+
+    fw, result, _ = logs_cycle
+    lake = fw.lake
+    harvested = lake.read_table("harvested_traces", Q1)
+    user = sorted({u for u in harvested.column("user_id").to_pylist() if u and u != VICTIM})[0]
+    genesis = audit.ensure_genesis
+    landed = []
+
+    def request_lands(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if not landed:  # the audit step's call: the request runs now (its own call passes through)
+            landed.append(True)
+            forget(lake, fw.registry, user, requested_by="DPO desk", **erasure_args(fw))
+        return genesis(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "ensure_genesis", request_lands)
+    with dg.instance_for_test() as instance:  # the whole cycle: the audit step reads the others' materializations
+        refused = materialize(fw, instance, Q1)
+        assert landed and not refused.success
+        (failure,) = refused.get_step_failure_events()
+        assert failure.step_key == "cycle_audit"
+        assert "ran while this step read its inputs" in failure.event_specific_data.error.message
+        assert audit.Chain(lake).entries()[-1]["kind"] == "erasure"  # no record of the old hashes after it
+        monkeypatch.setattr(audit, "ensure_genesis", genesis)
+        assert materialize(fw, instance, Q1, selection=["cycle_audit"]).success
+    assert audit.Chain(lake).entries()[-1]["kind"] == "cycle" and audit.verify(lake, fw.registry) == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,11 +169,18 @@ def ensure_genesis(lake: Lake, registry: Registry) -> None:
     append_and_anchor(chain, registry, entry)
 
 
-def append_and_anchor(chain: Chain, registry: Registry, entry: dict) -> tuple[dict, str]:
+def append_and_anchor(
+    chain: Chain, registry: Registry, entry: dict, check: Callable[[], None] | None = None
+) -> tuple[dict, str]:
     """Append an entry to the chain and anchor the new head in MLflow (the experiment tag `verify` checks the
-    head against): the one way anything is written to the audit chain, so no writer forgets the anchor."""
-    stored, sha = chain.append(entry)
-    registry.set_experiment_tag(HEAD_TAG, sha)
+    head against): the one way anything is written to the audit chain, so no writer forgets the anchor. Under
+    the lake's lock, so two writers (a cycle's audit step and an erasure request) neither take the same number
+    nor anchor each other's head; `check` runs first, under it, and raises to refuse the entry."""
+    with chain.lake.locked():
+        if check is not None:
+            check()
+        stored, sha = chain.append(entry)
+        registry.set_experiment_tag(HEAD_TAG, sha)
     return stored, sha
 
 

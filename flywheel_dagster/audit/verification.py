@@ -41,6 +41,7 @@ def expected_inputs(entries: list[dict]) -> dict[str, dict]:
     erasure that rewrote one (`search`: the cycle's ingest paths and window, to look for files added since)."""
     out: dict[str, dict] = {}
     searched: dict[str, dict] = {}
+    rewrites: dict[str, list[tuple[str, str]]] = {}  # path -> (sha256 before, after) of each erasure, in order
     for e in entries:
         if e.get("kind") == "cycle":
             for path, f in list(out.items()):
@@ -50,9 +51,16 @@ def expected_inputs(entries: list[dict]) -> dict[str, dict]:
             if inputs:
                 searched[e["cycle"]] = inputs
                 for f in inputs["files"]:
-                    out[f["path"]] = {"sha256": f["sha256"], "cycle": e["cycle"]}
+                    # A file the cycle ingested before an erasure rewrote it, audited after: the record names it as
+                    # ingested, and the erasure's entry says what it became.
+                    sha = f["sha256"]
+                    for before, after in rewrites.get(f["path"], []):
+                        if sha == before:
+                            sha = after
+                    out[f["path"]] = {"sha256": sha, "cycle": e["cycle"]}
         elif e.get("kind") == "erasure":
             for f in e.get("inputs_rewritten", []):
+                rewrites.setdefault(f["path"], []).append((f["sha256_before"], f["sha256_after"]))
                 if f["path"] in out:
                     out[f["path"]]["sha256"] = f["sha256_after"]
     for f in out.values():

@@ -272,6 +272,24 @@ class Lake:
             out.write(content)
         self.fs.move(tmp, final)
 
+    def leftovers(self, table: str) -> list[str]:
+        """The folders of a table that a partition write left when it did not finish (its temporary folder, or
+        the old partition a commit had not yet removed): hidden from every listing, and never read."""
+        return sorted(
+            i.base_name
+            for i in self._list(f"{self.root}/{table}")
+            if i.type == pafs.FileType.Directory and i.base_name.startswith((".tmp-cycle=", ".old-cycle="))
+        )
+
+    def remove_leftover(self, table: str, folder: str) -> None:
+        """Remove one of leftovers(table); gone already (its own writer removed it meanwhile) is fine."""
+        if not folder.startswith((".tmp-cycle=", ".old-cycle=")):
+            raise ValueError(f"{table}/{folder}: not a leftover of a partition write")
+        try:
+            self.fs.delete_dir(f"{self.root}/{table}/{folder}")
+        except FileNotFoundError:
+            pass
+
     def replace_object(self, table: str, name: str, content: bytes) -> None:
         """Write one file directly under a table, replacing it if it is there: written to a temporary name and
         renamed over it (atomic on a local disk), so a reader sees the old content or the new, never none."""
@@ -384,8 +402,14 @@ def _commit(lake: Lake, parts: list[PartitionWriter]) -> None:
     fs = lake.fs
     moved: list[tuple[PartitionWriter, str | None]] = []  # committed so far, with where its old partition went
     try:
-        for part in parts:
-            part._seal()
+        try:
+            for part in parts:
+                part._seal()
+        except FileNotFoundError:
+            if lake.write_guard is not None:  # its folder removed by an erasure request (Lake.leftovers): say so
+                for part in parts:
+                    lake.write_guard(part.table)
+            raise
         with lake.locked():
             try:
                 if lake.write_guard is not None:
