@@ -408,8 +408,9 @@ def _forget(
     # older ones go (a step that saw them is refused by the new one anyway), and the folder holds one file.
     # The journal first: on an object store, where there is no lock, a step that sees the new marker sees the
     # journal too. Then the folders a crashed or refused write left (.tmp-cycle=...: a step killed as it wrote;
-    # .old-cycle=...: a commit stopped before it removed the old partition): no listing shows them, and they can
-    # hold the user's rows. A step still writing into one is refused at its commit anyway.
+    # .old-cycle=...: a commit stopped before it removed the old partition, put back if it is the only copy and
+    # then rewritten below): no listing shows them, and they can hold the user's rows. A step still writing into
+    # one is refused at its commit anyway.
     with lake.locked():
         stale = lake.files(STARTED_TABLE)
         save_journal()
@@ -418,8 +419,8 @@ def _forget(
             lake.delete_object(STARTED_TABLE, name)
         for table in sorted(HELD_TABLES):
             for folder in lake.leftovers(table):
-                progress(f"removing {folder}, left by a write that did not finish")
-                lake.remove_leftover(table, folder)
+                done = lake.clear_leftover(table, folder)
+                progress(f"{table}/{folder}, left by a write that did not finish: {done}")
     # The serving logs first: a rerun of any quarter would ingest the user's lines again from them. Each file's
     # hash before is journaled before it is rewritten, so a crashed request records the right one on its rerun.
     unreadable: list[str] = []

@@ -333,8 +333,9 @@ def test_forget_leaves_no_byte_of_the_user_under_the_lake(logs_cycle, tmp_path):
     assert any(VICTIM in q["excerpt"] and q["user_id"] is None for q in quarantined)  # the unparsable line
     # What writes that did not finish left, hidden from every listing: a step killed as it wrote its partition,
     # a commit stopped before it removed the old one. Both hold the user's rows.
+    # And one whose cycle has no partition (a commit killed between its two renames): the only copy, put back.
     harvested_dir = Path(fw.lake.partition_dir("harvested_traces", Q1))
-    for leftover in (f".tmp-cycle={Q1}-killed", f".old-cycle={Q1}-stopped"):
+    for leftover in (f".tmp-cycle={Q1}-killed", f".old-cycle={Q1}-stopped", ".old-cycle=2025-10-01-cut"):
         shutil.copytree(harvested_dir, harvested_dir.parent / leftover)
 
     steps = []
@@ -353,8 +354,14 @@ def test_forget_leaves_no_byte_of_the_user_under_the_lake(logs_cycle, tmp_path):
     assert f"cycle {Q1}: rewriting harvested_traces (part-00000.parquet)" in steps
     assert steps.index(f"rewriting {log.resolve()}") < steps.index(f"cycle {Q1}: scanning")
     assert res.erase_at_source == {str((outside / "copy.jsonl").resolve()): 4}
-    assert f"removing .tmp-cycle={Q1}-killed, left by a write that did not finish" in steps
-    assert sorted(p.name for p in harvested_dir.parent.iterdir()) == [f"cycle={Q1}"]
+    left = [s for s in steps if "left by a write that did not finish" in s]
+    assert left == [
+        "harvested_traces/.old-cycle=2025-10-01-cut, left by a write that did not finish: restored",
+        f"harvested_traces/.old-cycle={Q1}-stopped, left by a write that did not finish: removed",
+        f"harvested_traces/.tmp-cycle={Q1}-killed, left by a write that did not finish: removed",
+    ]
+    assert sorted(p.name for p in harvested_dir.parent.iterdir()) == ["cycle=2025-10-01", f"cycle={Q1}"]
+    assert "cycle 2025-10-01: rewriting harvested_traces (part-00000.parquet)" in steps
     after = lake_text(lake_root)
     for fragment in (VICTIM, VICTIM_EMAIL, "mara.victim"):
         assert fragment not in after, fragment

@@ -166,7 +166,19 @@ def ensure_genesis(lake: Lake, registry: Registry) -> None:
         registry.files_sha256(base),
         base.run_id,
     )
-    append_and_anchor(chain, registry, entry)
+    try:
+        append_and_anchor(chain, registry, entry, check=lambda: _still_empty(chain))
+    except _NotEmpty:  # another writer started it meanwhile
+        pass
+
+
+class _NotEmpty(Exception):
+    pass
+
+
+def _still_empty(chain: Chain) -> None:
+    if chain.head_sha256() is not None:
+        raise _NotEmpty
 
 
 def append_and_anchor(

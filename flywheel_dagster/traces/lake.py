@@ -177,7 +177,10 @@ class Lake:
             yield parts
         except BaseException:
             for part in entered:
-                part._abandon()
+                try:
+                    part._abandon()
+                except OSError:
+                    pass  # the error that stopped the block is the one to raise
             raise
         _commit(self, list(parts))
 
@@ -281,14 +284,25 @@ class Lake:
             if i.type == pafs.FileType.Directory and i.base_name.startswith((".tmp-cycle=", ".old-cycle="))
         )
 
-    def remove_leftover(self, table: str, folder: str) -> None:
-        """Remove one of leftovers(table); gone already (its own writer removed it meanwhile) is fine."""
+    def clear_leftover(self, table: str, folder: str) -> str:
+        """Deal with one of leftovers(table), under the lake's lock (no commit is under way): an old partition
+        whose cycle has none (a commit killed between its two renames, or a rollback that failed) is put back,
+        anything else removed. Returns what was done: "restored", "removed", "gone" (its writer removed it
+        meanwhile) or "in use" (a write still adding files to it: its commit is refused and removes it)."""
         if not folder.startswith((".tmp-cycle=", ".old-cycle=")):
             raise ValueError(f"{table}/{folder}: not a leftover of a partition write")
+        path = f"{self.root}/{table}/{folder}"
+        cycle = folder.split("=", 1)[1].rsplit("-", 1)[0]
         try:
-            self.fs.delete_dir(f"{self.root}/{table}/{folder}")
+            if folder.startswith(".old-cycle=") and not self.cycles(table).count(cycle):
+                self.fs.move(path, self.partition_dir(table, cycle))
+                return "restored"
+            self.fs.delete_dir(path)
+            return "removed"
         except FileNotFoundError:
-            pass
+            return "gone"
+        except OSError:  # "directory not empty": a file created in it as it was removed
+            return "in use"
 
     def replace_object(self, table: str, name: str, content: bytes) -> None:
         """Write one file directly under a table, replacing it if it is there: written to a temporary name and
@@ -398,7 +412,9 @@ class PartitionWriter:
 
 def _commit(lake: Lake, parts: list[PartitionWriter]) -> None:
     """Rename each sealed partition into place: under the lake's lock, every one asked of lake.write_guard before
-    any is renamed, so they are committed all or none (a refusal, or an error part-way, puts back the old ones)."""
+    any is renamed, so they are committed all or none (a refusal, or an error part-way, puts back the old ones,
+    and the error raised is the first one). The old partitions are removed under the lock too, so nothing that
+    holds it (an erasure request's sweep of Lake.leftovers) sees one a commit is about to remove."""
     fs = lake.fs
     moved: list[tuple[PartitionWriter, str | None]] = []  # committed so far, with where its old partition went
     try:
@@ -423,21 +439,29 @@ def _commit(lake: Lake, parts: list[PartitionWriter]) -> None:
                     moved.append((part, old))
                     fs.move(part.tmp, final)
             except BaseException:
-                for part, old in reversed(moved):  # the old partitions back where they were, still under the lock
+                for part, old in reversed(moved):  # the old partitions back where they were, each one tried
                     final = lake.partition_dir(part.table, part.cycle)
-                    if fs.get_file_info(part.tmp).type == pafs.FileType.NotFound:
-                        fs.move(final, part.tmp)  # this one's new files had gone in: out again, removed below
-                    if old is not None:
-                        fs.move(old, final)
+                    try:
+                        if fs.get_file_info(part.tmp).type == pafs.FileType.NotFound:
+                            fs.move(final, part.tmp)  # this one's new files had gone in: out again, removed below
+                        if old is not None:
+                            fs.move(old, final)
+                    except (
+                        OSError
+                    ):  # left as .old-cycle=...: an erasure request's sweep puts it back (restore_leftovers)
+                        pass
                 raise
+            for _, old in moved:
+                if old is not None:
+                    fs.delete_dir(old)
     except BaseException:
         for part in parts:
-            if fs.get_file_info(part.tmp).type == pafs.FileType.Directory:
-                fs.delete_dir(part.tmp)  # refused, or the lock could not be taken: no half-written folder
+            try:
+                if fs.get_file_info(part.tmp).type == pafs.FileType.Directory:
+                    fs.delete_dir(part.tmp)  # refused, or the lock could not be taken: no half-written folder
+            except OSError:
+                pass  # the error that stopped the commit is the one to raise
         raise
-    for _, old in moved:
-        if old is not None:
-            fs.delete_dir(old)
 
 
 class _CountingWriter:
