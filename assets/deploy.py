@@ -9,7 +9,7 @@ import dagster as dg
 import pyarrow as pa
 
 from assets import Stage, dagster_tags, lake_file_result, mlflow_run_links, open_cycle, previous_of
-from flywheel_dagster import audit, timing
+from flywheel_dagster import audit, erasure, timing
 from flywheel_dagster import cycle as core
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.curation import ingest
@@ -127,6 +127,7 @@ def _ingest_logs(
     paths = cfg.ingest.paths or [cfg.serving.logs_dir or f"{the_lake.root}/{SERVING_LOGS}"]
     files = ingest.find_log_files(paths, window)
     sources = audit.input_manifest(paths, (window.start.isoformat(), window.end.isoformat()), files)
+    erasure.refuse_erased(the_lake, sources, error=lambda problem: dg.Failure(description=problem))
     settings = ingest.Settings(key, window, cfg.ingest.max_record_bytes, cfg.ingest.reasoning_markup)
     ingestor = ingest.Ingestor(load_task(cfg), settings)
     with timing.compute(REASONING_TRACES), _ingest_engine(cfg, settings) as (ingested, engine):

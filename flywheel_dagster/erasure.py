@@ -83,6 +83,25 @@ def _running(lake: Lake, journals: list[str]) -> str:
     return "; ".join(said)
 
 
+def refuse_erased(lake: Lake, manifest: dict, error: Callable[[str], BaseException] = ErasureConflict) -> None:
+    """Refuse an ingest whose input files (audit.input_manifest) include one with the content a log had before
+    an erasure request rewrote it: a backup restored, or a copy, that holds the erased user's lines again."""
+    erased: dict[str, tuple[dict, dict]] = {}  # sha256 before the rewrite -> (the erasure's entry, the file)
+    for entry in audit.Chain(lake).entries():
+        if entry.get("kind") == "erasure":
+            for f in entry.get("inputs_rewritten", []):
+                erased[f["sha256_before"]] = (entry, f)
+    for f in manifest["files"]:
+        if f["sha256"] in erased:
+            entry, rewritten = erased[f["sha256"]]
+            raise error(
+                f"{f['path']}: holds what {rewritten['path']} held before erasure request #{entry['seq']} "
+                f"(requested at {entry['requested_at']}) removed a user's lines from it: a backup restored, or a "
+                "copy. Not ingested: put the rewritten file back, or run that `flywheel forget` again if this file "
+                "is under the serving logs (it rewrites it too), then materialize this partition again."
+            )
+
+
 def hold_during_erasure(lake: Lake, error: Callable[[str], BaseException] = ErasureConflict) -> Lake:
     """Make `lake` refuse to write a partition of a table an erasure rewrites (raw, quarantined, harvested
     traces, training set) from inputs read while an erasure request was running or before one started: such a
@@ -418,8 +437,7 @@ def _forget(
         for name in stale:
             lake.delete_object(STARTED_TABLE, name)
         for table in sorted(HELD_TABLES):
-            for folder in lake.leftovers(table):
-                done = lake.clear_leftover(table, folder)
+            for folder, done in lake.clear_leftovers(table):
                 progress(f"{table}/{folder}, left by a write that did not finish: {done}")
     # The serving logs first: a rerun of any quarter would ingest the user's lines again from them. Each file's
     # hash before is journaled before it is rewritten, so a crashed request records the right one on its rerun.

@@ -372,6 +372,17 @@ def test_forget_leaves_no_byte_of_the_user_under_the_lake(logs_cycle, tmp_path):
     assert entry["erase_at_source"] == res.erase_at_source and entry["inputs_rewritten"][0]["lines_removed"] == 4
     assert audit.verify(fw.lake, fw.registry) == []
 
+    # The log restored from a backup (the copy made before the request) is not ingested again: the user is in it.
+    rewritten = log.read_bytes()
+    shutil.copy(outside / "copy.jsonl", log)
+    with dg.instance_for_test() as instance:
+        restored = materialize(fw, instance, Q1, selection=["reasoning_traces"])
+    assert not restored.success
+    message = restored.get_step_failure_events()[0].event_specific_data.error.message
+    assert f"{log.resolve()}: holds what {log.resolve()} held before erasure request #{entry['seq']}" in message
+    log.write_bytes(rewritten)
+    assert VICTIM not in lake_text(lake_root)  # nothing of the restored log was written
+
 
 def test_an_erasure_request_landing_while_the_training_set_is_built_keeps_the_user_out(logs_cycle, monkeypatch):
     """A real `forget` runs while the training_dataset step is building (after it read harvested_traces, before it

@@ -217,3 +217,34 @@ def test_partitions_opened_together_are_committed_all_or_none(tmp_path):
         assert [p.name for p in (tmp_path / "lake" / table).iterdir()] == ["cycle=q"]
     write_both(4)
     assert [lake.read_table(t, "q").column("x").to_pylist() for t in ("a", "b")] == [[4], [4]]
+
+
+def test_leftover_folders_are_removed_and_the_newest_only_copy_of_a_partition_is_put_back(tmp_path):
+    """clear_leftovers (an erasure request's sweep): temporary folders and old partitions beside a live one go;
+    of two old partitions of a quarter that has none (two commits killed between their renames), the newer one
+    is put back and the other removed."""
+    import os
+    import shutil
+
+    import pyarrow as pa
+
+    from flywheel_dagster.traces.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    for cycle, value in (("q1", 1), ("q2", 2), ("q3", 3)):
+        lake.write_table("t", cycle, pa.table({"x": [value]}))
+    table_dir = tmp_path / "lake" / "t"
+    shutil.copytree(table_dir / "cycle=q1", table_dir / ".tmp-cycle=q1-0000aaaa")
+    shutil.copytree(table_dir / "cycle=q1", table_dir / ".old-cycle=q1-0000bbbb")
+    (table_dir / "cycle=q2").rename(table_dir / ".old-cycle=q2-ffffffff")  # older: written first
+    (table_dir / "cycle=q3").rename(table_dir / ".old-cycle=q2-00000000")  # newer
+    old = table_dir / ".old-cycle=q2-ffffffff" / "part-00000.parquet"
+    os.utime(old, ns=(old.stat().st_mtime_ns - 10**9,) * 2)
+    assert sorted(lake.clear_leftovers("t")) == [
+        (".old-cycle=q1-0000bbbb", "removed"),
+        (".old-cycle=q2-00000000", "restored"),
+        (".old-cycle=q2-ffffffff", "removed"),
+        (".tmp-cycle=q1-0000aaaa", "removed"),
+    ]
+    assert lake.leftovers("t") == [] and lake.cycles("t") == ["q1", "q2"]
+    assert lake.read_table("t", "q2").column("x").to_pylist() == [3]

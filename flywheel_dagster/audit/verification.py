@@ -41,7 +41,7 @@ def expected_inputs(entries: list[dict]) -> dict[str, dict]:
     erasure that rewrote one (`search`: the cycle's ingest paths and window, to look for files added since)."""
     out: dict[str, dict] = {}
     searched: dict[str, dict] = {}
-    rewrites: dict[str, list[tuple[str, str, str]]] = {}  # path -> (requested_at, sha256 before, after), in order
+    rewrites: dict[str, list[tuple[str, str]]] = {}  # path -> (sha256 before, after) of each erasure, in order
     for e in entries:
         if e.get("kind") == "cycle":
             for path, f in list(out.items()):
@@ -50,36 +50,23 @@ def expected_inputs(entries: list[dict]) -> dict[str, dict]:
             inputs = e.get("inputs")
             if inputs:
                 searched[e["cycle"]] = inputs
-                ingested = _second(((e.get("assets") or {}).get("reasoning_traces") or {}).get("materialized_at"))
                 for f in inputs["files"]:
                     # A file the cycle ingested before an erasure rewrote it, audited after: the record names it as
-                    # ingested, and the erasure's entry says what it became (an erasure requested once the ingest
-                    # was done: one before it would have held the ingest, which then read the file rewritten).
+                    # ingested, and the erasure's entry says what it became. (A file restored to its content from
+                    # before an erasure is not ingested again: ingest.refuse_erased.)
                     sha = f["sha256"]
-                    for requested, before, after in rewrites.get(f["path"], []):
-                        if ingested is not None and requested >= ingested and sha == before:
+                    for before, after in rewrites.get(f["path"], []):
+                        if sha == before:
                             sha = after
                     out[f["path"]] = {"sha256": sha, "cycle": e["cycle"]}
         elif e.get("kind") == "erasure":
             for f in e.get("inputs_rewritten", []):
-                requested = _second(e.get("requested_at"))
-                if requested is not None:
-                    rewrites.setdefault(f["path"], []).append((requested, f["sha256_before"], f["sha256_after"]))
+                rewrites.setdefault(f["path"], []).append((f["sha256_before"], f["sha256_after"]))
                 if f["path"] in out:
                     out[f["path"]]["sha256"] = f["sha256_after"]
     for f in out.values():
         f["search"] = searched[f["cycle"]]
     return out
-
-
-def _second(stamp: str | None) -> str | None:
-    """An ISO time in UTC to the second, comparable as text ('2026-01-05T10:00:00'); None when absent or unreadable."""
-    from datetime import UTC, datetime
-
-    try:
-        return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S") if stamp else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _verify_inputs(entries: list[dict]) -> list[Mismatch]:

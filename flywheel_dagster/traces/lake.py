@@ -284,25 +284,45 @@ class Lake:
             if i.type == pafs.FileType.Directory and i.base_name.startswith((".tmp-cycle=", ".old-cycle="))
         )
 
-    def clear_leftover(self, table: str, folder: str) -> str:
-        """Deal with one of leftovers(table), under the lake's lock (no commit is under way): an old partition
-        whose cycle has none (a commit killed between its two renames, or a rollback that failed) is put back,
-        anything else removed. Returns what was done: "restored", "removed", "gone" (its writer removed it
-        meanwhile) or "in use" (a write still adding files to it: its commit is refused and removes it)."""
-        if not folder.startswith((".tmp-cycle=", ".old-cycle=")):
-            raise ValueError(f"{table}/{folder}: not a leftover of a partition write")
-        path = f"{self.root}/{table}/{folder}"
-        cycle = folder.split("=", 1)[1].rsplit("-", 1)[0]
-        try:
-            if folder.startswith(".old-cycle=") and not self.cycles(table).count(cycle):
-                self.fs.move(path, self.partition_dir(table, cycle))
-                return "restored"
-            self.fs.delete_dir(path)
-            return "removed"
-        except FileNotFoundError:
-            return "gone"
-        except OSError:  # "directory not empty": a file created in it as it was removed
-            return "in use"
+    def clear_leftovers(self, table: str) -> list[tuple[str, str]]:
+        """Deal with leftovers(table), under the lake's lock (no commit is under way): an old partition whose
+        cycle has none (a commit killed between its two renames, or a rollback that failed) is put back, the
+        newest if there are several (by its files' modification time), anything else removed. Returns (folder,
+        what was done): "restored", "removed", "gone" (its writer removed it meanwhile) or "in use" (a temporary
+        folder a write is still adding files to: its commit is refused, and removes it). Any other failure
+        raises: the folder could hold users' rows."""
+        import errno
+
+        folders = self.leftovers(table)
+        present = set(self.cycles(table))
+        restore: dict[str, str] = {}  # cycle -> the old partition to put back
+        for folder in folders:
+            cycle = folder.split("=", 1)[1].rsplit("-", 1)[0]  # .tmp-cycle=<cycle>-<hex8>, .old-cycle=<cycle>-<hex8>
+            if folder.startswith(".old-cycle=") and cycle not in present:
+                if cycle not in restore or self._newest(table, folder) > self._newest(table, restore[cycle]):
+                    restore[cycle] = folder
+        done = []
+        for folder in folders:
+            path = f"{self.root}/{table}/{folder}"
+            cycle = folder.split("=", 1)[1].rsplit("-", 1)[0]
+            try:
+                if restore.get(cycle) == folder:
+                    self.fs.move(path, self.partition_dir(table, cycle))
+                    done.append((folder, "restored"))
+                else:
+                    self.fs.delete_dir(path)
+                    done.append((folder, "removed"))
+            except FileNotFoundError:
+                done.append((folder, "gone"))
+            except OSError as e:
+                if not (folder.startswith(".tmp-cycle=") and e.errno == errno.ENOTEMPTY):
+                    raise
+                done.append((folder, "in use"))  # a file created in it as it was removed
+        return done
+
+    def _newest(self, table: str, folder: str) -> int:
+        files = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/{table}/{folder}", recursive=True))
+        return max((i.mtime_ns or 0 for i in files), default=0)
 
     def replace_object(self, table: str, name: str, content: bytes) -> None:
         """Write one file directly under a table, replacing it if it is there: written to a temporary name and
@@ -446,14 +466,15 @@ def _commit(lake: Lake, parts: list[PartitionWriter]) -> None:
                             fs.move(final, part.tmp)  # this one's new files had gone in: out again, removed below
                         if old is not None:
                             fs.move(old, final)
-                    except (
-                        OSError
-                    ):  # left as .old-cycle=...: an erasure request's sweep puts it back (restore_leftovers)
+                    except OSError:  # left as .old-cycle=...: an erasure request's sweep puts it back (clear_leftovers)
                         pass
                 raise
-            for _, old in moved:
+            for _, old in moved:  # committed: a failure to remove an old one leaves it to the sweep (leftovers)
                 if old is not None:
-                    fs.delete_dir(old)
+                    try:
+                        fs.delete_dir(old)
+                    except OSError:
+                        pass
     except BaseException:
         for part in parts:
             try:
