@@ -97,8 +97,9 @@ def refuse_erased(lake: Lake, manifest: dict, error: Callable[[str], BaseExcepti
             raise error(
                 f"{f['path']}: holds what {rewritten['path']} held before erasure request #{entry['seq']} "
                 f"(requested at {entry['requested_at']}) removed a user's lines from it: a backup restored, or a "
-                "copy. Not ingested: put the rewritten file back, or run that `flywheel forget` again if this file "
-                "is under the serving logs (it rewrites it too), then materialize this partition again."
+                "copy. Not ingested: put the rewritten file back, or erase the user there (under the serving logs, "
+                "running that `flywheel forget` again does; elsewhere, at the source), then materialize this "
+                "partition again."
             )
 
 
@@ -489,6 +490,12 @@ def _forget(
             if replaced:
                 progress(f"cycle {q}: rewriting {table} ({', '.join(sorted(replaced))})")
                 _rewrite(lake, table, q, replaced)
+    # The old partitions the rewrites replaced hold the user: one a commit could not remove (it leaves it rather
+    # than fail a committed write) goes now, or the request stops here, its journal kept, to be run again.
+    with lake.locked():
+        for table in sorted(HELD_TABLES):
+            for folder, done in lake.clear_leftovers(table, restore=False):
+                progress(f"{table}/{folder}, left by a rewrite: {done}")
 
     result = ErasureResult(subject, logs_rewritten=logs_rewritten, erase_at_source=at_source)
     rewritten = []

@@ -122,3 +122,36 @@ def test_a_user_table_is_not_written_from_inputs_read_before_an_erasure_request_
         lake.write_object(erasure.STARTED_TABLE, "20260105T000001000000Z-test", b"")
     writer.join(10)
     assert isinstance(outcome[0], erasure.ErasureConflict) and not lake.exists("reasoning_traces", Q)
+
+
+def test_an_old_partition_a_rewrite_could_not_remove_is_cleared_before_the_request_is_recorded(tmp_path):
+    """A rewrite whose commit cannot remove the old partition (it holds the user) keeps the rewritten one and
+    leaves the old one hidden; the request's closing sweep (clear_leftovers without putting anything back, as
+    forget runs it before its audit entry) removes it, and refuses an old partition that is the only copy."""
+    lake = Lake(str(tmp_path / "lake"))
+    rows = {"trace_id": ["t1", "t2"], "user_id": ["victim", "other"], "prompt": ["p1", "p2"]}
+    _write(lake, "harvested_traces", "part-00000.parquet", rows)
+    real = lake.fs
+
+    class NoRemovingOld:  # the old partition cannot be removed (a permission, a flaky store)
+        def __getattr__(self, name: str):  # noqa: ANN204
+            return getattr(real, name)
+
+        def delete_dir(self, path: str) -> None:
+            if ".old-cycle=" in path:
+                raise PermissionError(path)
+            real.delete_dir(path)
+
+    lake.fs = NoRemovingOld()
+    plan = erasure._plan_cycle(lake, Q, "victim")
+    erasure._rewrite(lake, "harvested_traces", Q, {n: keep for (t, n), keep in plan.items() if t == "harvested_traces"})
+    lake.fs = real
+    assert lake.read_table("harvested_traces", Q).column("user_id").to_pylist() == ["other"]
+    (left,) = lake.leftovers("harvested_traces")
+    assert left.startswith(".old-cycle=")
+    assert lake.clear_leftovers("harvested_traces", restore=False) == [(left, "removed")]
+    assert lake.leftovers("harvested_traces") == []
+
+    (tmp_path / "lake" / "harvested_traces" / f"cycle={Q}").rename(tmp_path / "lake" / "harvested_traces" / left)
+    with pytest.raises(RuntimeError, match="the only copy"):
+        lake.clear_leftovers("harvested_traces", restore=False)

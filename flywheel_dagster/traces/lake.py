@@ -284,29 +284,31 @@ class Lake:
             if i.type == pafs.FileType.Directory and i.base_name.startswith((".tmp-cycle=", ".old-cycle="))
         )
 
-    def clear_leftovers(self, table: str) -> list[tuple[str, str]]:
+    def clear_leftovers(self, table: str, restore: bool = True) -> list[tuple[str, str]]:
         """Deal with leftovers(table), under the lake's lock (no commit is under way): an old partition whose
         cycle has none (a commit killed between its two renames, or a rollback that failed) is put back, the
-        newest if there are several (by its files' modification time), anything else removed. Returns (folder,
-        what was done): "restored", "removed", "gone" (its writer removed it meanwhile) or "in use" (a temporary
-        folder a write is still adding files to: its commit is refused, and removes it). Any other failure
-        raises: the folder could hold users' rows."""
+        newest if there are several (by its files' modification time; with restore=False, such a one raises),
+        anything else removed. Returns (folder, what was done): "restored", "removed", "gone" (its writer
+        removed it meanwhile) or "in use" (a temporary folder a write is still adding files to: its commit is
+        refused, and removes it). Any other failure raises: the folder could hold users' rows."""
         import errno
 
         folders = self.leftovers(table)
         present = set(self.cycles(table))
-        restore: dict[str, str] = {}  # cycle -> the old partition to put back
+        restored: dict[str, str] = {}  # cycle -> the old partition to put back
         for folder in folders:
             cycle = folder.split("=", 1)[1].rsplit("-", 1)[0]  # .tmp-cycle=<cycle>-<hex8>, .old-cycle=<cycle>-<hex8>
             if folder.startswith(".old-cycle=") and cycle not in present:
-                if cycle not in restore or self._newest(table, folder) > self._newest(table, restore[cycle]):
-                    restore[cycle] = folder
+                if not restore:
+                    raise RuntimeError(f"{table}/{folder}: the only copy of cycle {cycle}'s partition, not put back")
+                if cycle not in restored or self._newest(table, folder) > self._newest(table, restored[cycle]):
+                    restored[cycle] = folder
         done = []
         for folder in folders:
             path = f"{self.root}/{table}/{folder}"
             cycle = folder.split("=", 1)[1].rsplit("-", 1)[0]
             try:
-                if restore.get(cycle) == folder:
+                if restored.get(cycle) == folder:
                     self.fs.move(path, self.partition_dir(table, cycle))
                     done.append((folder, "restored"))
                 else:
