@@ -110,8 +110,26 @@ def open_cycle(
     cfg = flywheel_config.load()
     key, index = cycle_of(context, cfg)
     # Before any input is read: a user table's partition is not written from inputs an erasure request ran under.
-    the_lake = hold_during_erasure(lake.lake(), error=lambda problem: dg.Failure(description=problem))
+    the_lake = hold_during_erasure(lake.lake(), error=lambda problem: erasure_retry(context, problem))
     return cfg, key, index, the_lake, mlflow.registry(cfg.name)
+
+
+# A step refused by an erasure request runs again once it is done: a request reads every partition of the lake
+# (minutes on a quarter's), so every ERASURE_RETRY_SECONDS, ERASURE_RETRIES times (half an hour), then it fails
+# saying why (a request that stopped half-way holds the user tables until it is run again).
+ERASURE_RETRIES = 15
+ERASURE_RETRY_SECONDS = 120.0
+
+
+def erasure_retry(context: Any, problem: str) -> Exception:
+    """What a step raises when an erasure request refuses its write (erasure.hold_during_erasure): a retry, the
+    reason in its log, while retries are left; then a failure with the reason."""
+    if context.retry_number < ERASURE_RETRIES:
+        context.log.warning(
+            f"{problem} Trying again in {ERASURE_RETRY_SECONDS:g} s ({context.retry_number + 1} of {ERASURE_RETRIES})."
+        )
+        return dg.RetryRequested(max_retries=ERASURE_RETRIES, seconds_to_wait=ERASURE_RETRY_SECONDS)
+    return dg.Failure(description=f"{problem} (Tried {ERASURE_RETRIES + 1} times, {ERASURE_RETRY_SECONDS:g} s apart.)")
 
 
 def previous_of(key: str, cfg: FlywheelConfig) -> str | None:
