@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets import Stage, dagster_tags, mlflow_run_links, open_cycle
-from flywheel_dagster import timing
+from flywheel_dagster import erasure, timing
 from flywheel_dagster.records import CANDIDATE_MODEL, DEPLOYMENT, TRAINING_DATASET, Candidate, Deployment, TrainingSet
 from flywheel_dagster.registry import BASE_VERSION_TAG
 from flywheel_dagster.resources import FlywheelConfigResource, LakeResource, MlflowResource, TrainingJobResource
@@ -36,7 +36,13 @@ def candidate_model(
     cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
     champion = registry.version(Deployment.read(the_lake, key).version)
     method = cfg.training.method
-    job_id = candidate.job_id(cfg, champion.version, TrainingSet.sha256(the_lake, key))
+    # What the job reads: the examples, the pairs (REDI) and the prompts (OPSD, GRPO), as they are now.
+    read = {
+        n: the_lake.sha256(TRAINING_DATASET, key, n)
+        for n in (TrainingSet.EXAMPLES, TrainingSet.PAIRS, TrainingSet.PROMPTS)
+        if the_lake.exists(TRAINING_DATASET, key, n)
+    }
+    job_id = candidate.job_id(cfg, champion.version, read[TrainingSet.EXAMPLES])
     checkpoint_dir = training.checkpoint_dir(cfg.name, key, job_id)
     links = dagster_tags(context, cfg)
     with registry.stage(key, index, "distill", tags={"flywheel.method": method, **links}) as run_id:
@@ -54,12 +60,23 @@ def candidate_model(
         with timing.compute(CANDIDATE_MODEL):  # the job's wall time, process start and model loading included
             result = training.train(context, job)
         adapter = bool(result["adapter"])
+        # An erasure request that rewrote the training set while the job trained on it: the model has seen the
+        # user's rows, and the request's entry (written before the model existed) does not list it.
+        erased = sorted(
+            {n for name, sha in read.items() for n in erasure.rewrites_of(the_lake, TRAINING_DATASET, key, name, sha)}
+        )
+        if erased:
+            context.log.warning(
+                f"trained on a training set that erasure request(s) {', '.join(f'#{n}' for n in erased)} rewrote while "
+                "the job ran: the model has seen the erased users' rows (tagged flywheel.trained_on_erased_data)"
+            )
         tags = {
             "flywheel.cycle": key,
             "flywheel.parent_version": champion.version,
             "flywheel.method": method,
             "weights_sha256": result["weights_sha256"],
             **({BASE_VERSION_TAG: champion.version, "flywheel.adapter": "true"} if adapter else {}),
+            **({"flywheel.trained_on_erased_data": ",".join(f"#{n}" for n in erased)} if erased else {}),
             **links,
         }
         ref = registry.register_model_dir(run_id, Path(job.out_dir), tags=tags)
@@ -95,6 +112,7 @@ def candidate_model(
             "model_version": dg.MetadataValue.url(registry.model_version_url(cfg.ui.mlflow_url, ref.version)),
             "weights_sha256": result["weights_sha256"],
             "examples": result["examples"],
+            **({"trained_on_erased_data": ", ".join(f"#{n}" for n in erased)} if erased else {}),
             **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()},
         },
         data_version=dg.DataVersion(result["weights_sha256"][:16]),

@@ -103,6 +103,20 @@ def refuse_erased(lake: Lake, manifest: dict, error: Callable[[str], BaseExcepti
             )
 
 
+def rewrites_of(lake: Lake, table: str, cycle: str, name: str, sha256: str) -> list[int]:
+    """The erasure requests (their entries' seq) that rewrote this file of a partition from the content with
+    `sha256`: a step that read that content (a training job reading the training set) used rows a request then
+    removed."""
+    seqs, current = [], sha256
+    for entry in audit.Chain(lake).entries():
+        if entry.get("kind") == "erasure":
+            for f in entry["rewritten"]:
+                if (f["table"], f["cycle"], f["file"], f["sha256_before"]) == (table, cycle, name, current):
+                    seqs.append(entry["seq"])
+                    current = f["sha256_after"]
+    return seqs
+
+
 def hold_during_erasure(lake: Lake, error: Callable[[str], BaseException] = ErasureConflict) -> Lake:
     """Make `lake` refuse to write a partition of a table an erasure rewrites (raw, quarantined, harvested
     traces, training set) from inputs read while an erasure request was running or before one started: such a

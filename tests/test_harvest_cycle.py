@@ -528,3 +528,52 @@ def test_an_erasure_request_landing_while_the_cycle_is_audited_is_not_recorded_o
     kinds = [e["kind"] for e in audit.Chain(lake).entries()]
     assert kinds[-2:] == ["erasure", "cycle"]  # no record of the hashes from before the request
     assert audit.Chain(lake).entries()[-1]["kind"] == "cycle" and audit.verify(lake, fw.registry) == []
+
+
+def test_a_model_trained_while_an_erasure_request_rewrote_its_training_set_is_tagged(logs_cycle, monkeypatch):
+    """A request that rewrites the training set while the training job runs on it (the job has read it) cannot
+    list the model in its entry (the model does not exist yet): the candidate step finds the rewrite of what it
+    read in the chain and tags the model version flywheel.trained_on_erased_data with the request's number, and
+    says so in its log and metadata. A model trained with no request meanwhile has no such tag."""
+    from flywheel_dagster import audit
+    from flywheel_dagster.erasure import forget
+    from flywheel_dagster.resources import TrainingJobResource
+
+    fw, result, _ = logs_cycle
+    lake = fw.lake
+    harvested = lake.read_table("harvested_traces", Q1)
+    user_of = dict(zip(harvested.column("trace_id").to_pylist(), harvested.column("user_id").to_pylist(), strict=True))
+    used = sorted(
+        {user_of.get(t) for t in lake.read_table("training_dataset", Q1).column("trace_id").to_pylist() if t}
+        - {None, VICTIM}
+    )
+    user = used[0]
+    train = TrainingJobResource.train
+    during = []
+
+    def train_then_erase(self, context, job):  # noqa: ANN001, ANN202
+        out = train(self, context, job)
+        if during:
+            forget(lake, fw.registry, user, requested_by="DPO desk", **erasure_args(fw))
+        return out
+
+    monkeypatch.setattr(TrainingJobResource, "train", train_then_erase)
+    versions = []
+    for erase in (False, True):
+        during[:] = [True] if erase else []
+        with dg.instance_for_test() as instance:
+            trained = materialize(fw, instance, Q1, selection=["candidate_model"])
+            warned = _warnings(instance, trained)
+        assert trained.success
+        (mat,) = trained.get_asset_materialization_events()
+        version = mat.step_materialization_data.materialization.metadata["model"].value.split(" v")[-1].split(" ")[0]
+        versions.append(version)
+        tags = fw.registry.version_tags(version)
+        if erase:
+            seq = audit.Chain(lake).entries()[-1]["seq"]
+            assert tags["flywheel.trained_on_erased_data"] == f"#{seq}"
+            assert mat.step_materialization_data.materialization.metadata["trained_on_erased_data"].value == f"#{seq}"
+            assert any(f"erasure request(s) #{seq} rewrote while the job ran" in w for w in warned)
+        else:
+            assert "flywheel.trained_on_erased_data" not in tags and not warned
+    assert versions[0] != versions[1]
