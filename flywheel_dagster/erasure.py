@@ -86,11 +86,7 @@ def _running(lake: Lake, journals: list[str]) -> str:
 def refuse_erased(lake: Lake, manifest: dict, error: Callable[[str], BaseException] = ErasureConflict) -> None:
     """Refuse an ingest whose input files (audit.input_manifest) include one with the content a log had before
     an erasure request rewrote it: a backup restored, or a copy, that holds the erased user's lines again."""
-    erased: dict[str, tuple[dict, dict]] = {}  # sha256 before the rewrite -> (the erasure's entry, the file)
-    for entry in audit.Chain(lake).entries():
-        if entry.get("kind") == "erasure":
-            for f in entry.get("inputs_rewritten", []):
-                erased[f["sha256_before"]] = (entry, f)
+    erased = {f["sha256_before"]: (entry, f) for entry in _erasures(lake) for f in entry.get("inputs_rewritten", [])}
     for f in manifest["files"]:
         if f["sha256"] in erased:
             entry, rewritten = erased[f["sha256"]]
@@ -108,13 +104,17 @@ def rewrites_of(lake: Lake, table: str, cycle: str, name: str, sha256: str) -> l
     `sha256`: a step that read that content (a training job reading the training set) used rows a request then
     removed."""
     seqs, current = [], sha256
-    for entry in audit.Chain(lake).entries():
-        if entry.get("kind") == "erasure":
-            for f in entry["rewritten"]:
-                if (f["table"], f["cycle"], f["file"], f["sha256_before"]) == (table, cycle, name, current):
-                    seqs.append(entry["seq"])
-                    current = f["sha256_after"]
+    for entry in _erasures(lake):
+        for f in entry["rewritten"]:
+            if (f["table"], f["cycle"], f["file"], f["sha256_before"]) == (table, cycle, name, current):
+                seqs.append(entry["seq"])
+                current = f["sha256_after"]
     return seqs
+
+
+def _erasures(lake: Lake) -> list[dict]:
+    """The audit chain's erasure entries, oldest first."""
+    return [e for e in audit.Chain(lake).entries() if e.get("kind") == "erasure"]
 
 
 def hold_during_erasure(lake: Lake, error: Callable[[str], BaseException] = ErasureConflict) -> Lake:
@@ -377,6 +377,13 @@ def _affected_models(lake: Lake, cycles: set[str]) -> tuple[list[str], list[str]
     return direct, descendants
 
 
+def _sweep(lake: Lake, progress: Callable[[str], None], why: str, restore: bool = True) -> None:
+    """Lake.clear_leftovers of every table a request rewrites, each folder told to `progress` (under the lock)."""
+    for table in sorted(HELD_TABLES):
+        for folder, done in lake.clear_leftovers(table, restore=restore):
+            progress(f"{table}/{folder}, {why}: {done}")
+
+
 def forget(
     lake: Lake,
     registry: Registry,
@@ -451,9 +458,7 @@ def _forget(
         lake.write_object(STARTED_TABLE, f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}", b"")
         for name in stale:
             lake.delete_object(STARTED_TABLE, name)
-        for table in sorted(HELD_TABLES):
-            for folder, done in lake.clear_leftovers(table):
-                progress(f"{table}/{folder}, left by a write that did not finish: {done}")
+        _sweep(lake, progress, "left by a write that did not finish")
     # The serving logs first: a rerun of any quarter would ingest the user's lines again from them. Each file's
     # hash before is journaled before it is rewritten, so a crashed request records the right one on its rerun.
     unreadable: list[str] = []
@@ -507,9 +512,7 @@ def _forget(
     # The old partitions the rewrites replaced hold the user: one a commit could not remove (it leaves it rather
     # than fail a committed write) goes now, or the request stops here, its journal kept, to be run again.
     with lake.locked():
-        for table in sorted(HELD_TABLES):
-            for folder, done in lake.clear_leftovers(table, restore=False):
-                progress(f"{table}/{folder}, left by a rewrite: {done}")
+        _sweep(lake, progress, "left by a rewrite", restore=False)
 
     result = ErasureResult(subject, logs_rewritten=logs_rewritten, erase_at_source=at_source)
     rewritten = []

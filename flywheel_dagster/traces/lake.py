@@ -90,6 +90,15 @@ def _rebatched(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Reco
         yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
 
 
+# A partition write's folders beside the partitions, hidden from listings: its new files until they are
+# committed, and the old partition until the commit removes it (Lake.leftovers: where one did not finish).
+_TMP, _OLD = ".tmp-cycle=", ".old-cycle="
+
+
+def _leftover_cycle(folder: str) -> str:
+    return folder.split("=", 1)[1].rsplit("-", 1)[0]  # <prefix><cycle>-<hex8>
+
+
 def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     fs, root = pafs.FileSystem.from_uri(location) if "://" in location else (pafs.LocalFileSystem(), location)
     return fs, root.rstrip("/")
@@ -176,11 +185,7 @@ class Lake:
                 entered.append(part.__enter__())
             yield parts
         except BaseException:
-            for part in entered:
-                try:
-                    part._abandon()
-                except OSError:
-                    pass  # the error that stopped the block is the one to raise
+            _abandon_all(entered)
             raise
         _commit(self, list(parts))
 
@@ -266,14 +271,9 @@ class Lake:
     def write_object(self, table: str, name: str, content: bytes) -> None:
         """Create one file directly under a table (an append-only log such as the audit chain): written to a
         temporary name and renamed, so it appears whole; an existing file is never replaced."""
-        final = f"{self.root}/{table}/{name}"
-        if self.fs.get_file_info(final).type != pafs.FileType.NotFound:
+        if self.fs.get_file_info(f"{self.root}/{table}/{name}").type != pafs.FileType.NotFound:
             raise FileExistsError(f"lake object {table}/{name} already exists; entries are never rewritten")
-        self.fs.create_dir(f"{self.root}/{table}", recursive=True)
-        tmp = f"{self.root}/{table}/.tmp-{uuid.uuid4().hex[:8]}-{name}"
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(content)
-        self.fs.move(tmp, final)
+        self._put_object(table, name, content)
 
     def leftovers(self, table: str) -> list[str]:
         """The folders of a table that a partition write left when it did not finish (its temporary folder, or
@@ -281,7 +281,7 @@ class Lake:
         return sorted(
             i.base_name
             for i in self._list(f"{self.root}/{table}")
-            if i.type == pafs.FileType.Directory and i.base_name.startswith((".tmp-cycle=", ".old-cycle="))
+            if i.type == pafs.FileType.Directory and i.base_name.startswith((_TMP, _OLD))
         )
 
     def clear_leftovers(self, table: str, restore: bool = True) -> list[tuple[str, str]]:
@@ -297,8 +297,8 @@ class Lake:
         present = set(self.cycles(table))
         restored: dict[str, str] = {}  # cycle -> the old partition to put back
         for folder in folders:
-            cycle = folder.split("=", 1)[1].rsplit("-", 1)[0]  # .tmp-cycle=<cycle>-<hex8>, .old-cycle=<cycle>-<hex8>
-            if folder.startswith(".old-cycle=") and cycle not in present:
+            cycle = _leftover_cycle(folder)
+            if folder.startswith(_OLD) and cycle not in present:
                 if not restore:
                     raise RuntimeError(f"{table}/{folder}: the only copy of cycle {cycle}'s partition, not put back")
                 if cycle not in restored or self._newest(table, folder) > self._newest(table, restored[cycle]):
@@ -306,7 +306,7 @@ class Lake:
         done = []
         for folder in folders:
             path = f"{self.root}/{table}/{folder}"
-            cycle = folder.split("=", 1)[1].rsplit("-", 1)[0]
+            cycle = _leftover_cycle(folder)
             try:
                 if restored.get(cycle) == folder:
                     self.fs.move(path, self.partition_dir(table, cycle))
@@ -317,7 +317,7 @@ class Lake:
             except FileNotFoundError:
                 done.append((folder, "gone"))
             except OSError as e:
-                if not (folder.startswith(".tmp-cycle=") and e.errno == errno.ENOTEMPTY):
+                if not (folder.startswith(_TMP) and e.errno == errno.ENOTEMPTY):
                     raise
                 done.append((folder, "in use"))  # a file created in it as it was removed
         return done
@@ -329,6 +329,10 @@ class Lake:
     def replace_object(self, table: str, name: str, content: bytes) -> None:
         """Write one file directly under a table, replacing it if it is there: written to a temporary name and
         renamed over it (atomic on a local disk), so a reader sees the old content or the new, never none."""
+        self._put_object(table, name, content)
+
+    def _put_object(self, table: str, name: str, content: bytes) -> None:
+        """One file directly under a table, written to a temporary name and renamed into place."""
         self.fs.create_dir(f"{self.root}/{table}", recursive=True)
         tmp = f"{self.root}/{table}/.tmp-{uuid.uuid4().hex[:8]}-{name}"
         with self.fs.open_output_stream(tmp) as out:
@@ -381,7 +385,7 @@ class PartitionWriter:
 
     def __init__(self, lake: Lake, table: str, cycle: str) -> None:
         self.lake, self.table, self.cycle = lake, table, cycle
-        self.tmp = f"{lake.root}/{table}/.tmp-cycle={cycle}-{uuid.uuid4().hex[:8]}"
+        self.tmp = f"{lake.root}/{table}/{_TMP}{cycle}-{uuid.uuid4().hex[:8]}"
         self.files: dict[str, LakeFile] = {}
         self._writers: dict[str, tuple[pq.ParquetWriter, object]] = {}
         self._rows: dict[str, int] = {}
@@ -456,7 +460,7 @@ def _commit(lake: Lake, parts: list[PartitionWriter]) -> None:
                 for part in parts:
                     final, old = lake.partition_dir(part.table, part.cycle), None
                     if fs.get_file_info(final).type == pafs.FileType.Directory:
-                        old = f"{lake.root}/{part.table}/.old-cycle={part.cycle}-{uuid.uuid4().hex[:8]}"
+                        old = f"{lake.root}/{part.table}/{_OLD}{part.cycle}-{uuid.uuid4().hex[:8]}"
                         fs.move(final, old)
                     moved.append((part, old))
                     fs.move(part.tmp, final)
@@ -478,13 +482,18 @@ def _commit(lake: Lake, parts: list[PartitionWriter]) -> None:
                     except OSError:
                         pass
     except BaseException:
-        for part in parts:
-            try:
-                if fs.get_file_info(part.tmp).type == pafs.FileType.Directory:
-                    fs.delete_dir(part.tmp)  # refused, or the lock could not be taken: no half-written folder
-            except OSError:
-                pass  # the error that stopped the commit is the one to raise
+        _abandon_all(parts)  # refused, or the lock could not be taken: no half-written folder
         raise
+
+
+def _abandon_all(parts: list[PartitionWriter]) -> None:
+    """Each partition's temporary folder removed, as far as it can be: the error that stopped the write is the one
+    its caller raises."""
+    for part in parts:
+        try:
+            part._abandon()
+        except OSError:
+            pass
 
 
 class _CountingWriter:
