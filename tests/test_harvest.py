@@ -1,5 +1,6 @@
 from datetime import UTC, datetime
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -434,6 +435,22 @@ def test_minhash_signatures_are_the_universal_hashs_values_in_python_integers():
     # Chunks of any size, a document longer than its chunk's budget included, give the same signatures.
     for budget in (1, 40, 100_000):
         assert (index.signatures(texts, chunk_shingles=budget) == sigs).all()
+
+
+def test_the_universal_hash_without_division_equals_python_integers_at_the_edges():
+    """MinHash's (a * x + b) mod (2^61 - 1), folded instead of divided, at the values where a fold can land on
+    the prime or just above it: x at 0, 1 and 2^32 - 1, a and b up to p - 1, and sums that are p exactly."""
+    from flywheel_dagster.curation.dedup import _universal_hash
+
+    p = (1 << 61) - 1
+    xs = [0, 1, 2, 3, (1 << 31) - 1, 1 << 31, (1 << 32) - 2, (1 << 32) - 1]
+    ab = [1, 2, (1 << 30) - 1, 1 << 30, (1 << 31) - 1, 1 << 60, p - 2, p - 1]
+    a = np.array([x for x in ab for _ in ab] + [p - 1, 1], dtype=np.uint64)
+    b = np.array([y for _ in ab for y in ab] + [1, p - 1], dtype=np.uint64)  # the last two: x = 1 sums to p
+    values = _universal_hash(np.array(xs, dtype=np.uint64)[:, None], a[None, :], b[None, :])
+    expected = [[((int(ai) * x + int(bi)) % p) & 0xFFFFFFFF for ai, bi in zip(a, b, strict=True)] for x in xs]
+    assert values.tolist() == expected
+    assert values[1, -2] == 0 and values[1, -1] == 0
 
 
 def test_the_repetition_filter_answers_as_the_repeated_fraction_does():
