@@ -13,7 +13,7 @@ import dagster as dg
 
 from assets import Stage, dagster_tags, mlflow_run_links, open_cycle
 from flywheel_dagster import audit
-from flywheel_dagster.audit.record import cycle_record
+from flywheel_dagster.audit.record import StaleCycle, cycle_record
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.overview import cycle_row, overview_markdown
 from flywheel_dagster.records import CHAMPION_MODEL, STAGE_ASSETS
@@ -35,15 +35,18 @@ def build(stage: Stage, checks: list[dg.AssetChecksDefinition]) -> list[dg.Asset
         """The cycle's audit record (JSON, in the hash chain) and its HTML report: which data, code and decisions
         produced this quarter's champion. `flywheel audit verify` re-checks every hash in it."""
         cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
-        record = cycle_record(
-            cfg,
-            the_lake,
-            registry,
-            key,
-            index,
-            _materializations(context.instance, key),
-            _checks(context.instance, key, check_keys),
-        )
+        try:
+            record = cycle_record(
+                cfg,
+                the_lake,
+                registry,
+                key,
+                index,
+                _materializations(context.instance, key),
+                _checks(context.instance, key, check_keys),
+            )
+        except StaleCycle as err:
+            raise dg.Failure(description=str(err)) from None
         return _append(context, cfg, the_lake, registry, key, index, record)
 
     return [stage.asset("audit", "2", deps=[CHAMPION_MODEL])(cycle_audit)]

@@ -19,6 +19,7 @@ from flywheel_dagster.records import (
     BenchmarkReport,
     Candidate,
     Deployment,
+    stale_report,
 )
 from flywheel_dagster.resources import (
     EngineResource,
@@ -27,7 +28,7 @@ from flywheel_dagster.resources import (
     MlflowResource,
     ServingResource,
 )
-from flywheel_dagster.serving.rollback import switch_serving
+from flywheel_dagster.serving.rollback import rollback_after, switch_serving
 from flywheel_dagster.tasks import load_task
 from flywheel_dagster.traces.lake import Lake
 
@@ -181,6 +182,10 @@ def champion_model(
     keeps the alias, and this asset fails with the reason (the cycle stays unfinished)."""
     cfg, key, _, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
     report = BenchmarkReport.read(the_lake, key)
+    deployed, candidate = (record.find(the_lake, key) for record in (Deployment, Candidate))
+    stale = stale_report(report, deployed and deployed.version, candidate and candidate.version)
+    if stale:
+        raise dg.Failure(description=stale)
     links = dagster_tags(context, cfg)
     approval = approval_state(cfg, the_lake, key)
     try:
@@ -191,6 +196,7 @@ def champion_model(
             lambda version: switch_serving(cfg, serving.path(), the_lake, registry, version),
             links,
             cfg.schedule.start_date,
+            rolled_back=rollback_after(the_lake, key),
         )
     except PromotionRefused as err:
         raise dg.Failure(description=str(err)) from None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from flywheel_dagster.records import ApprovalState, BenchmarkReport, Decision, GateDecision
-from flywheel_dagster.registry import CHAMPION, Registry, cycle_alias
+from flywheel_dagster.registry import CHAMPION, ModelRef, Registry, cycle_alias
 
 
 class PromotionRefused(RuntimeError):
@@ -62,6 +62,33 @@ def final_decision(cycle: str, gate: GateDecision, approval: ApprovalState) -> G
     return gate
 
 
+def refuse_moved_champion(
+    report: BenchmarkReport, promotes: bool, live: ModelRef | None, rolled_back: dict | None
+) -> None:
+    """PromotionRefused unless the champion is still the one the report compared the candidate with (or, for a
+    promotion already made and now run again, the candidate). Otherwise the decision would put into serving a
+    model never compared with the champion of now (a candidate trained and benchmarked against an older one:
+    a finished cycle run again, a rollback during the cycle, two runs of one quarter), or, on a rejection,
+    switch serving back to a model that was since beaten or rolled back from. A rollback made after the cycle
+    finished also stands: the cycle's decision is not made again over it."""
+    cycle, champion_v, candidate_v = report.cycle, report.champion.version, report.candidate.version
+    if rolled_back is not None:
+        raise PromotionRefused(
+            f"cycle {cycle} has finished and v{rolled_back.get('to_version')} was rolled back to after it (by "
+            f"{rolled_back.get('by')} at {rolled_back.get('at')}); nothing moved: the rollback stands, and the "
+            "next quarter's cycle benchmarks against it"
+        )
+    if live is None or live.version == champion_v or (promotes and live.version == candidate_v):
+        return
+    raise PromotionRefused(
+        f"cycle {cycle}: v{live.version} is the champion now, but this cycle benchmarked candidate v{candidate_v} "
+        f"against v{champion_v}; nothing moved. The champion moved since the benchmark (a later run of this "
+        "quarter or a later cycle promoted another model, or a rollback): a cycle promotes only over the model "
+        "it was compared with. After a rollback during the cycle, run the cycle again from its deployment; if a "
+        "newer model was promoted, this quarter's decision has been made"
+    )
+
+
 def promote(
     report: BenchmarkReport,
     approval: ApprovalState,
@@ -69,6 +96,7 @@ def promote(
     switch_to: Callable[[str], SwitchOver],
     links: dict[str, str],
     start_date: str,
+    rolled_back: dict | None = None,
 ) -> Promotion:
     """Decide the cycle of `report`, switch the running server (`switch_to(version)`), then move the aliases.
 
@@ -76,10 +104,14 @@ def promote(
     candidate also takes `champion`. The candidate's version and the cycle's MLflow run get the decision as
     tags (`links`: the Dagster run's tags), and the cycle run ends. A failed switch-over moves nothing: the
     candidate is tagged deployment_failed and DeploymentFailed is raised.
+
+    Only over the champion the report benchmarked against (refuse_moved_champion): `rolled_back`, the rollback
+    made after this cycle finished (serving.rollback.rollback_after), if any.
     """
     key = report.cycle
     decision = final_decision(key, report.gate, approval)
     champion_v, candidate_v = report.champion.version, report.candidate.version
+    refuse_moved_champion(report, decision.promote, registry.alias(CHAMPION), rolled_back)
     new_champion = candidate_v if decision.promote else champion_v
     switch = switch_to(new_champion)
     if switch.failed:

@@ -330,3 +330,23 @@ class TrainingSet:
     @staticmethod
     def uri(lake: Lake, cycle: str) -> str:
         return lake.uri(TRAINING_DATASET, cycle)
+
+
+def stale_report(report: BenchmarkReport, deployed: str | None, candidate: str | None) -> str | None:
+    """Why the cycle's benchmark report no longer describes its models, or None: `deployed` and `candidate`, the
+    versions the cycle's deployment and candidate_model records name now (None where there is no record). A
+    step run again after the report (a candidate trained anew, a deployment resolved anew) leaves a report
+    about other models: promoting from it, or auditing with it, would pair one model's figures with another's
+    training data."""
+    cycle = report.cycle
+    for step, now, then in (
+        ("candidate_model", candidate, report.candidate.version),
+        ("deployment", deployed, report.champion.version),
+    ):
+        if now is not None and now != then:
+            return (
+                f"cycle {cycle}: benchmark_report compared candidate v{report.candidate.version} with champion "
+                f"v{report.champion.version}, but {step} names v{now} now (it ran again after the report); "
+                "materialize benchmark_report again (and champion_model after it)"
+            )
+    return None

@@ -114,6 +114,47 @@ def test_a_failed_switch_over_keeps_the_old_champion_and_tags_the_candidate(regi
     assert registry.version_tags("2")["flywheel.decision"] == "deployment_failed"
 
 
+def test_a_decision_is_made_only_over_the_champion_the_report_compared_with(registry, tmp_path):  # noqa: ANN001
+    """A report about candidate v2 against v1 moves nothing once v3 is the champion (a finished cycle run again,
+    two runs of a quarter, a rollback during the cycle): not a promotion of v2, never compared with v3, and
+    not a rejection that switches serving back to v1. The same decision made again is still made."""
+    folder = tmp_path / "v3"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"name": "v3"}')
+    registry.register_model_dir(registry.stage_run("2025-10-01", 0, "train-v3"), folder)
+    server = Server(Switch("switched", "v2 serves after 4/4 health prompts"))
+    done = promote(report(PASS), NOT_REQUIRED, registry, server, LINKS, "2026-01-01")
+    again = promote(report(PASS), NOT_REQUIRED, registry, server, LINKS, "2026-01-01")  # a rerun: the same
+    assert (done.decision.champion, again.decision.champion, registry.alias(CHAMPION).version) == ("2", "2", "2")
+
+    registry.set_alias(CHAMPION, "3")  # a later promotion, or a rollback
+    server.asked.clear()
+    for gate in (PASS, FAIL):
+        with pytest.raises(
+            PromotionRefused, match="v3 is the champion now, but this cycle benchmarked candidate v2 against v1"
+        ):
+            promote(report(gate), NOT_REQUIRED, registry, server, LINKS, "2026-01-01")
+    assert server.asked == [] and registry.alias(CHAMPION).version == "3"
+
+
+def test_a_rollback_after_the_cycle_stands_against_its_decision_made_again(registry):  # noqa: ANN001
+    """champion_model run again for a quarter after which someone rolled back: the rollback stands."""
+    rollback = {"kind": "rollback", "to_version": "1", "by": "ada", "at": "2026-04-03T09:00:00Z", "after_cycle": Q}
+    server = Server(Switch("switched", "unused"))
+    with pytest.raises(PromotionRefused, match="v1 was rolled back to after it \\(by ada at 2026-04-03T09:00:00Z\\)"):
+        promote(report(PASS), NOT_REQUIRED, registry, server, LINKS, "2026-01-01", rolled_back=rollback)
+    assert server.asked == [] and registry.alias(CHAMPION).version == "1" and registry.alias(cycle_alias(Q)) is None
+
+
+def test_a_report_about_other_models_than_the_cycle_names_now_is_stale():
+    """benchmark_report compared v2 with v1; a candidate_model or deployment run again since names another."""
+    from flywheel_dagster.records import stale_report
+
+    assert stale_report(report(PASS), "1", "2") is None and stale_report(report(PASS), None, None) is None
+    assert "candidate_model names v4 now (it ran again after the report)" in stale_report(report(PASS), "1", "4")
+    assert "deployment names v3 now" in stale_report(report(PASS), "3", "2")
+
+
 def test_stage_records_round_trip_and_name_what_is_wrong(tmp_path: Path):
     lake = Lake(str(tmp_path / "lake"))
     original = report(PASS)

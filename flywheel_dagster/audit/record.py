@@ -17,6 +17,7 @@ from flywheel_dagster.records import (
     Decision,
     Deployment,
     TraceSet,
+    stale_report,
 )
 from flywheel_dagster.registry import Registry
 from flywheel_dagster.traces.lake import Lake
@@ -32,6 +33,10 @@ def _model(registry: Registry, version: str, weights: str | None, run_id: str | 
         "files_sha256": registry.files_sha256(ref),
         "adapter": registry.is_adapter(ref),
     }
+
+
+class StaleCycle(RuntimeError):
+    """The cycle's records describe different models: a step ran again after the steps that read it."""
 
 
 def cycle_record(
@@ -52,6 +57,14 @@ def cycle_record(
     candidate = Candidate.read(lake, cycle)
     report = BenchmarkReport.read(lake, cycle)
     decision = Decision.read(lake, cycle).to_json()
+    stale = stale_report(report, deployed.version, candidate.version)
+    if stale is None and decision["candidate"] != report.candidate.version:
+        stale = (
+            f"cycle {cycle}: champion_model decided on candidate v{decision['candidate']}, but benchmark_report "
+            f"compared v{report.candidate.version} (it ran again after the decision); materialize champion_model again"
+        )
+    if stale:  # the record would pair one model's decision with another's training data
+        raise StaleCycle(stale)
     params = registry.run_params(candidate.run_id)
     evaluations = [
         p
