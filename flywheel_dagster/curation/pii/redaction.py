@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from flywheel_dagster.curation.batching import Memo
 from flywheel_dagster.curation.pii.addresses import address_spans
 from flywheel_dagster.curation.pii.common import Span
+from flywheel_dagster.curation.pii.fold import fold, foldable_re2, unfold
 from flywheel_dagster.curation.pii.names import names_in, person_spans
 from flywheel_dagster.curation.pii.prefilter import (
     PREFILTER_ADDRESSES,
@@ -60,14 +61,19 @@ def _resolve(spans: list[Span]) -> list[Span]:
     return sorted(kept, key=lambda s: s.start)
 
 
+def _found(folded: tuple[str, list[int] | None], names: bool, mode: int = _EVERY_FAMILY) -> list[Span]:
+    """The spans the detectors find in a text's folded form (pii.fold), as spans of the text."""
+    return unfold(_spans(folded[0], names, mode), folded[1])
+
+
 def detect(text: str, names: bool = True) -> list[Span]:
     """Every PII span in `text`, non-overlapping, in order."""
-    return _spans(text, names)
+    return _found(fold(text), names)
 
 
 def redact(text: str, names: bool = True) -> tuple[str, list[str]]:
     """`text` with each PII span replaced by its typed placeholder, and the types replaced (in order)."""
-    return _apply(text, _spans(text, names))
+    return _apply(text, _found(fold(text), names))
 
 
 def _apply(text: str, spans: list[Span]) -> tuple[str, list[str]]:
@@ -83,8 +89,9 @@ def _apply(text: str, spans: list[Span]) -> tuple[str, list[str]]:
 
 
 def candidate_mask(column: pa.Array | pa.ChunkedArray) -> list[bool]:
-    """Rows where any detector could fire (RE2, vectorised); the rest need no Python at all."""
-    return [mode > 0 for mode in _row_modes(column, names=True)]
+    """Rows where any detector could fire (RE2, vectorised, on the folded texts); the rest need no Python at all."""
+    changed = _folded(column)[1]
+    return [mode > 0 for mode in _row_modes(column if changed is None else changed, names=True)]
 
 
 _FAMILIES = ((_STRUCTURED, PREFILTER_STRUCTURED), (_ADDRESS, PREFILTER_ADDRESSES), (_CUED_NAME, PREFILTER_CUED_NAMES))
@@ -109,14 +116,31 @@ def _row_modes(column: pa.Array | pa.ChunkedArray, names: bool) -> list[int]:
     return modes.tolist()
 
 
+def _folded(column: pa.Array | pa.ChunkedArray) -> tuple[dict[int, tuple[str, list[int] | None]], pa.Array | None]:
+    """The rows of a string column that fold (pii.fold; RE2 finds them: most text is ASCII and folds to itself),
+    by row, and the column with them folded (None when none fold: the prefilter reads the column as it is)."""
+    wide = np.flatnonzero(~pc.fill_null(pc.string_is_ascii(column), True).to_numpy(zero_copy_only=False))
+    if not len(wide):
+        return {}, None
+    rows = wide[_matches(column.take(pa.array(wide)), foldable_re2())]
+    if not len(rows):
+        return {}, None
+    texts = column.take(pa.array(rows)).to_pylist()
+    folded = {i: fold(t) for i, t in zip(rows.tolist(), texts, strict=True)}
+    mask = np.zeros(len(column), dtype=bool)
+    mask[rows] = True
+    return folded, pc.replace_with_mask(column, pa.array(mask), pa.array([f[0] for f in folded.values()], pa.string()))
+
+
 def redact_rows(column: pa.Array | pa.ChunkedArray, names: bool = True) -> tuple[list[str | None], list[list[str]]]:
     """Redact a string column row by row: the new values and, per row, the types replaced."""
-    modes = _row_modes(column, names)
     values = column.to_pylist()
+    folded, changed = _folded(column)
+    modes = _row_modes(column if changed is None else changed, names)
     kinds: list[list[str]] = [[] for _ in values]
     for i, mode in enumerate(modes):
         if mode and values[i] is not None:
-            values[i], kinds[i] = _apply(values[i], _spans(values[i], names, mode))
+            values[i], kinds[i] = _apply(values[i], _found(folded.get(i) or (values[i], None), names, mode))
     return values, kinds
 
 
@@ -133,9 +157,13 @@ def redact_texts(
                 found[v] = None if memo is None else memo.get((v, names))
     unseen = [v for v, done in found.items() if done is None]
     if unseen:
-        for text, mode in zip(unseen, _row_modes(pa.array(unseen, pa.string()), names), strict=True):
+        column = pa.array(unseen, pa.string())
+        folded, changed = _folded(column)
+        for i, (text, mode) in enumerate(
+            zip(unseen, _row_modes(column if changed is None else changed, names), strict=True)
+        ):
             if mode:
-                red, kinds = _apply(text, _spans(text, names, mode))
+                red, kinds = _apply(text, _found(folded.get(i) or (text, None), names, mode))
                 done = (red, tuple(kinds))
             else:
                 done = (text, ())
@@ -161,9 +189,10 @@ def redact_column(column: pa.Array | pa.ChunkedArray, counts: Counter, names: bo
 def count_detections(column: pa.Array | pa.ChunkedArray, names: bool = True) -> Counter:
     """PII detections per type in a string column (for the zero-PII check on the training set)."""
     counts: Counter = Counter()
-    modes = _row_modes(column, names)
+    folded, changed = _folded(column)
+    modes = _row_modes(column if changed is None else changed, names)
     if any(modes):
-        for value, mode in zip(column.to_pylist(), modes, strict=True):
+        for i, (value, mode) in enumerate(zip(column.to_pylist(), modes, strict=True)):
             if mode and value is not None:
-                counts.update(s.kind for s in _spans(value, names, mode))
+                counts.update(s.kind for s in _found(folded.get(i) or (value, None), names, mode))
     return counts
