@@ -313,7 +313,7 @@ class TrainingSet:
     TEXT_COLUMNS: ClassVar[dict[str, tuple[str, ...]]] = {
         DATA_FILE: ("prompt", "completion"),
         PAIRS_FILE: ("prompt", "chosen", "rejected"),
-        PROMPTS_FILE: ("prompt", "solution"),
+        PROMPTS_FILE: ("prompt", "solution", "reference"),
     }
 
     @staticmethod

@@ -658,3 +658,65 @@ def test_a_prompt_frozen_for_its_many_answers_gives_the_same_figure_in_any_order
         assert list(m._frozen.values()) == [11] and len(m._samples_per_prompt) == 31
         figures.add(m.result(None)["answer_diversity"])
     assert figures == {round((1.0 + 30 * 0.0) / 31, 4)}  # heavy: 11 answers in 11 samples; the others: one each
+
+
+class _MemorisingEngine:
+    """Stands for a served model that memorised a phone number and writes it into its rephrasings: no model
+    that runs here writes one on demand. Answers each request with its problem's solution and the number."""
+
+    def __init__(self, solutions: dict[str, str]) -> None:
+        self.solutions = solutions
+
+    def generate(self, requests: list[str], settings) -> list:  # noqa: ANN001
+        from flywheel_dagster.engines.base import Completion
+
+        text = "Ask Mr. Quondt on 415-555-0132 if unsure. {}"
+        return [
+            Completion(i, 0, text.format(next(s for p, s in self.solutions.items() if r.startswith(p))), 9, 0.0, "stop")
+            for i, r in enumerate(requests)
+        ]
+
+
+def test_rephrasings_and_reference_answers_are_redacted_before_training():
+    """The deployed model's rephrasings and the reference answers the on-policy prompts carry (a client's
+    metadata) reach the training set only redacted, counted by where they came from; the training set's gate
+    finds nothing in any of its text columns."""
+    from flywheel_dagster.curation import pii
+    from flywheel_dagster.records import TrainingSet
+    from flywheel_dagster.tasks.gsm8k import GSM8KTask
+
+    gsm = GSM8KTask()
+    problems = gsm.traffic(0, 10)
+    wrong = [(p, p.solution[: p.solution.rindex("####")] + "#### 987654") for p in problems[5:]]
+    rows = [(p, p.solution) for p in problems[:5]] + wrong
+    harvested = harvest(_traces(gsm, rows), gsm, _cfg(dedup={"exact": False, "near_duplicates": False})).harvested
+    unsolved = {p.prompt for p in problems[5:]}
+    refs = [
+        "Tel. 415-555-0142" if p in unsolved else r
+        for p, r in zip(
+            harvested.column("prompt").to_pylist(), harvested.column("reference_answer").to_pylist(), strict=True
+        )
+    ]
+    harvested = harvested.set_column(
+        harvested.schema.get_field_index("reference_answer"), "reference_answer", pa.array(refs)
+    )
+    cfg = _cfg(anchor_fraction=0.0, reformat={"rephrase": 1})
+    engine = _MemorisingEngine({p.prompt: p.solution for p in problems})
+    result = build_training_dataset(harvested, [], cfg, gsm, engine=engine, seed=1)
+    assert result.composition["strategy/rephrased"] == 5
+    assert (
+        result.composition["rephrased_pii_redacted/PHONE"] == 5
+        and result.composition["rephrased_pii_redacted/PERSON"] == 5
+    )
+    assert all(c.startswith("Ask Mr. <PERSON> on <PHONE>") for c in result.table.column("completion").to_pylist())
+    by_prompt = {r["prompt"]: r for r in result.prompts.to_pylist()}
+    assert {by_prompt[p]["reference"] for p in unsolved} == {"Tel. <PHONE>"}
+    assert all("555" not in by_prompt[p]["solution"] for p in unsolved)
+    assert result.composition["reference_pii_redacted/PHONE"] == 5
+    tables = {
+        TrainingSet.EXAMPLES: result.table,
+        TrainingSet.PAIRS: result.pairs,
+        TrainingSet.PROMPTS: result.prompts,
+    }
+    for name, columns in TrainingSet.TEXT_COLUMNS.items():
+        assert sum(pii.count_detections(tables[name].column(c)).total() for c in columns) == 0, name

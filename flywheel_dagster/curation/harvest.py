@@ -657,10 +657,22 @@ def build_training_dataset(
     if to_rephrase and engine is None:
         raise ValueError("harvest.reformat gives weight to 'rephrase', which needs an inference engine")
     rephrased = iter(rephrase(task, engine, to_rephrase, rephrase_tokens, seed, reformat_counts))
+    # Text that did not pass the harvest's redaction goes through it here, counted by where it came from: human
+    # data (GSM8K's "Mrs. Snyder" is a titled name like any other), the deployed model's rephrasings (it can
+    # write what it memorised) and the reference answers the on-policy prompts carry (a client's metadata).
+    found_pii: dict[str, Counter] = defaultdict(Counter)
+
+    def redacted(text: str, origin: str = "human") -> str:
+        out, kinds = pii.redact(text, cfg.redact_names)
+        found_pii[origin].update(kinds)
+        return out
+
     rows = _Columns(TRAINING_SCHEMA)  # column by column: a dict a row is most of the step's memory
     for r, strategy in zip(positives, strategies, strict=True):
         completion = (
-            next(rephrased) if strategy == "rephrase" else template(strategy, task, r["prompt"], r["completion"])
+            redacted(next(rephrased), "rephrased")
+            if strategy == "rephrase"
+            else template(strategy, task, r["prompt"], r["completion"])
         )
         reformat_counts[strategy] += 1
         rows.append(
@@ -676,14 +688,6 @@ def build_training_dataset(
                 "strategy": strategy,
             }
         )
-    # Human data goes through the same redaction: GSM8K's "Mrs. Snyder" is a titled name like any other.
-    anchor_pii: Counter = Counter()
-
-    def redacted(text: str) -> str:
-        out, kinds = pii.redact(text, cfg.redact_names)
-        anchor_pii.update(kinds)
-        return out
-
     rows.extend(
         {
             "example_id": f"human/{p.problem_id}",
@@ -720,16 +724,17 @@ def build_training_dataset(
     for prompt, seen in problems.items():
         r = seen["row"]
         looked_up = task.lookup(prompt)
+        reference = None if r["reference_answer"] is None else redacted(r["reference_answer"], "reference")
         if seen["trace"] is not None:
             solution, source = seen["trace"], "trace"
         elif looked_up is not None and looked_up.reference == r["reference_answer"]:
             solution, source = redacted(looked_up.solution), "task"
         else:
-            solution, source = task.render(looked_up, "", r["reference_answer"]).strip(), "answer_only"
+            solution, source = task.render(looked_up, "", reference).strip(), "answer_only"
         prompts.append(
             {
                 "prompt": prompt,
-                "reference": r["reference_answer"],
+                "reference": reference,
                 "solution": solution,
                 "solution_source": source,
                 "problem_id": r["problem_id"],
@@ -754,8 +759,9 @@ def build_training_dataset(
     )
     for k, v in sorted(reformat_counts.items()):
         composition[f"strategy/{k}"] = v
-    for k, v in sorted(anchor_pii.items()):
-        composition[f"human_pii_redacted/{k}"] = v
+    for origin, found in sorted(found_pii.items()):
+        for k, v in sorted(found.items()):
+            composition[f"{origin}_pii_redacted/{k}"] = v
     return TrainingSet(
         rows.table(),
         pa.Table.from_pylist(pairs, schema=PAIRS_SCHEMA),
