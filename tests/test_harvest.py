@@ -720,3 +720,22 @@ def test_rephrasings_and_reference_answers_are_redacted_before_training():
     }
     for name, columns in TrainingSet.TEXT_COLUMNS.items():
         assert sum(pii.count_detections(tables[name].column(c)).total() for c in columns) == 0, name
+
+
+def test_what_one_text_of_a_trace_names_is_redacted_in_all_of_them():
+    """A value a cue finds in the question (an SSN, a self-introduced name, an email) and the answer repeats
+    without the cue, in another format or case, goes from the answer too; a trace without PII is untouched."""
+    import dataclasses
+
+    from flywheel_dagster.tasks.gsm8k import GSM8KTask
+
+    gsm = GSM8KTask()
+    p, q = gsm.traffic(0, 2)
+    asked = dataclasses.replace(p, prompt="My SSN is 219-09-9999 and my name is Xavrel Quondt. " + p.prompt)
+    told = "Noting 219099999 (219 09 9999) for Xavrel Quondt.\n" + p.solution
+    rows = harvest(_traces(gsm, [(asked, told), (q, q.solution)]), gsm, _cfg()).harvested.to_pylist()
+    assert rows[0]["prompt"].startswith("My SSN is <SSN> and my name is <PERSON>. ")
+    assert rows[0]["completion"].startswith("Noting <SSN> (<SSN>) for <PERSON>.\n")
+    assert "9999" not in rows[0]["reasoning"] + rows[0]["completion"] and "Quondt" not in rows[0]["reasoning"]
+    assert set(rows[0]["pii_types"].split(",")) == {"SSN", "PERSON"}
+    assert (rows[1]["prompt"], rows[1]["completion"], rows[1]["pii_types"]) == (q.prompt, q.solution, None)

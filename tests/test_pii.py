@@ -242,7 +242,7 @@ def test_the_prefilter_never_hides_a_detection(corpus, corpus2):
     # forgets as it goes; the same results, repeats and None included.
     memo = Memo(50)
     columns = [texts[:300] + [None] + texts[:40], texts[40:] + texts[::-1]]
-    for column, (values, kinds) in zip(columns, pii.redact_texts(columns, memo=memo), strict=True):
+    for column, (values, kinds, _) in zip(columns, pii.redact_texts(columns, memo=memo), strict=True):
         want = [(None, ()) if t is None else pii.redact(t) for t in column]
         assert list(zip(values, map(list, kinds), strict=True)) == [(v, list(k)) for v, k in want]
     assert 0 < len(memo) <= 50
@@ -275,7 +275,7 @@ def test_pii_written_with_unicode_spaces_dashes_or_invisible_characters_is_redac
     for text, expected in DISGUISED:
         assert pii.redact(text)[0] == expected, text
     texts = [t for t, _ in DISGUISED]
-    ((values, kinds),) = pii.redact_texts([texts])
+    ((values, kinds, _),) = pii.redact_texts([texts])
     assert values == [e for _, e in DISGUISED] and all(kinds)
     assert pii.redact_rows(pa.array(texts))[0] == values and all(pii.candidate_mask(pa.array(texts)))
     assert sum(pii.count_detections(pa.array(texts)).values()) == len(texts)

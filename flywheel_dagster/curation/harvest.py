@@ -279,13 +279,24 @@ class RowWorker:
             "reasoning": table.column("reasoning").to_pylist(),
             "answer": answers,
         }
-        for col, (values, kinds) in zip(
+        found: list[list[tuple[str, str]]] = [[] for _ in range(n)]  # per row, the PII found, by type and value
+        for col, (values, kinds, seen) in zip(
             texts, pii.redact_texts(list(texts.values()), self.cfg.redact_names, self._redacted), strict=True
         ):
             redacted[col] = values
             for i, k in enumerate(kinds):
                 if k:
                     pii_rows[i].extend(k)
+                    found[i].extend(seen[i])
+        # What one text of a trace named, another may repeat without the cue that found it (the SSN a question
+        # names, in the sum its answer does; the surname a greeting gives): in a trace with any PII, each value
+        # found goes from all of its texts.
+        for i in [i for i in range(n) if found[i]]:
+            known = pii.known_values(found[i])
+            for col in texts:
+                if redacted[col][i] is not None:
+                    redacted[col][i], more = pii.redact_known(redacted[col][i], known)
+                    pii_rows[i].extend(more)
         prompts, completions_r, reasonings = redacted["prompt"], redacted["completion"], redacted["reasoning"]
         t = timed("pii", t)
 

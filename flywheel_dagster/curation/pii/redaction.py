@@ -6,7 +6,9 @@ any, and for which detector family (vectorised), and run only those families' Py
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -74,6 +76,52 @@ def detect(text: str, names: bool = True) -> list[Span]:
 def redact(text: str, names: bool = True) -> tuple[str, list[str]]:
     """`text` with each PII span replaced by its typed placeholder, and the types replaced (in order)."""
     return _apply(text, _found(fold(text), names))
+
+
+# Types whose value is its digits: written again with other separators, or none, it is the same value.
+_DIGIT_TYPES = frozenset({"SSN", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS"})
+
+
+def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Pattern]]:
+    """What the PII found in a record's texts ((type, value) pairs, as redact_texts reports them) looks like
+    wherever else it appears, as (type, a substring it cannot appear without, pattern): a number's digits with
+    up to three other characters (or none) between them, an email as written (any case), anything else (a name,
+    an address) as written. A record names a value once (the SSN a cue names in the question, the name a
+    greeting gives) and repeats it elsewhere without the cue ("219099999 - 219099999 = 0", "Dear Xavrel Quondt"
+    then "Xavrel Quondt gives"): redact_known finds those repeats. A name's words alone are not followed: a
+    surname is often a word ("Senior", "May"), and a lone given name identifies nobody."""
+    keys = set()
+    for kind, value in found:
+        if kind in _DIGIT_TYPES:
+            digits = re.sub(r"\D", "", value)
+            if len(digits) >= 7:
+                keys.add((kind, digits))
+        else:
+            keys.add((kind, value))
+    # The longest first, so a number goes before a shorter one inside it.
+    return [_known(kind, value) for kind, value in sorted(keys, key=lambda k: (-len(k[1]), k))]
+
+
+@lru_cache(maxsize=4096)
+def _known(kind: str, value: str) -> tuple[str, str, re.Pattern]:
+    if kind in _DIGIT_TYPES:
+        return kind, value[0], re.compile(r"(?<!\d)" + r"[^\w]{0,3}".join(value) + r"(?!\d)")
+    if kind == "EMAIL":
+        return kind, "@", re.compile(re.escape(value), re.IGNORECASE)
+    if kind == "PERSON":
+        return kind, value, re.compile(r"(?<!\w)" + re.escape(value) + r"(?!\w)")
+    return kind, value, re.compile(re.escape(value))
+
+
+def redact_known(text: str, known: list[tuple[str, re.Pattern]]) -> tuple[str, list[str]]:
+    """`text` (already redacted) with every repeat of the known values (known_values) replaced by its typed
+    placeholder too, and the types replaced."""
+    kinds: list[str] = []
+    for kind, needed, pattern in known:
+        if needed in text:
+            text, n = pattern.subn(f"<{kind}>", text)
+            kinds += [kind] * n
+    return text, kinds
 
 
 def _apply(text: str, spans: list[Span]) -> tuple[str, list[str]]:
@@ -146,11 +194,12 @@ def redact_rows(column: pa.Array | pa.ChunkedArray, names: bool = True) -> tuple
 
 def redact_texts(
     columns: list[list[str | None]], names: bool = True, memo: Memo | None = None
-) -> list[tuple[list[str | None], list[tuple[str, ...]]]]:
-    """Redact several columns (as Python lists) at once: per column, the new values and per row the types
-    replaced. Each distinct text not in `memo` (a batching.Memo, kept across calls) goes through the RE2
-    prefilter and, where it could hold PII, the detectors, once; a repeated text costs a lookup."""
-    found: dict[str, tuple[str, tuple[str, ...]] | None] = {}
+) -> list[tuple[list[str | None], list[tuple[str, ...]], list[tuple[tuple[str, str], ...]]]]:
+    """Redact several columns (as Python lists) at once: per column, the new values, per row the types replaced
+    and per row what was (type and value, for known_values). Each distinct text not in `memo` (a
+    batching.Memo, kept across calls) goes through the RE2 prefilter and, where it could hold PII, the
+    detectors, once; a repeated text costs a lookup."""
+    found: dict[str, tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]] | None] = {}
     for values in columns:
         for v in values:
             if v is not None and v not in found:
@@ -162,19 +211,20 @@ def redact_texts(
         for i, (text, mode) in enumerate(
             zip(unseen, _row_modes(column if changed is None else changed, names), strict=True)
         ):
-            if mode:
-                red, kinds = _apply(text, _found(folded.get(i) or (text, None), names, mode))
-                done = (red, tuple(kinds))
+            spans = _found(folded.get(i) or (text, None), names, mode) if mode else []
+            if spans:
+                red, kinds = _apply(text, spans)
+                done = (red, tuple(kinds), tuple((sp.kind, text[sp.start : sp.end]) for sp in spans))
             else:
-                done = (text, ())
+                done = (text, (), ())
             found[text] = done
             if memo is not None:
                 memo.keep((text, names), done)
-    none: tuple[None, tuple[str, ...]] = (None, ())
+    none: tuple = (None, (), ())
     out = []
     for values in columns:
         done_rows = [none if v is None else found[v] for v in values]
-        out.append(([d[0] for d in done_rows], [d[1] for d in done_rows]))
+        out.append(([d[0] for d in done_rows], [d[1] for d in done_rows], [d[2] for d in done_rows]))
     return out  # type: ignore[return-value]
 
 
