@@ -153,3 +153,21 @@ def test_a_quarantine_excerpt_is_redacted_before_it_is_cut(task, tmp_path):
     for q in quarantine:
         assert len(q["excerpt"]) <= ingest.EXCERPT_BYTES
         assert "4111" not in q["excerpt"] and "jane.doe" not in q["excerpt"], q["excerpt"]
+
+
+def test_a_quarantine_excerpt_of_an_escaped_line_is_redacted_as_its_text_reads(task, tmp_path):
+    """A logger that escapes everything beyond ASCII (Python's json.dumps) writes "Ren\\u00e9e Dupr\\u00e9" and
+    "t\\u00e9l 06 12 34 56 78": the excerpt undoes the escapes before redaction, so neither the name nor the
+    cued phone stays (both did)."""
+    import json
+
+    text = "Renée Dupré, tél 06 12 34 56 78. I'm Zoë Müller 😀"
+    line = json.dumps({"timestamp": "2026-01-05T00:00:00Z", "note": text})[:-1].encode()  # cut short: bad JSON
+    assert b"\\u00e9" in line
+    path = tmp_path / "escaped.jsonl"
+    path.write_bytes(line + b"\n")
+    _, _, quarantine = run(task, [path])
+    assert [q["reason"] for q in quarantine] == ["bad_json"]
+    excerpt = quarantine[0]["excerpt"]
+    assert "<PHONE>" in excerpt and excerpt.count("<PERSON>") == 2 and "😀" in excerpt, excerpt
+    assert not any(s in excerpt for s in ("Dupr", "12 34", "Müller", "M\\u00fc")), excerpt

@@ -18,13 +18,27 @@ _SKIP_BYTES = 1 << 16  # the rest of an oversized line is read and dropped this 
 _GZIP_STEP = 1 << 16  # compressed bytes inflated at a time
 
 
+_ESCAPE = re.compile(r'\\(u[0-9a-fA-F]{4}|["\\/bfnrt])')
+_ESCAPED = {'"': '"', "\\": "\\", "/": "/", "b": " ", "f": " ", "n": "\n", "r": " ", "t": "\t"}
+
+
+def _unescaped(text: str) -> str:
+    """JSON's string escapes undone (a logger that escapes everything beyond ASCII writes "Ren\\u00e9e" and
+    "t\\u00e9l 06 12 34 56 78": the detectors see neither the name nor the cue), surrogate pairs joined."""
+    if "\\" not in text:
+        return text
+    out = _ESCAPE.sub(lambda m: chr(int(m[1][1:], 16)) if m[1][0] == "u" else _ESCAPED[m[1]], text)
+    return out.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _excerpt(raw: bytes) -> str:
     try:
         from flywheel_dagster.curation.pii import redact
 
         # Redact a generous head first, then cut: cut first, and a card or address split by the cut is no
-        # longer recognised, so its first half would stay ("4111 1111 ").
-        head = raw[: EXCERPT_BYTES * 32].decode("utf-8", errors="replace")
+        # longer recognised, so its first half would stay ("4111 1111 "). The excerpt shows the line with its
+        # JSON escapes undone, as the detectors read it.
+        head = _unescaped(raw[: EXCERPT_BYTES * 32].decode("utf-8", errors="replace"))
         return redact(head)[0][:EXCERPT_BYTES]
     except Exception:  # noqa: BLE001 - never let the quarantine fail; never fall back to unredacted text
         return ""
