@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets import Stage, dagster_tags, mlflow_run_links, open_cycle
+from assets.harvest import pii_in_training_set
 from flywheel_dagster import erasure, timing
 from flywheel_dagster.records import CANDIDATE_MODEL, DEPLOYMENT, TRAINING_DATASET, Candidate, Deployment, TrainingSet
 from flywheel_dagster.registry import BASE_VERSION_TAG
@@ -42,6 +43,16 @@ def candidate_model(
         for n in (TrainingSet.EXAMPLES, TrainingSet.PAIRS, TrainingSet.PROMPTS)
         if the_lake.exists(TRAINING_DATASET, key, n)
     }
+    # The no_pii check blocks this step only in a run that holds both: one that materializes candidate_model
+    # alone (the UI's selection, a re-execution) would train on the training set as it is, even where the check
+    # failed. So the step looks itself, at what the job will read.
+    found = pii_in_training_set(the_lake, key, cfg.harvest.redact_names)
+    if found:
+        raise dg.Failure(
+            description=f"the training set of cycle {key} holds PII ({found}): nothing was trained. The no_pii "
+            "check found it too; rematerialize training_dataset once the harvest redacts it, and see "
+            "docs/harvest.md on PII"
+        )
     job_id = candidate.job_id(cfg, champion.version, read[TrainingSet.EXAMPLES])
     checkpoint_dir = training.checkpoint_dir(cfg.name, key, job_id)
     links = dagster_tags(context, cfg)

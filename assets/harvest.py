@@ -203,20 +203,25 @@ def training_dataset(
     )
 
 
+def pii_in_training_set(the_lake: Lake, key: str, names: bool) -> dict[str, int]:
+    """PII detections in the text columns of the cycle's training set, by file, column and type (none: {})."""
+    found = {}
+    for name, columns in TrainingSet.TEXT_COLUMNS.items():
+        table = TrainingSet.read(the_lake, key, name)
+        if table is None:
+            continue  # a partition written before the file existed
+        for col in columns:
+            for kind, n in pii.count_detections(table.column(col), names).items():
+                found[f"{name}:{col}:{kind}"] = n
+    return found
+
+
 def no_pii(
     context: dg.AssetCheckExecutionContext, flywheel_config: FlywheelConfigResource, lake: LakeResource
 ) -> dg.AssetCheckResult:
     """Zero PII detections in the training set's prompts and completions, the pairs and the on-policy prompts."""
     cfg = flywheel_config.load()
-    the_lake = lake.lake()
-    found = {}
-    for name, columns in TrainingSet.TEXT_COLUMNS.items():
-        table = TrainingSet.read(the_lake, context.partition_key, name)
-        if table is None:
-            continue  # a partition written before the file existed
-        for col in columns:
-            for kind, n in pii.count_detections(table.column(col), cfg.harvest.redact_names).items():
-                found[f"{name}:{col}:{kind}"] = n
+    found = pii_in_training_set(lake.lake(), context.partition_key, cfg.harvest.redact_names)
     return dg.AssetCheckResult(
         passed=not found,
         severity=dg.AssetCheckSeverity.ERROR,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from test_cycle import Q1, materialize
@@ -577,3 +578,34 @@ def test_a_model_trained_while_an_erasure_request_rewrote_its_training_set_is_ta
         else:
             assert "flywheel.trained_on_erased_data" not in tags and not warned
     assert versions[0] != versions[1]
+
+
+def test_the_candidate_step_alone_refuses_a_training_set_that_holds_pii(logs_cycle):
+    """no_pii blocks candidate_model only within one run: materialized alone (a UI selection, a re-execution), the
+    step once trained on a training set the check had failed. It looks itself now: nothing is trained, and the
+    failure names what it found (the step alone on a clean training set trains: the erasure test above)."""
+    from flywheel_dagster.records import TrainingSet
+
+    fw, _, _ = logs_cycle
+    lake = fw.lake
+    names = lake.files("training_dataset", Q1)
+    saved = {n: lake.read_bytes("training_dataset", Q1, n) for n in names}
+    examples = lake.read_table("training_dataset", Q1)
+    at = examples.schema.get_field_index("completion")
+    leaked = examples.column("completion").to_pylist()
+    leaked[0] = "Call me on 415-555-0132. " + leaked[0]
+    files = {**saved, TrainingSet.EXAMPLES: examples.set_column(at, "completion", pa.array(leaked, pa.string()))}
+    versions_before = len(fw.registry.client.search_model_versions(f"name='{fw.registry.model_name}'"))
+    try:
+        lake.write_partition("training_dataset", Q1, files)
+        with dg.instance_for_test() as instance:
+            refused = materialize(fw, instance, Q1, selection=["candidate_model"])
+        assert not refused.success
+        (failure,) = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert (
+            "holds PII" in failure.step_failure_data.error.message
+            and "PHONE" in failure.step_failure_data.error.message
+        )
+        assert len(fw.registry.client.search_model_versions(f"name='{fw.registry.model_name}'")) == versions_before
+    finally:
+        lake.write_partition("training_dataset", Q1, saved)
