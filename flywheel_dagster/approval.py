@@ -27,8 +27,18 @@ __all__ = ["VERDICTS", "ApprovalError", "ApprovalState", "approval_state", "reco
 
 
 def approval_state(cfg: FlywheelConfig, lake: Lake, cycle: str) -> ApprovalState:
-    """Whether the cycle's promotion may go ahead as far as people are concerned."""
+    """Whether the cycle's promotion may go ahead as far as people are concerned. A person's rejection of this
+    report stands even after gate.require_approval is turned off: the setting says whether a promotion waits
+    for a person, not that a person's no may be ignored."""
     if not cfg.gate.require_approval:
+        record = ApprovalRecord.find(lake, cycle) if BenchmarkReport.exists(lake, cycle) else None
+        approval = record.to_json() if record else None
+        if (
+            approval
+            and approval["verdict"] == "rejected"
+            and approval["report_sha256"] == BenchmarkReport.sha256(lake, cycle)
+        ):
+            return _decided(approval)
         return ApprovalState("not_required", None, "approval not required (gate.require_approval is false)")
     report = BenchmarkReport.read(lake, cycle)
     if not (report.gate.sound and report.gate.promote):
@@ -45,6 +55,10 @@ def approval_state(cfg: FlywheelConfig, lake: Lake, cycle: str) -> ApprovalState
             f"waiting for approval of candidate v{candidate}{stale}: "
             f"flywheel approve --cycle {cycle} --by NAME --note TEXT (or flywheel reject)",
         )
+    return _decided(approval)
+
+
+def _decided(approval: dict) -> ApprovalState:
     return ApprovalState(
         approval["verdict"],
         approval,

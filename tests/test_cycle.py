@@ -392,6 +392,12 @@ def test_a_rejection_keeps_the_champion(tiny_flywheel_factory, weakened_base):
     rec = audit.Chain(fw.lake).latest_cycle_records()[Q1][0]
     assert rec["approval"]["record"]["verdict"] == "rejected" and rec["approval"]["record"]["by"] == "Ana Ruiz"
     assert rec["decision"]["decision"] == "rejected"
+    # Turning approvals off afterwards does not overturn the person's no on this report (it once did: a rerun
+    # of champion_model then promoted on the gate's verdict alone).
+    from flywheel_dagster.approval import approval_state
+
+    off = fw.cfg.model_copy(update={"gate": fw.cfg.gate.model_copy(update={"require_approval": False})})
+    assert approval_state(off, fw.lake, Q1).state == "rejected"
 
 
 @pytest.mark.parametrize("key", ["2026-10-01", "2026-02-01", "2024-10-01"])
