@@ -730,12 +730,19 @@ def test_what_one_text_of_a_trace_names_is_redacted_in_all_of_them():
     from flywheel_dagster.tasks.gsm8k import GSM8KTask
 
     gsm = GSM8KTask()
-    p, q = gsm.traffic(0, 2)
-    asked = dataclasses.replace(p, prompt="My SSN is 219-09-9999 and my name is Xavrel Quondt. " + p.prompt)
-    told = "Noting 219099999 (219 09 9999) for Xavrel Quondt.\n" + p.solution
-    rows = harvest(_traces(gsm, [(asked, told), (q, q.solution)]), gsm, _cfg()).harvested.to_pylist()
+    p, q, r = gsm.traffic(0, 3)
+    asked = dataclasses.replace(p, prompt="My SSN is 219-09-9999 and my name is Xavrel\xa0Quondt. " + p.prompt)
+    told = "Noting \uff12\uff11\uff19099999 (219 09 9999) for Xavrel  Quondt.\n" + p.solution
+    named = dataclasses.replace(r, prompt="My name is Grant. " + r.prompt)
+    traces = _traces(gsm, [(asked, told), (q, q.solution), (named, "The Grant is 7.\n" + r.solution)])
+    at = traces.schema.get_field_index("reference_answer")
+    traces = traces.set_column(at, "reference_answer", pa.array(["219099999", q.reference, r.reference]))
+    rows = harvest(traces, gsm, _cfg()).harvested.to_pylist()
     assert rows[0]["prompt"].startswith("My SSN is <SSN> and my name is <PERSON>. ")
     assert rows[0]["completion"].startswith("Noting <SSN> (<SSN>) for <PERSON>.\n")
     assert "9999" not in rows[0]["reasoning"] + rows[0]["completion"] and "Quondt" not in rows[0]["reasoning"]
+    assert rows[0]["reference_answer"] == "<SSN>"  # a client's reference: the on-policy prompts' reward target
     assert set(rows[0]["pii_types"].split(",")) == {"SSN", "PERSON"}
     assert (rows[1]["prompt"], rows[1]["completion"], rows[1]["pii_types"]) == (q.prompt, q.solution, None)
+    # A one-word name is redacted where its cue is, and not followed: "Grant" is also a word.
+    assert rows[2]["prompt"].startswith("My name is <PERSON>. ") and rows[2]["completion"].startswith("The Grant is 7.")

@@ -171,3 +171,8 @@ def test_a_quarantine_excerpt_of_an_escaped_line_is_redacted_as_its_text_reads(t
     excerpt = quarantine[0]["excerpt"]
     assert "<PHONE>" in excerpt and excerpt.count("<PERSON>") == 2 and "😀" in excerpt, excerpt
     assert not any(s in excerpt for s in ("Dupr", "12 34", "Müller", "M\\u00fc")), excerpt
+    # JSON held in a JSON string: escaped twice, undone twice.
+    nested = json.dumps({"meta": json.dumps({"who": "SSN 219\u201309\u20139999"})})[:-1].encode()
+    path.write_bytes(nested + b"\n")
+    _, _, quarantine = run(task, [path])
+    assert "SSN <SSN>" in quarantine[0]["excerpt"] and "9999" not in quarantine[0]["excerpt"]

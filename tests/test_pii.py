@@ -264,6 +264,10 @@ DISGUISED = [
     ("Mr.\xa0Quondt", "Mr.\xa0<PERSON>"),
     ("My name is\xa0Xavrel Quondt", "My name is\xa0<PERSON>"),
     ("x\u200by John\u202fSmith z", "x\u200by <PERSON> z"),
+    ("SSN 219\u200e-09-99\u200e99", "SSN <SSN>"),  # left-to-right marks
+    ("mail x\ufe6bexample.com", "mail <EMAIL>"),  # the small commercial at
+    ("card \U0001d7d2\U0001d7cf\U0001d7cf\U0001d7cf 1111 1111 1111", "card <CREDIT_CARD>"),  # mathematical digits
+    ("My SSN is \uff12\uff11\uff19-\uff10\uff19-\uff19\uff19\uff19\uff19.", "My SSN is <SSN>."),
 ]
 
 
@@ -279,6 +283,7 @@ def test_pii_written_with_unicode_spaces_dashes_or_invisible_characters_is_redac
     assert values == [e for _, e in DISGUISED] and all(kinds)
     assert pii.redact_rows(pa.array(texts))[0] == values and all(pii.candidate_mask(pa.array(texts)))
     assert sum(pii.count_detections(pa.array(texts)).values()) == len(texts)
+    assert sum(pii.count_detections(pa.array(texts, pa.large_string())).values()) == len(texts)
     clean = [
         "Stra\xdfe 5 \u2014 na\xefve",
         "1200\u2212300 = 900 apples",

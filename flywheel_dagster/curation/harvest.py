@@ -100,7 +100,7 @@ class HarvestStats:
 # The trace columns the per-trace work reads: rows equal in these get equal results.
 ROW_INPUTS = ("prompt", "completion", "reasoning", "answer", "reference_answer", "finish_reason")
 # Positions in a per-row result tuple (see RowWorker._distinct_rows), and its length.
-_KINDS, _DROP, _SIG, _RESULT_FIELDS = 7, 8, 10, 12
+_KINDS, _DROP, _SIG, _RESULT_FIELDS = 7, 8, 10, 13
 # RowWork's codes: a row's drop reason (0: none, else 1 + its place in DROP_REASONS), verdict and label.
 _DROP_CODE: dict[str | None, int] = {None: 0, **{r: k + 1 for k, r in enumerate(DROP_REASONS)}}
 _DROP_NAMES = pa.array([None, *DROP_REASONS], pa.string())
@@ -195,9 +195,10 @@ class RowWorker:
             columns = [list(c) for c in zip(*results, strict=True)]  # type: ignore[misc]
         else:
             columns = [[] for _ in range(_RESULT_FIELDS)]
-        correct, verdicts, answers, prompts, completions, reasonings, red_answers, kinds, drop, keys, sig, pkeys = (
-            columns
-        )
+        (
+            correct, verdicts, answers, prompts, completions, reasonings, red_answers, kinds, drop, keys, sig, pkeys,
+            red_references,
+        ) = columns  # fmt: skip
         sigs = None
         if need_sig:
             sigs = np.zeros((n, self.hasher.num_perm), dtype=np.uint64)  # type: ignore[union-attr]
@@ -218,6 +219,7 @@ class RowWorker:
             ("completion", completions, pa.string()),
             ("reasoning", reasonings, pa.string()),
             ("answer", red_answers, pa.string()),
+            ("reference_answer", red_references, pa.string()),
             ("correct", correct, pa.bool_()),
             ("verifier", [self.task.verifier_name] * n, pa.string()),
             ("verdict", verdicts, pa.string()),
@@ -278,6 +280,8 @@ class RowWorker:
             "completion": completions,
             "reasoning": table.column("reasoning").to_pylist(),
             "answer": answers,
+            # a client's reference (metadata.reference_answer): verified against raw above, kept redacted
+            "reference_answer": [None if r is None else str(r) for r in references],
         }
         found: list[list[tuple[str, str]]] = [[] for _ in range(n)]  # per row, the PII found, by type and value
         for col, (values, kinds, seen) in zip(
@@ -349,7 +353,7 @@ class RowWorker:
         return list(
             zip(
                 correct, verdicts, answers, prompts, completions_r, reasonings, redacted["answer"], pii_rows, drop,
-                keys, sigs, prompt_keys, strict=True,
+                keys, sigs, prompt_keys, redacted["reference_answer"], strict=True,
             )
         )  # fmt: skip
 

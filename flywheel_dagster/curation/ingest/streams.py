@@ -24,11 +24,17 @@ _ESCAPED = {'"': '"', "\\": "\\", "/": "/", "b": " ", "f": " ", "n": "\n", "r": 
 
 def _unescaped(text: str) -> str:
     """JSON's string escapes undone (a logger that escapes everything beyond ASCII writes "Ren\\u00e9e" and
-    "t\\u00e9l 06 12 34 56 78": the detectors see neither the name nor the cue), surrogate pairs joined."""
-    if "\\" not in text:
-        return text
-    out = _ESCAPE.sub(lambda m: chr(int(m[1][1:], 16)) if m[1][0] == "u" else _ESCAPED[m[1]], text)
-    return out.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    "t\\u00e9l 06 12 34 56 78": the detectors see neither the name nor the cue), surrogate pairs joined; up to
+    three times, for JSON held in a JSON string."""
+    for _ in range(3):
+        if "\\" not in text:
+            break
+        out = _ESCAPE.sub(lambda m: chr(int(m[1][1:], 16)) if m[1][0] == "u" else _ESCAPED[m[1]], text)
+        out = out.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        if out == text:
+            break
+        text = out
+    return text
 
 
 def _excerpt(raw: bytes) -> str:

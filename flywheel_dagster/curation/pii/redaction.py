@@ -83,45 +83,56 @@ _DIGIT_TYPES = frozenset({"SSN", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS"})
 
 
 def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Pattern]]:
-    """What the PII found in a record's texts ((type, value) pairs, as redact_texts reports them) looks like
-    wherever else it appears, as (type, a substring it cannot appear without, pattern): a number's digits with
-    up to three other characters (or none) between them, an email as written (any case), anything else (a name,
-    an address) as written. A record names a value once (the SSN a cue names in the question, the name a
+    """What the PII found in a record's texts ((type, value) pairs as the detectors read them, folded: as
+    redact_texts reports them) looks like wherever else it appears, as (type, a substring its folded form
+    cannot appear without, pattern over folded text): a number's digits with up to three other characters (or
+    none) between them, an email as written (any case), a name of two words or more with any spacing between
+    them, an address as written. A record names a value once (the SSN a cue names in the question, the name a
     greeting gives) and repeats it elsewhere without the cue ("219099999 - 219099999 = 0", "Dear Xavrel Quondt"
-    then "Xavrel Quondt gives"): redact_known finds those repeats. A name's words alone are not followed: a
-    surname is often a word ("Senior", "May"), and a lone given name identifies nobody."""
+    then "Xavrel Quondt gives"): redact_known finds those repeats. A one-word name and a name's words alone are
+    not followed: a surname is often a word ("Grant", "Senior"), and a lone given name identifies nobody."""
     keys = set()
     for kind, value in found:
         if kind in _DIGIT_TYPES:
-            digits = re.sub(r"\D", "", value)
+            digits = re.sub(r"[^0-9]", "", value)
             if len(digits) >= 7:
                 keys.add((kind, digits))
+        elif kind == "PERSON":
+            words = tuple(value.split())
+            if len(words) >= 2:
+                keys.add((kind, words))
         else:
             keys.add((kind, value))
     # The longest first, so a number goes before a shorter one inside it.
-    return [_known(kind, value) for kind, value in sorted(keys, key=lambda k: (-len(k[1]), k))]
+    return [_known(kind, value) for kind, value in sorted(keys, key=lambda k: (-len(str(k[1])), str(k)))]
 
 
 @lru_cache(maxsize=4096)
-def _known(kind: str, value: str) -> tuple[str, str, re.Pattern]:
+def _known(kind: str, value: str | tuple[str, ...]) -> tuple[str, str, re.Pattern]:
     if kind in _DIGIT_TYPES:
-        return kind, value[0], re.compile(r"(?<!\d)" + r"[^\w]{0,3}".join(value) + r"(?!\d)")
+        return kind, value[0], re.compile(r"(?<![0-9])" + r"[^\w]{0,3}".join(value) + r"(?![0-9])")
+    if kind == "PERSON":
+        return kind, value[0], re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, value)) + r"(?!\w)")
     if kind == "EMAIL":
         return kind, "@", re.compile(re.escape(value), re.IGNORECASE)
-    if kind == "PERSON":
-        return kind, value, re.compile(r"(?<!\w)" + re.escape(value) + r"(?!\w)")
     return kind, value, re.compile(re.escape(value))
 
 
-def redact_known(text: str, known: list[tuple[str, re.Pattern]]) -> tuple[str, list[str]]:
+def redact_known(text: str, known: list[tuple[str, str, re.Pattern]]) -> tuple[str, list[str]]:
     """`text` (already redacted) with every repeat of the known values (known_values) replaced by its typed
-    placeholder too, and the types replaced."""
-    kinds: list[str] = []
-    for kind, needed, pattern in known:
-        if needed in text:
-            text, n = pattern.subn(f"<{kind}>", text)
-            kinds += [kind] * n
-    return text, kinds
+    placeholder too, found in its folded form, and the types replaced."""
+    if not known:
+        return text, []
+    folded, where = fold(text)
+    spans = [
+        Span(m.start(), m.end(), kind)
+        for kind, needed, pattern in known
+        if needed in folded
+        for m in pattern.finditer(folded)
+    ]
+    if not spans:
+        return text, []
+    return _apply(text, unfold(_resolve(spans), where))
 
 
 def _apply(text: str, spans: list[Span]) -> tuple[str, list[str]]:
@@ -177,7 +188,7 @@ def _folded(column: pa.Array | pa.ChunkedArray) -> tuple[dict[int, tuple[str, li
     folded = {i: fold(t) for i, t in zip(rows.tolist(), texts, strict=True)}
     mask = np.zeros(len(column), dtype=bool)
     mask[rows] = True
-    return folded, pc.replace_with_mask(column, pa.array(mask), pa.array([f[0] for f in folded.values()], pa.string()))
+    return folded, pc.replace_with_mask(column, pa.array(mask), pa.array([f[0] for f in folded.values()], column.type))
 
 
 def redact_rows(column: pa.Array | pa.ChunkedArray, names: bool = True) -> tuple[list[str | None], list[list[str]]]:
@@ -211,10 +222,11 @@ def redact_texts(
         for i, (text, mode) in enumerate(
             zip(unseen, _row_modes(column if changed is None else changed, names), strict=True)
         ):
-            spans = _found(folded.get(i) or (text, None), names, mode) if mode else []
-            if spans:
-                red, kinds = _apply(text, spans)
-                done = (red, tuple(kinds), tuple((sp.kind, text[sp.start : sp.end]) for sp in spans))
+            plain, where = folded.get(i) or (text, None)
+            spans = _spans(plain, names, mode) if mode else []
+            if spans:  # the values as the detectors read them (folded), for known_values
+                red, kinds = _apply(text, unfold(spans, where))
+                done = (red, tuple(kinds), tuple((sp.kind, plain[sp.start : sp.end]) for sp in spans))
             else:
                 done = (text, (), ())
             found[text] = done
