@@ -291,3 +291,27 @@ def test_pii_written_with_unicode_spaces_dashes_or_invisible_characters_is_redac
         "\ufeffHello",
     ]
     assert [pii.redact(t)[0] for t in clean] == clean and not pii.count_detections(pa.array(clean))
+
+
+def test_overlapping_detections_resolve_as_longest_first_then_by_type():
+    """_resolve (bisect over the kept spans) keeps what the plain rule keeps: longest first, then by type
+    priority, then by start, each span unless it overlaps one already kept; random overlapping spans."""
+    import random
+
+    from flywheel_dagster.curation.pii import redaction
+    from flywheel_dagster.curation.pii.common import Span
+
+    def plain(spans: list[Span]) -> list[Span]:
+        kept: list[Span] = []
+        for s in sorted(spans, key=lambda s: (-(s.end - s.start), redaction._PRIORITY[s.kind], s.start)):
+            if all(s.end <= k.start or s.start >= k.end for k in kept):
+                kept.append(s)
+        return sorted(kept, key=lambda s: s.start)
+
+    rng = random.Random(3)
+    for _ in range(2000):
+        spans = [
+            Span(a, a + rng.randint(1, 10), rng.choice(pii.PII_TYPES))
+            for a in rng.choices(range(40), k=rng.randint(0, 15))
+        ]
+        assert redaction._resolve(list(spans)) == plain(spans)

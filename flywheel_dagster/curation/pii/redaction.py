@@ -6,6 +6,7 @@ any, and for which detector family (vectorised), and run only those families' Py
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from functools import lru_cache
@@ -55,12 +56,19 @@ _PRIORITY = {
 
 
 def _resolve(spans: list[Span]) -> list[Span]:
+    """The spans that win, in order: longest first, then by _PRIORITY, each kept unless it overlaps one kept.
+    The kept ones never overlap, so sorted by start their ends rise too, and only the two neighbours of a
+    span's place can overlap it (bisect: a text with thousands of detections was quadratic here)."""
     spans.sort(key=lambda s: (-(s.end - s.start), _PRIORITY[s.kind], s.start))
-    kept: list[Span] = []
+    starts: list[int] = []
+    kept: list[Span] = []  # by start
     for s in spans:
-        if all(s.end <= k.start or s.start >= k.end for k in kept):
-            kept.append(s)
-    return sorted(kept, key=lambda s: s.start)
+        i = bisect.bisect_left(starts, s.start)
+        if (i and kept[i - 1].end > s.start) or (i < len(kept) and kept[i].start < s.end):
+            continue
+        starts.insert(i, s.start)
+        kept.insert(i, s)
+    return kept
 
 
 def _found(folded: tuple[str, list[int] | None], names: bool, mode: int = _EVERY_FAMILY) -> list[Span]:
