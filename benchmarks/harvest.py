@@ -13,7 +13,9 @@ compilation, runs on 500 lines before the clock starts and is printed apart).
 Targets on one core (issue #18): exact pass >= 100,000 traces/s, near pass >= 50,000 traces/s, GSM8K-sized
 traces >= 20,000 traces/s (exact), peak RSS < 1 GB. Measured on the 2-core dev machine, --traces 300000
 (2026-12-04, two runs): exact 36,084-36,523 traces/s (26,741 before #18), near 22,663-23,746 (12,165), RSS 383 /
-450 MB; --task gsm8k --traces 100000: exact 19,958-20,111 (4,423), near 8,100-8,701. The GSM8K-sized target is at
+450 MB; --task gsm8k --traces 100000: exact 19,958-20,111 (4,423), near 8,100-8,701. 2026-12-05, by turns with
+c2432c5 on 200,000 / 100,000 traces: near 26,489-27,809 (24,729-24,896 at c2432c5), GSM8K near 12,547-12,781
+(8,534-8,771), exact within noise (playground 35,994-36,310, GSM8K 19,955-20,305). The GSM8K-sized target is at
 the edge of the machine's run-to-run noise, the others are not met; docs/harvest.md says where the time goes.
 Peak RSS is bounded: the quarter's dedup and cap state spills to disk past harvest.dedup.state_memory_mb (near
 pass on 10 million playground traces: 868 MB peak, 602 MB at 1 million; docs/harvest.md).
