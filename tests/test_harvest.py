@@ -709,10 +709,12 @@ def test_rephrasings_and_reference_answers_are_redacted_before_training():
         and result.composition["rephrased_pii_redacted/PERSON"] == 5
     )
     assert all(c.startswith("Ask Mr. <PERSON> on <PHONE>") for c in result.table.column("completion").to_pylist())
+    # A reference that held PII is no reward target ("<PHONE>" is never earned): its prompt trains no on-policy
+    # method, counted; the solved prompts stay.
     by_prompt = {r["prompt"]: r for r in result.prompts.to_pylist()}
-    assert {by_prompt[p]["reference"] for p in unsolved} == {"Tel. <PHONE>"}
-    assert all("555" not in by_prompt[p]["solution"] for p in unsolved)
+    assert not unsolved & set(by_prompt) and len(by_prompt) == 5
     assert result.composition["reference_pii_redacted/PHONE"] == 5
+    assert result.composition["prompts_reference_redacted"] == 5
     tables = {
         TrainingSet.EXAMPLES: result.table,
         TrainingSet.PAIRS: result.pairs,
@@ -744,5 +746,11 @@ def test_what_one_text_of_a_trace_names_is_redacted_in_all_of_them():
     assert rows[0]["reference_answer"] == "<SSN>"  # a client's reference: the on-policy prompts' reward target
     assert set(rows[0]["pii_types"].split(",")) == {"SSN", "PERSON"}
     assert (rows[1]["prompt"], rows[1]["completion"], rows[1]["pii_types"]) == (q.prompt, q.solution, None)
+    # Followed numbers stay out of longer numbers and arithmetic; followed names match in any case.
+    (asked2,) = gsm.traffic(5, 1)
+    asked2 = dataclasses.replace(asked2, prompt="My SSN is 219-09-9999 and I am Xavrel Quondt. " + asked2.prompt)
+    told2 = "XAVREL QUONDT: 1,219,099,999 + 219 - 09 - 9999 = 7.\n" + asked2.solution
+    (row,) = harvest(_traces(gsm, [(asked2, told2)]), gsm, _cfg()).harvested.to_pylist()
+    assert row["completion"].startswith("<PERSON>: 1,219,099,999 + 219 - 09 - 9999 = 7.\n")
     # A one-word name is redacted where its cue is, and not followed: "Grant" is also a word.
     assert rows[2]["prompt"].startswith("My name is <PERSON>. ") and rows[2]["completion"].startswith("The Grant is 7.")

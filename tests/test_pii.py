@@ -268,6 +268,8 @@ DISGUISED = [
     ("mail x\ufe6bexample.com", "mail <EMAIL>"),  # the small commercial at
     ("card \U0001d7d2\U0001d7cf\U0001d7cf\U0001d7cf 1111 1111 1111", "card <CREDIT_CARD>"),  # mathematical digits
     ("My SSN is \uff12\uff11\uff19-\uff10\uff19-\uff19\uff19\uff19\uff19.", "My SSN is <SSN>."),
+    ("My SSN is 219-09-9999\u00b2", "My SSN is <SSN>\u00b2"),  # a footnote mark is no digit of the number
+    ("card 4111 1111 1111 1111\u00b3", "card <CREDIT_CARD>\u00b3"),
 ]
 
 

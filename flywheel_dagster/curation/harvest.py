@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -736,10 +737,18 @@ def build_training_dataset(
                 }
             )
     prompts = []
+    composition_skipped: Counter = Counter()
+    placeholder = re.compile("<(?:" + "|".join(pii.PII_TYPES) + ")>")
     for prompt, seen in problems.items():
         r = seen["row"]
         looked_up = task.lookup(prompt)
         reference = None if r["reference_answer"] is None else redacted(r["reference_answer"], "reference")
+        if reference is not None and placeholder.search(reference):
+            # The reference held PII (redacted by the harvest, or here): a reward against "<SSN>" is never
+            # earned and an answer_only solution would teach the placeholder, so the prompt trains no on-policy
+            # method (its traces still train as examples), counted.
+            composition_skipped["prompts_reference_redacted"] += 1
+            continue
         if seen["trace"] is not None:
             solution, source = seen["trace"], "trace"
         elif looked_up is not None and looked_up.reference == r["reference_answer"]:
@@ -759,7 +768,7 @@ def build_training_dataset(
                 "split": _split_of(r["problem_id"] or prompt, cfg.validation_fraction),
             }
         )
-    composition: dict[str, int | float] = defaultdict(int)
+    composition: dict[str, int | float] = defaultdict(int, composition_skipped)
     for origin, split in zip(rows.columns["origin"], rows.columns["split"], strict=True):
         composition[f"{origin}_{split}"] += 1
     composition["synthetic"] = len(positives)

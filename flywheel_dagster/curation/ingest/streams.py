@@ -19,16 +19,15 @@ _GZIP_STEP = 1 << 16  # compressed bytes inflated at a time
 
 
 _ESCAPE = re.compile(r'\\(u[0-9a-fA-F]{4}|["\\/bfnrt])')
-_ESCAPED = {'"': '"', "\\": "\\", "/": "/", "b": " ", "f": " ", "n": "\n", "r": " ", "t": "\t"}
+# \n as a space: the excerpt is one line to read, and a cue ("Phone:\n06 12 ...") then reaches its number.
+_ESCAPED = {'"': '"', "\\": "\\", "/": "/", "b": " ", "f": " ", "n": " ", "r": " ", "t": " "}
 
 
 def _unescaped(text: str) -> str:
     """JSON's string escapes undone (a logger that escapes everything beyond ASCII writes "Ren\\u00e9e" and
-    "t\\u00e9l 06 12 34 56 78": the detectors see neither the name nor the cue), surrogate pairs joined; up to
-    three times, for JSON held in a JSON string."""
-    for _ in range(3):
-        if "\\" not in text:
-            break
+    "t\\u00e9l 06 12 34 56 78": the detectors see neither the name nor the cue), surrogate pairs joined; again
+    until nothing changes (each pass shortens the text), for JSON held in JSON strings at any depth."""
+    while "\\" in text:
         out = _ESCAPE.sub(lambda m: chr(int(m[1][1:], 16)) if m[1][0] == "u" else _ESCAPED[m[1]], text)
         out = out.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         if out == text:

@@ -45,7 +45,8 @@ def _table() -> dict[int, str | None]:
         elif kind == "Nd":
             table[cp] = str(unicodedata.digit(ch))
         elif kind[0] != "M" and len(plain := unicodedata.normalize("NFKC", ch)) == 1 and plain.isascii():
-            table[cp] = plain
+            if not plain.isdigit():  # "²", "₁", "①" are no digits of a number: 219-09-9999² stays an SSN
+                table[cp] = plain
     return table
 
 

@@ -93,9 +93,9 @@ _DIGIT_TYPES = frozenset({"SSN", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS"})
 def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Pattern]]:
     """What the PII found in a record's texts ((type, value) pairs as the detectors read them, folded: as
     redact_texts reports them) looks like wherever else it appears, as (type, a substring its folded form
-    cannot appear without, pattern over folded text): a number's digits with up to three other characters (or
-    none) between them, an email as written (any case), a name of two words or more with any spacing between
-    them, an address as written. A record names a value once (the SSN a cue names in the question, the name a
+    cannot appear without, pattern over folded text): a number's digits with up to two spaces, dots, dashes,
+    slashes or parentheses (or none) between them and not inside a longer number, an email in any case, a name
+    of two words or more in any case and spacing, an address as written. A record names a value once (the SSN a cue names in the question, the name a
     greeting gives) and repeats it elsewhere without the cue ("219099999 - 219099999 = 0", "Dear Xavrel Quondt"
     then "Xavrel Quondt gives"): redact_known finds those repeats. A one-word name and a name's words alone are
     not followed: a surname is often a word ("Grant", "Senior"), and a lone given name identifies nobody."""
@@ -117,10 +117,12 @@ def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Patter
 
 @lru_cache(maxsize=4096)
 def _known(kind: str, value: str | tuple[str, ...]) -> tuple[str, str, re.Pattern]:
-    if kind in _DIGIT_TYPES:
-        return kind, value[0], re.compile(r"(?<![0-9])" + r"[^\w]{0,3}".join(value) + r"(?![0-9])")
+    if kind in _DIGIT_TYPES:  # not inside a longer number ("1,219,099,999"), nor across arithmetic ("555 + 0.100")
+        digits = r"[\s.\-/()]{0,2}".join(value)
+        return kind, value[0], re.compile(r"(?<![0-9])(?<![0-9][.,])" + digits + r"(?![.,]?[0-9])")
     if kind == "PERSON":
-        return kind, value[0], re.compile(r"(?<!\w)" + r"\s+".join(map(re.escape, value)) + r"(?!\w)")
+        name = r"\s+".join(map(re.escape, value))
+        return kind, value[0].lower(), re.compile(r"(?<!\w)" + name + r"(?!\w)", re.IGNORECASE)
     if kind == "EMAIL":
         return kind, "@", re.compile(re.escape(value), re.IGNORECASE)
     return kind, value, re.compile(re.escape(value))
@@ -135,7 +137,7 @@ def redact_known(text: str, known: list[tuple[str, str, re.Pattern]]) -> tuple[s
     spans = [
         Span(m.start(), m.end(), kind)
         for kind, needed, pattern in known
-        if needed in folded
+        if needed in (folded if kind != "PERSON" else folded.lower())
         for m in pattern.finditer(folded)
     ]
     if not spans:

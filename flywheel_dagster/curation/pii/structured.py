@@ -156,7 +156,12 @@ def structured_spans(text: str, low: str) -> list[Span]:
             bool(m.group(1)) or _card_issuer_ok(digits) or _CARD_CUE.search(text, max(0, m.start() - 30), m.start())
         )
         end = m.start() + len(value)
-        if 13 <= len(digits) <= 19 and card_like and luhn_ok(digits) and not _arithmetic_context(text, m.start(), end, known):
+        if (
+            13 <= len(digits) <= 19
+            and card_like
+            and luhn_ok(digits)
+            and not _arithmetic_context(text, m.start(), end, known)
+        ):
             add(Span(m.start(), end, "CREDIT_CARD"))
     cued_ssns = set()
     for m in _finditer(_SSN_CUED, text):
