@@ -317,3 +317,22 @@ def test_overlapping_detections_resolve_as_longest_first_then_by_type():
             for a in rng.choices(range(40), k=rng.randint(0, 15))
         ]
         assert redaction._resolve(list(spans)) == plain(spans)
+
+
+def test_arithmetic_context_for_a_text_answers_as_the_scan_does():
+    """structured._Arithmetic (each value once, no scan for a value no operator stands near) answers as
+    _arithmetic_context's scan of the text does, on random texts of numbers, operators, cues and fields."""
+    import random
+
+    from flywheel_dagster.curation.pii import structured
+
+    rng = random.Random(2)
+    pieces = ["4111 1111 1111 1111", "219-09-9999", "10.0.0.1", "+ ", "- ", "= ", "* ", "call ", "555-0132 ", "x"]
+    pieces += ["(415) 555-0132", " 12", " 3-4", "ssn=", "a-", "7 "]
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        arithmetic = structured._Arithmetic(text)
+        for i in range(len(text)):
+            for j in (i + 3, i + 7, i + 11, i + 19):
+                if j <= len(text):
+                    assert arithmetic(i, j) == structured._arithmetic_context(text, i, j), (text, i, j)
