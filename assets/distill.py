@@ -14,7 +14,7 @@ from assets import Stage, dagster_tags, mlflow_run_links, open_cycle
 from assets.harvest import pii_in_training_set
 from flywheel_dagster import erasure, timing
 from flywheel_dagster.records import CANDIDATE_MODEL, DEPLOYMENT, TRAINING_DATASET, Candidate, Deployment, TrainingSet
-from flywheel_dagster.registry import BASE_VERSION_TAG
+from flywheel_dagster.registry import BASE_VERSION_TAG, CHAMPION
 from flywheel_dagster.resources import FlywheelConfigResource, LakeResource, MlflowResource, TrainingJobResource
 from flywheel_dagster.training import candidate
 from flywheel_dagster.training.job import TrainJob
@@ -36,6 +36,17 @@ def candidate_model(
     new version (full weights, or a LoRA adapter on the champion)."""
     cfg, key, index, the_lake, registry = open_cycle(context, flywheel_config, lake, mlflow)
     champion = registry.version(Deployment.read(the_lake, key).version)
+    live = registry.alias(CHAMPION)
+    if live is not None and live.version != champion.version:
+        # A finished quarter run again (its deployment resolves the model that served then), or a rollback
+        # during the cycle: the candidate would be benchmarked against a model that no longer serves, and
+        # champion_model refuses to promote over it. Say so before hours of training, not after.
+        raise dg.Failure(
+            description=f"cycle {key} deployed v{champion.version}, but v{live.version} is the champion now: "
+            "nothing trained. A candidate is compared with the model its cycle deployed, and champion_model "
+            "promotes only over the champion of now. If this quarter has finished, its decision is made (run the "
+            "next one); after a rollback during the cycle, run the cycle again from its deployment"
+        )
     method = cfg.training.method
     # What the job reads: the examples, the pairs (REDI) and the prompts (OPSD, GRPO), as they are now.
     read = {

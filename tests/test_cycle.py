@@ -234,6 +234,28 @@ def test_first_cycle_deploys_base_and_later_cycles_deploy_what_the_previous_prom
         core.resolve_deployment(fw.registry, Q3, Q2, finished, first_cycle=Q1)
 
 
+def test_a_finished_quarter_run_again_trains_nothing_over_a_champion_it_never_met(one_cycle):
+    """Once another model is the champion (a later quarter promoted it, or a rollback: here the alias moves to
+    Q1's candidate as a promotion would move it), Q1 run again deploys what served then, and a candidate trained
+    from that would be compared with it, not with the champion of now: candidate_model refuses before training
+    (champion_model would refuse to promote it), and no model version is added."""
+    fw, instance, _ = one_cycle
+    deployed, champion = Deployment.read(fw.lake, Q1).version, fw.registry.alias(CHAMPION).version
+    assert deployed == champion
+    versions = len(fw.registry.client.search_model_versions(f"name='{fw.registry.model_name}'"))
+    fw.registry.set_alias(CHAMPION, Candidate.read(fw.lake, Q1).version)
+    try:
+        again = materialize(fw, instance, Q1, selection=["candidate_model"])
+    finally:
+        fw.registry.set_alias(CHAMPION, champion)
+    assert not again.success
+    (failure,) = [e for e in again.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert f"deployed v{deployed}, but v{Candidate.read(fw.lake, Q1).version} is the champion now: nothing trained" in (
+        failure.step_failure_data.error.message
+    )
+    assert len(fw.registry.client.search_model_versions(f"name='{fw.registry.model_name}'")) == versions
+
+
 def test_a_rerun_after_the_audit_is_caught_then_amended(one_cycle):
     """A rerun rewrites Q1's traces after Q1 was audited: verify names the file; re-auditing appends an
     amendment that points at the record it replaces (nothing in the chain is rewritten)."""
