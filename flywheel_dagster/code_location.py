@@ -109,10 +109,13 @@ def failure_reason(result: dg.ExecuteInProcessResult) -> str:
     return "see the run in the Dagster UI"
 
 
-def run_job(defs: dg.Definitions, name: str, partition_key: str) -> tuple[dg.ExecuteInProcessResult, dict[str, float]]:
-    """Execute one of the code location's jobs for a partition, in process on the persistent instance (errors
-    quiet, none raised): its result and seconds per step, asset steps by name and the asset checks (monitors,
-    PII, overlap, gate, approval) summed as one "checks" entry."""
+def run_job(
+    defs: dg.Definitions, name: str, partition_key: str, assets: list[str] | None = None
+) -> tuple[dg.ExecuteInProcessResult, dict[str, float]]:
+    """Execute one of the code location's jobs for a partition (only `assets` of it, with their checks, when
+    given), in process on the persistent instance (errors quiet, none raised): its result and seconds per step,
+    asset steps by name and the asset checks (monitors, PII, overlap, gate, approval) summed as one "checks"
+    entry."""
     import dagster as dg
 
     job = defs.resolve_job_def(name)
@@ -122,6 +125,7 @@ def run_job(defs: dg.Definitions, name: str, partition_key: str) -> tuple[dg.Exe
             instance=instance,
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+            asset_selection=None if assets is None else [dg.AssetKey(a) for a in assets],
         )
         assets = {k.path[-1] for k in job.asset_layer.executable_asset_keys}
         steps: dict[str, float] = {}

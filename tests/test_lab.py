@@ -171,3 +171,36 @@ def test_a_small_lab_killed_mid_run_resumes_where_it_stopped(tmp_path, trained_f
     assert (folder / "arms" / "full" / "cycles.jsonl").read_text().splitlines()[0] == kept[0]
     table = (folder / "lab.md").read_text()
     assert "| full |" in table and "| no_verification |" in table and (folder / "lab.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_lab_arm_stopped_after_its_benchmark_report_finishes_the_cycle_from_it(tmp_path, trained_flywheel):
+    """An arm stopped after its cycle's benchmark report, before the lab recorded the cycle (its promotion may
+    already have moved the champion): run again, it finishes from the report (benchmark_report from the cached
+    evaluations, champion_model, cycle_audit) instead of training a new candidate, which would be benchmarked
+    against the champion of before and refused. The stop is made deterministic by taking the recorded row away."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+    from conftest import REPO, TINY
+
+    base_dir = trained_flywheel.registry.local_path(trained_flywheel.base.ref)
+    config = tmp_path / "flywheel.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "model": {"kind": "hf", "hf_path": str(base_dir), "max_length": 128}}))
+    folder = tmp_path / "lab"
+    cmd = [str(Path(sys.executable).parent / "flywheel"), "lab", "--folder", str(folder), "--cycles", "1"]
+    cmd += ["--arms", "full", "--config", str(config), "--full-size", "--workers", "1"]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    rows = folder / "arms" / "full" / "cycles.jsonl"
+    (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert row["decision"] == "promoted"  # the champion moved: a new candidate of cycle 1 would be refused
+    rows.write_text("")
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    (resumed,) = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert resumed["decision"] == "promoted" and resumed["suites"] == row["suites"]
+    assert "candidate_model" not in resumed["steps"] and "benchmark_report" in resumed["steps"]

@@ -64,7 +64,7 @@ def main(folder: Path, arm_name: str, cycles: int) -> int:
     from flywheel_dagster.bootstrap import bootstrap
     from flywheel_dagster.code_location import definitions_for, failure_reason, find_workspace, run_job
     from flywheel_dagster.config import CONFIG_ENV, build_config
-    from flywheel_dagster.records import BenchmarkReport
+    from flywheel_dagster.records import BENCHMARK_REPORT, CHAMPION_MODEL, BenchmarkReport
     from flywheel_dagster.resources import local_resources
     from flywheel_dagster.traces.lake import Lake
 
@@ -84,14 +84,15 @@ def main(folder: Path, arm_name: str, cycles: int) -> int:
             defs_for[key] = definitions_for(cfg, workspace)
         registry = local_resources(home)["mlflow"].registry(cfg.name)
         bootstrap(cfg, registry, home / "models")
-        # A cycle the last run was stopped in after its benchmark report (a kill mid-promotion, or after it but
-        # before the row below) is decided on that report (release_cycle: champion_model, which makes the same
-        # decision again, and cycle_audit), not trained again: a new candidate would be benchmarked against the
-        # champion of before, which the stopped run may already have replaced, and champion_model refuses that.
+        # A cycle the last run was stopped in after its candidate was benchmarked (a kill mid-promotion, or after
+        # it but before the row below) finishes from its benchmark report on (the report again, from the cached
+        # evaluations; champion_model, which makes the same decision again; cycle_audit), not trained again: a
+        # new candidate would be benchmarked against the champion of before, which the stopped run may already
+        # have replaced, and candidate_model refuses that.
         lake = Lake(str(home / "lake"))
-        job = "release_cycle" if BenchmarkReport.exists(lake, quarter) else "flywheel_cycle"
+        rest = [BENCHMARK_REPORT, CHAMPION_MODEL, "cycle_audit"] if BenchmarkReport.exists(lake, quarter) else None
         started = time.perf_counter()
-        result, steps = run_job(defs_for[key], job, quarter)
+        result, steps = run_job(defs_for[key], "flywheel_cycle", quarter, rest)
         seconds = time.perf_counter() - started
         if not result.success:
             print(f"cycle {index} ({quarter}) failed (run {result.run_id}): {failure_reason(result)}", flush=True)
