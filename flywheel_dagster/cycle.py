@@ -16,7 +16,14 @@ from flywheel_dagster.engines.base import InferenceEngine, SamplingSettings
 from flywheel_dagster.evaluation.benchmark import benchmark_fingerprint, compare_evaluations, evaluate
 from flywheel_dagster.evaluation.gate import decide_promotion
 from flywheel_dagster.evaluation.stats import SuiteComparison
-from flywheel_dagster.records import BENCHMARK_REPORT, EVALUATIONS, BenchmarkReport, GateDecision, ModelId
+from flywheel_dagster.records import (
+    BENCHMARK_REPORT,
+    EVALUATIONS,
+    BenchmarkReport,
+    GateDecision,
+    ModelId,
+    evaluation_prefix,
+)
 from flywheel_dagster.registry import BASE, ModelRef, Registry, cycle_alias
 from flywheel_dagster.tasks.base import TaskSource
 from flywheel_dagster.traces.lake import Lake
@@ -169,7 +176,9 @@ def evaluate_version(
     """
     problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
     settings = benchmark_settings(cfg)
-    key = f"{ref.name}-v{ref.version}-{benchmark_fingerprint(problems, settings, task.verifier_name)}"
+    key = evaluation_prefix(ref.name, ref.version, ref.run_id) + benchmark_fingerprint(
+        problems, settings, task.verifier_name
+    )
     if lake.exists(EVALUATIONS, key):
         return ModelEvaluation(lake.read_table(EVALUATIONS, key), True, 0.0)
     started = time.perf_counter()

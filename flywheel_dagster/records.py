@@ -350,3 +350,11 @@ def stale_report(report: BenchmarkReport, deployed: str | None, candidate: str |
                 "materialize benchmark_report again (and champion_model after it)"
             )
     return None
+
+
+def evaluation_prefix(name: str, version: str, run_id: str | None) -> str:
+    """How a model version's benchmark evaluations are named in the lake (EVALUATIONS; the benchmark's
+    fingerprint follows): its name, version and the run that registered it. A registry made again (a new
+    MLflow store beside a kept lake) numbers its versions from 1 again; the run tells its v3 from the old one,
+    whose cached evaluation it would otherwise have been judged by."""
+    return f"{name}-v{version}-{(run_id or 'norun')[:12]}-"

@@ -256,6 +256,30 @@ def test_a_finished_quarter_run_again_trains_nothing_over_a_champion_it_never_me
     assert len(fw.registry.client.search_model_versions(f"name='{fw.registry.model_name}'")) == versions
 
 
+def test_a_cached_evaluation_belongs_to_the_version_its_run_registered(one_cycle):
+    """A registry made again beside a kept lake numbers its versions from 1 again: the new v1 (another run) is
+    evaluated, not judged by the old v1's cached evaluation; the old one still reads its own."""
+    import dataclasses
+
+    from flywheel_dagster.cycle import evaluate_version
+    from flywheel_dagster.tasks import load_task
+
+    fw, _, _ = one_cycle
+    ref = fw.registry.version(Deployment.read(fw.lake, Q1).version)
+    task = load_task(fw.cfg)
+
+    class Evaluated(Exception):
+        pass
+
+    def load_engine(path):  # noqa: ANN001, ANN202 - reached only when no cached evaluation answers
+        raise Evaluated(path)
+
+    assert evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine).cached
+    again = dataclasses.replace(ref, run_id="f" * 32)  # the same name and version, registered by another run
+    with pytest.raises(Evaluated):
+        evaluate_version(fw.cfg, task, fw.lake, fw.registry, again, load_engine)
+
+
 def test_a_rerun_after_the_audit_is_caught_then_amended(one_cycle):
     """A rerun rewrites Q1's traces after Q1 was audited: verify names the file; re-auditing appends an
     amendment that points at the record it replaces (nothing in the chain is rewritten)."""

@@ -17,6 +17,7 @@ from flywheel_dagster.records import (
     Decision,
     Deployment,
     TraceSet,
+    evaluation_prefix,
     stale_report,
 )
 from flywheel_dagster.registry import Registry
@@ -66,12 +67,11 @@ def cycle_record(
     if stale:  # the record would pair one model's decision with another's training data
         raise StaleCycle(stale)
     params = registry.run_params(candidate.run_id)
-    evaluations = [
-        p
-        for p in lake.cycles(EVALUATIONS)
-        for v in (deployed.version, candidate.version)
-        if p.startswith(f"{registry.model_name}-v{v}-")
-    ]
+    prefixes = tuple(
+        evaluation_prefix(registry.model_name, ref.version, ref.run_id)
+        for ref in (registry.version(deployed.version), registry.version(candidate.version))
+    )
+    evaluations = [p for p in lake.cycles(EVALUATIONS) if p.startswith(prefixes)]
     approval = ApprovalRecord.find(lake, cycle)
     return {
         "kind": "cycle",

@@ -62,11 +62,12 @@ def health_prompts(
     """
     from flywheel_dagster.cycle import benchmark_settings
     from flywheel_dagster.evaluation.benchmark import benchmark_fingerprint
-    from flywheel_dagster.records import EVALUATIONS
+    from flywheel_dagster.records import EVALUATIONS, evaluation_prefix
 
     n = cfg.serving.health_check.prompts
     problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
-    key = f"{ref.name}-v{ref.version}-{benchmark_fingerprint(problems, benchmark_settings(cfg), task.verifier_name)}"
+    fingerprint = benchmark_fingerprint(problems, benchmark_settings(cfg), task.verifier_name)
+    key = evaluation_prefix(ref.name, ref.version, ref.run_id) + fingerprint
     by_id = {p.problem_id: p for p in problems}
     if lake.exists(EVALUATIONS, key):
         table = lake.read_table(EVALUATIONS, key).to_pylist()
