@@ -31,23 +31,16 @@ def approval_state(cfg: FlywheelConfig, lake: Lake, cycle: str) -> ApprovalState
     report stands even after gate.require_approval is turned off: the setting says whether a promotion waits
     for a person, not that a person's no may be ignored."""
     if not cfg.gate.require_approval:
-        record = ApprovalRecord.find(lake, cycle) if BenchmarkReport.exists(lake, cycle) else None
-        approval = record.to_json() if record else None
-        if (
-            approval
-            and approval["verdict"] == "rejected"
-            and approval["report_sha256"] == BenchmarkReport.sha256(lake, cycle)
-        ):
-            return _decided(approval)
+        approval, current = _recorded(lake, cycle) if BenchmarkReport.exists(lake, cycle) else (None, False)
+        if current and approval["verdict"] == "rejected":  # type: ignore[index]
+            return _decided(approval)  # type: ignore[arg-type]
         return ApprovalState("not_required", None, "approval not required (gate.require_approval is false)")
     report = BenchmarkReport.read(lake, cycle)
     if not (report.gate.sound and report.gate.promote):
         return ApprovalState("nothing_to_approve", None, "nothing to approve: the gate keeps the champion")
-    record = ApprovalRecord.find(lake, cycle)
-    approval = record.to_json() if record else None
-    report_sha = BenchmarkReport.sha256(lake, cycle)
+    approval, current = _recorded(lake, cycle)
     candidate = report.candidate.version
-    if approval is None or approval["report_sha256"] != report_sha:
+    if not current:
         stale = " (the decision on record was made on an earlier report)" if approval else ""
         return ApprovalState(
             "pending",
@@ -56,6 +49,13 @@ def approval_state(cfg: FlywheelConfig, lake: Lake, cycle: str) -> ApprovalState
             f"flywheel approve --cycle {cycle} --by NAME --note TEXT (or flywheel reject)",
         )
     return _decided(approval)
+
+
+def _recorded(lake: Lake, cycle: str) -> tuple[dict | None, bool]:
+    """The decision on record for the cycle, and whether it was made on the benchmark report there now."""
+    record = ApprovalRecord.find(lake, cycle)
+    approval = record.to_json() if record else None
+    return approval, approval is not None and approval["report_sha256"] == BenchmarkReport.sha256(lake, cycle)
 
 
 def _decided(approval: dict) -> ApprovalState:

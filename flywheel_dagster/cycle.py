@@ -161,6 +161,11 @@ class ModelEvaluation:
     seconds: float
 
 
+def evaluation_key(ref: ModelRef, problems: list, settings: SamplingSettings, verifier: str) -> str:
+    """The lake partition (EVALUATIONS) of a version's results on this benchmark, sampled with `settings`."""
+    return evaluation_prefix(ref.name, ref.version, ref.run_id) + benchmark_fingerprint(problems, settings, verifier)
+
+
 def evaluate_version(
     cfg: FlywheelConfig,
     task: TaskSource,
@@ -176,9 +181,7 @@ def evaluate_version(
     """
     problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
     settings = benchmark_settings(cfg)
-    key = evaluation_prefix(ref.name, ref.version, ref.run_id) + benchmark_fingerprint(
-        problems, settings, task.verifier_name
-    )
+    key = evaluation_key(ref, problems, settings, task.verifier_name)
     if lake.exists(EVALUATIONS, key):
         return ModelEvaluation(lake.read_table(EVALUATIONS, key), True, 0.0)
     started = time.perf_counter()

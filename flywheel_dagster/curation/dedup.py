@@ -111,7 +111,7 @@ class NearDuplicateIndex:
         the head's and then the body's, and its shingles are the head's own, the few that span the two (at most
         shingle_size - 1) and the body's own; a signature is a minimum over shingles, so it is the minimum of
         the head's part, kept, and the rest's. A text of shingle_size tokens or fewer is one shingle, as in
-        shingles(). GSM8K-sized prompts and reasonings (about 66 tokens each): ... us a text against ...."""
+        shingles(). GSM8K-sized prompts and reasonings (about 66 tokens each): 68 us a text against 122."""
         size, crc = self.shingle_size, zlib.crc32
         memo, fresh = self._heads, {}  # head -> its entry: [last `size` tokens, token count, part or None]
         rests: list[list[int]] = []
@@ -136,11 +136,10 @@ class NearDuplicateIndex:
             if count < size:  # a head shorter than a shingle has no part of its own
                 which.append(-1)
             else:
-                k = used.get(head)
-                which.append(len(used) if k is None else k)
-                if k is None:
-                    used[head] = len(used)
+                if head not in used:
+                    used[head] = len(used_entries)
                     used_entries.append(entry)
+                which.append(used[head])
         # The new heads' parts (the minimum over their own shingles), kept; then the texts', with their heads'.
         for (head, entry), part in zip(fresh.items(), self._minhash([e[2] for e in fresh.values()]), strict=True):
             entry[2] = part if entry[1] >= size else None

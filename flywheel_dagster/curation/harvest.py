@@ -282,7 +282,7 @@ class RowWorker:
             "reasoning": table.column("reasoning").to_pylist(),
             "answer": answers,
             # a client's reference (metadata.reference_answer): verified against raw above, kept redacted
-            "reference_answer": [None if r is None else str(r) for r in references],
+            "reference_answer": references,
         }
         found: list[list[tuple[str, str]]] = [[] for _ in range(n)]  # per row, the PII found, by type and value
         for col, (values, kinds, seen) in zip(

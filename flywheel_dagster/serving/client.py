@@ -60,14 +60,12 @@ def health_prompts(
     healthy server answers nearly all of them greedily; min_correct = ceil(min_accuracy * n). A version
     never evaluated gets benchmark problems and min_correct 0: only that every request is answered.
     """
-    from flywheel_dagster.cycle import benchmark_settings
-    from flywheel_dagster.evaluation.benchmark import benchmark_fingerprint
-    from flywheel_dagster.records import EVALUATIONS, evaluation_prefix
+    from flywheel_dagster.cycle import benchmark_settings, evaluation_key
+    from flywheel_dagster.records import EVALUATIONS
 
     n = cfg.serving.health_check.prompts
     problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
-    fingerprint = benchmark_fingerprint(problems, benchmark_settings(cfg), task.verifier_name)
-    key = evaluation_prefix(ref.name, ref.version, ref.run_id) + fingerprint
+    key = evaluation_key(ref, problems, benchmark_settings(cfg), task.verifier_name)
     by_id = {p.problem_id: p for p in problems}
     if lake.exists(EVALUATIONS, key):
         table = lake.read_table(EVALUATIONS, key).to_pylist()

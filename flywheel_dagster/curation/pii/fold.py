@@ -2,8 +2,9 @@
 to the ASCII one, one for one (no-break and the other Unicode spaces, Unicode dashes and the minus sign, any
 script's digits, full-width and small forms such as "＠"), and invisible ones (zero-width spaces and joiners,
 direction marks, soft hyphens, variation selectors, byte order marks) are taken out. So "call 415–555–0132",
-"4111\u200b1111 1111 1111", "john＠example.com" and "John\xa0Smith" are found as their ASCII twins are. Detection runs on the folded text and its spans are carried
-back to the original, which is what gets redacted: the text outside a span stays as written."""
+"4111\u200b1111 1111 1111", "john＠example.com" and "John\xa0Smith" are found as their ASCII twins are.
+Detection runs on the folded text and its spans are carried back to the original, which is what gets redacted:
+the text outside a span stays as written."""
 
 from __future__ import annotations
 

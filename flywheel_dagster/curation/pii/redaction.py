@@ -93,11 +93,12 @@ _DIGIT_TYPES = frozenset({"SSN", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS"})
 def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Pattern]]:
     """What the PII found in a record's texts ((type, value) pairs as the detectors read them, folded: as
     redact_texts reports them) looks like wherever else it appears, as (type, a substring its folded form
-    cannot appear without, pattern over folded text): a number's digits with up to two spaces, dots, dashes,
-    slashes or parentheses (or none) between them and not inside a longer number, an email in any case, a name
-    of two words or more in any case and spacing, an address as written. A record names a value once (the SSN a cue names in the question, the name a
-    greeting gives) and repeats it elsewhere without the cue ("219099999 - 219099999 = 0", "Dear Xavrel Quondt"
-    then "Xavrel Quondt gives"): redact_known finds those repeats. A one-word name and a name's words alone are
+    cannot appear without, case-folded; pattern over folded text): a number's digits with up to two spaces,
+    dots, dashes, slashes or parentheses (or none) between them and not inside a longer number, an email in any
+    case, a name of two words or more in any case and spacing, an address as written. A record names a value
+    once (the SSN a cue names in the question, the name a greeting gives) and repeats it elsewhere without the
+    cue ("219099999 - 219099999 = 0", "Dear Xavrel Quondt" then "Xavrel Quondt gives"): redact_known finds
+    those repeats. A one-word name and a name's words alone are
     not followed: a surname is often a word ("Grant", "Senior"), and a lone given name identifies nobody."""
     keys = set()
     for kind, value in found:
@@ -122,10 +123,10 @@ def _known(kind: str, value: str | tuple[str, ...]) -> tuple[str, str, re.Patter
         return kind, value[0], re.compile(r"(?<![0-9])(?<![0-9][.,])" + digits + r"(?![.,]?[0-9])")
     if kind == "PERSON":
         name = r"\s+".join(map(re.escape, value))
-        return kind, value[0].lower(), re.compile(r"(?<!\w)" + name + r"(?!\w)", re.IGNORECASE)
+        return kind, value[0].casefold(), re.compile(r"(?<!\w)" + name + r"(?!\w)", re.IGNORECASE)
     if kind == "EMAIL":
         return kind, "@", re.compile(re.escape(value), re.IGNORECASE)
-    return kind, value, re.compile(re.escape(value))
+    return kind, value.casefold(), re.compile(re.escape(value))
 
 
 def redact_known(text: str, known: list[tuple[str, str, re.Pattern]]) -> tuple[str, list[str]]:
@@ -134,10 +135,11 @@ def redact_known(text: str, known: list[tuple[str, str, re.Pattern]]) -> tuple[s
     if not known:
         return text, []
     folded, where = fold(text)
+    low = folded.casefold()
     spans = [
         Span(m.start(), m.end(), kind)
         for kind, needed, pattern in known
-        if needed in (folded if kind != "PERSON" else folded.lower())
+        if needed in low
         for m in pattern.finditer(folded)
     ]
     if not spans:
@@ -159,8 +161,7 @@ def _apply(text: str, spans: list[Span]) -> tuple[str, list[str]]:
 
 def candidate_mask(column: pa.Array | pa.ChunkedArray) -> list[bool]:
     """Rows where any detector could fire (RE2, vectorised, on the folded texts); the rest need no Python at all."""
-    changed = _folded(column)[1]
-    return [mode > 0 for mode in _row_modes(column if changed is None else changed, names=True)]
+    return [mode > 0 for mode in _folded_modes(column, names=True)[1]]
 
 
 _FAMILIES = ((_STRUCTURED, PREFILTER_STRUCTURED), (_ADDRESS, PREFILTER_ADDRESSES), (_CUED_NAME, PREFILTER_CUED_NAMES))
@@ -201,11 +202,18 @@ def _folded(column: pa.Array | pa.ChunkedArray) -> tuple[dict[int, tuple[str, li
     return folded, pc.replace_with_mask(column, pa.array(mask), pa.array([f[0] for f in folded.values()], column.type))
 
 
+def _folded_modes(
+    column: pa.Array | pa.ChunkedArray, names: bool
+) -> tuple[dict[int, tuple[str, list[int] | None]], list[int]]:
+    """The rows that fold (_folded) and, per row, the detector families its folded text could fire (_row_modes)."""
+    folded, changed = _folded(column)
+    return folded, _row_modes(column if changed is None else changed, names)
+
+
 def redact_rows(column: pa.Array | pa.ChunkedArray, names: bool = True) -> tuple[list[str | None], list[list[str]]]:
     """Redact a string column row by row: the new values and, per row, the types replaced."""
     values = column.to_pylist()
-    folded, changed = _folded(column)
-    modes = _row_modes(column if changed is None else changed, names)
+    folded, modes = _folded_modes(column, names)
     kinds: list[list[str]] = [[] for _ in values]
     for i, mode in enumerate(modes):
         if mode and values[i] is not None:
@@ -227,11 +235,8 @@ def redact_texts(
                 found[v] = None if memo is None else memo.get((v, names))
     unseen = [v for v, done in found.items() if done is None]
     if unseen:
-        column = pa.array(unseen, pa.string())
-        folded, changed = _folded(column)
-        for i, (text, mode) in enumerate(
-            zip(unseen, _row_modes(column if changed is None else changed, names), strict=True)
-        ):
+        folded, modes = _folded_modes(pa.array(unseen, pa.string()), names)
+        for i, (text, mode) in enumerate(zip(unseen, modes, strict=True)):
             plain, where = folded.get(i) or (text, None)
             spans = _spans(plain, names, mode) if mode else []
             if spans:  # the values as the detectors read them (folded), for known_values
@@ -261,8 +266,7 @@ def redact_column(column: pa.Array | pa.ChunkedArray, counts: Counter, names: bo
 def count_detections(column: pa.Array | pa.ChunkedArray, names: bool = True) -> Counter:
     """PII detections per type in a string column (for the zero-PII check on the training set)."""
     counts: Counter = Counter()
-    folded, changed = _folded(column)
-    modes = _row_modes(column if changed is None else changed, names)
+    folded, modes = _folded_modes(column, names)
     if any(modes):
         for i, (value, mode) in enumerate(zip(column.to_pylist(), modes, strict=True)):
             if mode and value is not None:

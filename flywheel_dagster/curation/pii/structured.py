@@ -46,8 +46,8 @@ class _Arithmetic:
         self.text = text
         self.known: dict[str, bool] = {}
         ops = [m.start() for m in _OPERATOR.finditer(text)]
-        self.starts = sorted({s for p in ops for s in range(p + 1, min(p + 6, len(text) + 1))})
-        self.ends = sorted({e for p in ops for e in range(max(0, p - 5), p + 1)})
+        self.starts = {s for p in ops for s in range(p + 1, min(p + 6, len(text) + 1))}
+        self.ends = {e for p in ops for e in range(max(0, p - 5), p + 1)}
         self.near: dict[int, set[str]] = {}  # length -> the substrings that start or end there
 
     def __call__(self, start: int, end: int) -> bool:
