@@ -11,7 +11,7 @@ from flywheel_dagster.approval import approval_state
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.evaluation.fmt import with_ci
 from flywheel_dagster.evaluation.plots import accuracy_trend_png
-from flywheel_dagster.promotion import DeploymentFailed, PromotionRefused, promote
+from flywheel_dagster.promotion import DecisionIncomplete, DeploymentFailed, PromotionRefused, promote
 from flywheel_dagster.records import (
     BENCHMARK_REPORT,
     CANDIDATE_MODEL,
@@ -30,6 +30,7 @@ from flywheel_dagster.resources import (
 )
 from flywheel_dagster.serving.rollback import rollback_after, switch_serving
 from flywheel_dagster.tasks import load_task
+from flywheel_dagster.tasks.base import verifier_id
 from flywheel_dagster.traces.lake import Lake
 
 
@@ -68,8 +69,9 @@ def benchmark_report(
     champion = registry.version(Deployment.read(the_lake, key).version)
     candidate = registry.version(Candidate.read(the_lake, key).version)
     load = lambda model_dir: engine.load(cfg, model_dir)  # noqa: E731
-    champ_eval = core.evaluate_version(cfg, task, the_lake, registry, champion, load)
-    cand_eval = core.evaluate_version(cfg, task, the_lake, registry, candidate, load)
+    engine_id = engine.identity(cfg)
+    champ_eval = core.evaluate_version(cfg, task, the_lake, registry, champion, load, engine_id)
+    cand_eval = core.evaluate_version(cfg, task, the_lake, registry, candidate, load, engine_id)
     with timing.compute(BENCHMARK_REPORT):
         comparisons, decision = core.compare_and_decide(cfg, task, champ_eval.table, cand_eval.table)
     report = core.benchmark_report(key, index, champion, candidate, comparisons, decision)
@@ -119,6 +121,7 @@ def benchmark_report(
             "report_uri": dg.MetadataValue.path(written.uri),
             "report_sha256": written.sha256,
             "champion_eval_cached": champ_eval.cached,
+            "evaluated_by": f"{engine_id}, verifier {verifier_id(task)}",
             "eval_seconds": round(champ_eval.seconds + cand_eval.seconds, 1),
             **mlflow_run_links(cfg, registry, run_id),
         }
@@ -198,7 +201,7 @@ def champion_model(
             cfg.schedule.start_date,
             rolled_back=rollback_after(the_lake, key),
         )
-    except PromotionRefused as err:
+    except (PromotionRefused, DecisionIncomplete) as err:
         raise dg.Failure(description=str(err)) from None
     except DeploymentFailed as err:
         serving_meta = {"serving": dg.MetadataValue.json(err.switch.summary())}

@@ -25,7 +25,7 @@ from flywheel_dagster.records import (
     evaluation_prefix,
 )
 from flywheel_dagster.registry import BASE, ModelRef, Registry, cycle_alias
-from flywheel_dagster.tasks.base import TaskSource
+from flywheel_dagster.tasks.base import TaskSource, verifier_id
 from flywheel_dagster.traces.lake import Lake
 from flywheel_dagster.traces.schema import TRACE_SCHEMA, trace_id
 
@@ -161,9 +161,11 @@ class ModelEvaluation:
     seconds: float
 
 
-def evaluation_key(ref: ModelRef, problems: list, settings: SamplingSettings, verifier: str) -> str:
-    """The lake partition (EVALUATIONS) of a version's results on this benchmark, sampled with `settings`."""
-    return evaluation_prefix(ref.name, ref.version, ref.run_id) + benchmark_fingerprint(problems, settings, verifier)
+def evaluation_key(ref: ModelRef, problems: list, settings: SamplingSettings, verifier: str, engine: str) -> str:
+    """The lake partition (EVALUATIONS) of a version's results on this benchmark, sampled with `settings` by the
+    engine `engine` (engines.base.engine_identity) and judged by `verifier` (a task's verifier_name)."""
+    fingerprint = benchmark_fingerprint(problems, settings, verifier, engine)
+    return evaluation_prefix(ref.name, ref.version, ref.run_id) + fingerprint
 
 
 def evaluate_version(
@@ -173,15 +175,18 @@ def evaluate_version(
     registry: Registry,
     ref: ModelRef,
     load_engine: Callable[[Path], InferenceEngine],
+    engine_id: str,
 ) -> ModelEvaluation:
     """A model version's results on the fixed benchmark, computed once and kept in the lake.
 
     The champion of cycle N was the candidate of cycle N-1, on the same benchmark with the same seed, so
-    its results are read back rather than generated again.
+    its results are read back rather than generated again - when the same engine (kind, package version,
+    device: `engine_id`) and the same verifier made them; after an upgrade of either, both versions of a
+    comparison are evaluated by the new one.
     """
     problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
     settings = benchmark_settings(cfg)
-    key = evaluation_key(ref, problems, settings, task.verifier_name)
+    key = evaluation_key(ref, problems, settings, verifier_id(task), engine_id)
     if lake.exists(EVALUATIONS, key):
         return ModelEvaluation(lake.read_table(EVALUATIONS, key), True, 0.0)
     started = time.perf_counter()

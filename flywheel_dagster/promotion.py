@@ -38,6 +38,11 @@ class DeploymentFailed(RuntimeError):
         self.switch = switch
 
 
+class DecisionIncomplete(RuntimeError):
+    """The server switched and (some) aliases moved, but the registry failed before the decision was recorded:
+    running the promotion again completes it (refuse_moved_champion lets the same decision through)."""
+
+
 @dataclass(frozen=True)
 class Promotion:
     """A promotion's outcome: the decision record and the aliases it moved."""
@@ -125,9 +130,46 @@ def promote(
         )
     aliases = [CHAMPION] if decision.promote else []
     aliases.append(cycle_alias(key))
+    verdict = "promoted" if decision.promote else "rejected"
+    try:
+        _record(registry, report, decision, verdict, new_champion, aliases, links)
+    except Exception as err:  # an MLflow error part-way: say what moved and how to finish, not a bare traceback
+        moved = _holding(registry, aliases, new_champion)
+        raise DecisionIncomplete(
+            f"cycle {key}: {verdict}; v{new_champion} serves ({switch.state}) and holds "
+            f"{', '.join(repr(a) for a in moved) or 'no alias yet'}, but the registry failed before the decision "
+            f"was recorded ({type(err).__name__}: {str(err)[:300]}). The cycle is not finished and the next one "
+            f"waits for it: rerun champion_model for {key} once the registry answers; it makes the same decision "
+            "and records it"
+        ) from err
+    record = Decision(
+        cycle=key,
+        decision=verdict,
+        reason=decision.reason,
+        previous_champion=champion_v,
+        candidate=candidate_v,
+        champion=new_champion,
+        alias=cycle_alias(key),
+        start_date=start_date,
+        approval=approval.approval,
+        serving=switch.summary(),
+    )
+    return Promotion(record, aliases)
+
+
+def _record(
+    registry: Registry,
+    report: BenchmarkReport,
+    decision: GateDecision,
+    verdict: str,
+    new_champion: str,
+    aliases: list[str],
+    links: dict[str, str],
+) -> None:
+    """Move the aliases, tag the candidate and the cycle run with the decision, end the cycle run."""
+    key, candidate_v = report.cycle, report.candidate.version
     for alias in aliases:
         registry.set_alias(alias, new_champion)
-    verdict = "promoted" if decision.promote else "rejected"
     registry.set_version_tags(
         candidate_v,
         {
@@ -151,16 +193,16 @@ def promote(
         },
     )
     registry.end_run(cycle_run)
-    record = Decision(
-        cycle=key,
-        decision=verdict,
-        reason=decision.reason,
-        previous_champion=champion_v,
-        candidate=candidate_v,
-        champion=new_champion,
-        alias=cycle_alias(key),
-        start_date=start_date,
-        approval=approval.approval,
-        serving=switch.summary(),
-    )
-    return Promotion(record, aliases)
+
+
+def _holding(registry: Registry, aliases: list[str], version: str) -> list[str]:
+    """Which of the aliases point at `version`, as far as the registry answers now."""
+    held = []
+    for alias in aliases:
+        try:
+            ref = registry.alias(alias)
+        except Exception:  # noqa: BLE001 - the registry that just failed may fail again: say what is known
+            continue
+        if ref is not None and ref.version == version:
+            held.append(alias)
+    return held

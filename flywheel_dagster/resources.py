@@ -66,10 +66,19 @@ class EngineResource(dg.ConfigurableResource):
 
     device: str = "auto"
 
+    def device_for(self, cfg: FlywheelConfig) -> str:
+        return cfg.engine.device if self.device == "auto" else self.device
+
+    def identity(self, cfg: FlywheelConfig) -> str:
+        """What besides the model decides this engine's samples (engines.base.engine_identity)."""
+        from flywheel_dagster.engines.base import engine_identity
+
+        return engine_identity(cfg.engine.kind, self.device_for(cfg))
+
     def load(self, cfg: FlywheelConfig, model_dir: str | Path) -> InferenceEngine:
         from flywheel_dagster.engines.transformers_engine import load_engine
 
-        device = cfg.engine.device if self.device == "auto" else self.device
+        device = self.device_for(cfg)
         e = cfg.engine
         if e.replicas > 1:
             from flywheel_dagster.engines.replicas import EngineSpec, ReplicatedEngine

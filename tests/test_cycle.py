@@ -10,6 +10,7 @@ from conftest import ASSETS, CHECKS, CYCLE_ASSETS
 from flywheel_dagster import cycle as core
 from flywheel_dagster.records import BenchmarkReport, Candidate, Decision, Deployment
 from flywheel_dagster.registry import BASE, CHAMPION, cycle_alias
+from flywheel_dagster.resources import EngineResource
 
 Q1, Q2, Q3 = "2026-01-01", "2026-04-01", "2026-07-01"
 
@@ -274,10 +275,44 @@ def test_a_cached_evaluation_belongs_to_the_version_its_run_registered(one_cycle
     def load_engine(path):  # noqa: ANN001, ANN202 - reached only when no cached evaluation answers
         raise Evaluated(path)
 
-    assert evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine).cached
+    engine_id = EngineResource().identity(fw.cfg)
+    assert evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id).cached
     again = dataclasses.replace(ref, run_id="f" * 32)  # the same name and version, registered by another run
     with pytest.raises(Evaluated):
-        evaluate_version(fw.cfg, task, fw.lake, fw.registry, again, load_engine)
+        evaluate_version(fw.cfg, task, fw.lake, fw.registry, again, load_engine, engine_id)
+
+
+def test_a_cached_evaluation_belongs_to_the_engine_and_verifier_that_made_it(one_cycle, monkeypatch):
+    """After an upgrade of the engine's package, or of the verifier, a version's cached evaluation is not read
+    back: the champion is evaluated again by what evaluates the candidate. The serving health check still picks
+    the prompts the version solved in the evaluation it has."""
+    from flywheel_dagster.cycle import evaluate_version
+    from flywheel_dagster.engines import base
+    from flywheel_dagster.serving.client import health_prompts
+    from flywheel_dagster.tasks import load_task
+
+    fw, _, _ = one_cycle
+    ref = fw.registry.version(Deployment.read(fw.lake, Q1).version)
+    task = load_task(fw.cfg)
+
+    class Evaluated(Exception):
+        pass
+
+    def load_engine(path):  # noqa: ANN001, ANN202 - reached only when no cached evaluation answers
+        raise Evaluated(path)
+
+    engine_id = EngineResource().identity(fw.cfg)
+    assert engine_id.startswith(f"transformers-{base.package_version('transformers')}/cpu")
+    assert evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id).cached
+    prompts, needed, source = health_prompts(fw.cfg, task, fw.lake, fw.registry, ref)
+    assert needed > 0 and "solved in all samples" in source
+    with pytest.raises(Evaluated):
+        evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id.replace("/", "+next/"))
+    monkeypatch.setattr(type(task), "verifier_version", "next", raising=False)
+    with pytest.raises(Evaluated):
+        evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id)
+    monkeypatch.setattr(base, "package_version", lambda *names: "99.0")  # the serving side's engine upgraded
+    assert health_prompts(fw.cfg, task, fw.lake, fw.registry, ref)[:2] == (prompts, needed)
 
 
 def test_a_rerun_after_the_audit_is_caught_then_amended(one_cycle):

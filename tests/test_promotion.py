@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from flywheel_dagster.promotion import DeploymentFailed, PromotionRefused, final_decision, promote
+from flywheel_dagster.promotion import (
+    DecisionIncomplete,
+    DeploymentFailed,
+    PromotionRefused,
+    final_decision,
+    promote,
+)
 from flywheel_dagster.records import (
     ApprovalState,
     BenchmarkReport,
@@ -112,6 +118,29 @@ def test_a_failed_switch_over_keeps_the_old_champion_and_tags_the_candidate(regi
     assert err.value.switch.summary()["state"] == "failed"
     assert registry.alias(CHAMPION).version == "1" and registry.alias(cycle_alias(Q)) is None
     assert registry.version_tags("2")["flywheel.decision"] == "deployment_failed"
+
+
+def test_a_registry_failure_after_the_switch_says_what_moved_and_a_rerun_completes_it(registry, monkeypatch):  # noqa: ANN001
+    """MLflow fails after `champion` moved (tagging the candidate): the error names the cycle, the version that
+    serves, the aliases it holds and the step to take; promote run again makes the same decision and records it."""
+    server = Server(Switch("switched", "v2 serves after 4/4 health prompts"))
+    real = registry.set_version_tags
+
+    def down(version, tags):  # noqa: ANN001, ANN202 - the registry's outage, injected: it cannot be had for real
+        raise ConnectionError("registry unreachable")
+
+    monkeypatch.setattr(registry, "set_version_tags", down)
+    with pytest.raises(DecisionIncomplete) as err:
+        promote(report(PASS), NOT_REQUIRED, registry, server, LINKS, "2026-01-01")
+    msg = str(err.value)
+    assert f"cycle {Q}: promoted; v2 serves (switched)" in msg
+    assert f"holds 'champion', '{cycle_alias(Q)}'" in msg and "ConnectionError: registry unreachable" in msg
+    assert f"rerun champion_model for {Q}" in msg
+    assert registry.alias(CHAMPION).version == "2" and "flywheel.decision" not in registry.version_tags("2")
+    monkeypatch.setattr(registry, "set_version_tags", real)
+    done = promote(report(PASS), NOT_REQUIRED, registry, server, LINKS, "2026-01-01")
+    assert (done.decision.decision, done.decision.champion) == ("promoted", "2") and server.asked == ["2", "2"]
+    assert registry.version_tags("2")["flywheel.decision"] == "promoted"
 
 
 def test_a_decision_is_made_only_over_the_champion_the_report_compared_with(registry, tmp_path):  # noqa: ANN001

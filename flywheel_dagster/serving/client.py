@@ -12,7 +12,7 @@ import httpx
 
 from flywheel_dagster.config import FlywheelConfig
 from flywheel_dagster.registry import ModelRef, Registry
-from flywheel_dagster.tasks.base import TaskSource
+from flywheel_dagster.tasks.base import TaskSource, verifier_id
 from flywheel_dagster.traces.lake import Lake
 
 
@@ -61,12 +61,24 @@ def health_prompts(
     never evaluated gets benchmark problems and min_correct 0: only that every request is answered.
     """
     from flywheel_dagster.cycle import benchmark_settings, evaluation_key
-    from flywheel_dagster.records import EVALUATIONS
+    from flywheel_dagster.engines.base import engine_identity
+    from flywheel_dagster.records import EVALUATIONS, evaluation_prefix
 
     n = cfg.serving.health_check.prompts
     problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
-    key = evaluation_key(ref, problems, benchmark_settings(cfg), task.verifier_name)
+    engine = engine_identity(cfg.engine.kind, cfg.engine.device)
+    key = evaluation_key(ref, problems, benchmark_settings(cfg), verifier_id(task), engine)
     by_id = {p.problem_id: p for p in problems}
+    if not lake.exists(EVALUATIONS, key):
+        # Evaluated by another engine or verifier (a device set for the benchmark only, an upgrade since): which
+        # problems it solved still tells a healthy server, if that evaluation was of this benchmark's problems.
+        prefix = evaluation_prefix(ref.name, ref.version, ref.run_id)
+        for other in reversed(lake.cycles(EVALUATIONS)):
+            if other.startswith(prefix) and set(lake.read_table(EVALUATIONS, other)["problem_id"].to_pylist()) == set(
+                by_id
+            ):
+                key = other
+                break
     if lake.exists(EVALUATIONS, key):
         table = lake.read_table(EVALUATIONS, key).to_pylist()
         solved = [r["problem_id"] for r in table if r["pass_at_1"] >= 1.0]

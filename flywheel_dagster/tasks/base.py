@@ -125,3 +125,10 @@ def chatml_format_violation(prompt: str, completion: str) -> str | None:
     if not prompt.strip():
         return "empty prompt"
     return None
+
+
+def verifier_id(task: TaskSource) -> str:
+    """The verifier with its version, where a task's verdicts come from a package (`verifier_version`): what a
+    cached benchmark evaluation is keyed by, so one made by another math-verify is not compared with today's."""
+    version = getattr(task, "verifier_version", None)
+    return f"{task.verifier_name}-{version}" if version else task.verifier_name

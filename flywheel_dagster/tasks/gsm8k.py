@@ -7,6 +7,7 @@ import json
 import random
 import re
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
 from flywheel_dagster.tasks.base import ParsedCompletion, Problem, Verdict, chatml_format_violation
@@ -83,6 +84,7 @@ class GSM8KTask:
 
     name = "gsm8k"
     verifier_name = "math-verify"
+    verifier_version = metadata.version("math-verify")  # see tasks.base.verifier_id
 
     def __init__(self, data_dir: str | Path | None = None, seed: int = 0, prompt_format: str = "plain") -> None:
         if prompt_format not in PROMPT_FORMATS:
