@@ -336,3 +336,29 @@ def test_arithmetic_context_for_a_text_answers_as_the_scan_does():
             for j in (i + 3, i + 7, i + 11, i + 19):
                 if j <= len(text):
                     assert arithmetic(i, j) == structured._arithmetic_context(text, i, j), (text, i, j)
+
+
+def test_a_phone_cue_ends_its_line_with_a_colon_and_the_number_starts_the_next():
+    """ "Phone:\\n06 ..." is a cued number (the prefilter lets it through); without the colon, a cue word that ends
+    a line names nothing on the next."""
+    assert pii.redact("Phone:\n06 12 34 56 78 is mine") == ("Phone:\n<PHONE> is mine", ["PHONE"])
+    assert pii.redact("Tél :  \n  06 12 34 56 78") == ("Tél :  \n  <PHONE>", ["PHONE"])
+    assert pii.redact("Phone\n06 12 34 56 78 is mine")[1] == []
+    assert pii.redact_texts([["Phone:\n06 12 34 56 78"]])[0][0] == ["Phone:\n<PHONE>"]  # through the prefilter
+
+
+def test_a_followed_phone_or_iban_is_found_however_its_country_or_groups_are_written():
+    """A phone number found with its country code is also followed in its national form (trunk 0 or none) and the
+    other way round; an IBAN in any case, grouped or not. Not inside a longer number."""
+    known = pii.known_values([("PHONE", "+44 20 7946 0958"), ("IBAN", "GB82 WEST 1234 5698 7654 32")])
+    text = "ring 020 7946 0958 or 20-7946-0958; iban gb82west12345698765432 / GB82-WEST-1234-5698-7654-32"
+    assert pii.redact_known(text, known) == (
+        "ring <PHONE> or <PHONE>; iban <IBAN> / <IBAN>",
+        ["PHONE"] * 2 + ["IBAN"] * 2,
+    )
+    assert pii.redact_known("120794609581 and 4420794609580", known) == ("120794609581 and 4420794609580", [])
+    national = pii.known_values([("PHONE", "020 7946 0958")])
+    assert pii.redact_known("+44 (20) 7946 0958", national) == ("+44 (<PHONE>", ["PHONE"])
+    assert pii.redact_known("+44 20 7946 0958", national) == ("+44 <PHONE>", ["PHONE"])
+    us = pii.known_values([("PHONE", "+1 415 555 0132")])
+    assert pii.redact_known("415.555.0132", us) == ("<PHONE>", ["PHONE"])

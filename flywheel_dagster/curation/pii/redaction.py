@@ -86,26 +86,36 @@ def redact(text: str, names: bool = True) -> tuple[str, list[str]]:
     return _apply(text, _found(fold(text), names))
 
 
-# Types whose value is its digits: written again with other separators, or none, it is the same value.
+# Types whose value is its digits (an IBAN's, its letters too): written again with other separators, or none,
+# it is the same value.
 _DIGIT_TYPES = frozenset({"SSN", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS"})
 
 
 def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Pattern]]:
     """What the PII found in a record's texts ((type, value) pairs as the detectors read them, folded: as
     redact_texts reports them) looks like wherever else it appears, as (type, a substring its folded form
-    cannot appear without, case-folded; pattern over folded text): a number's digits with up to two spaces,
-    dots, dashes, slashes or parentheses (or none) between them and not inside a longer number, an email in any
-    case, a name of two words or more in any case and spacing, an address as written. A record names a value
-    once (the SSN a cue names in the question, the name a greeting gives) and repeats it elsewhere without the
-    cue ("219099999 - 219099999 = 0", "Dear Xavrel Quondt" then "Xavrel Quondt gives"): redact_known finds
-    those repeats. A one-word name and a name's words alone are
-    not followed: a surname is often a word ("Grant", "Senior"), and a lone given name identifies nobody."""
+    cannot appear without, case-folded; pattern over folded text). A record names a value once (the SSN a cue
+    names in the question, the name a greeting gives) and repeats it elsewhere without the cue ("219099999 -
+    219099999 = 0", "Dear Xavrel Quondt" then "Xavrel Quondt gives"): redact_known finds those repeats.
+
+    - A number: its digits with up to two spaces, dots, dashes, slashes or parentheses (or none) between them,
+      not inside a longer number. A phone number is also followed without its country code ("+44 20 7946 0958"
+      then "020 7946 0958": each 1-3 leading digits off, the rest at least 8, after an optional trunk 0) and
+      without its trunk 0 ("020 7946 0958" then "+44 20 7946 0958").
+    - An IBAN: its letters and digits in any case, with or without the spaces or dashes of its groups.
+    - An email in any case; a name of two words or more in any case and spacing; an address as written. A
+      one-word name and a name's words alone are not followed: a surname is often a word ("Grant", "Senior"),
+      and a lone given name identifies nobody."""
     keys = set()
     for kind, value in found:
-        if kind in _DIGIT_TYPES:
+        if kind == "IBAN":
+            keys.add((kind, re.sub(r"[^0-9A-Za-z]", "", value).upper()))
+        elif kind in _DIGIT_TYPES:
             digits = re.sub(r"[^0-9]", "", value)
             if len(digits) >= 7:
                 keys.add((kind, digits))
+            if kind == "PHONE":
+                keys.update((kind, _TRUNK + core) for core in _national(value.lstrip(), digits))
         elif kind == "PERSON":
             words = tuple(value.split())
             if len(words) >= 2:
@@ -116,11 +126,30 @@ def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Patter
     return [_known(kind, value) for kind, value in sorted(keys, key=lambda k: (-len(str(k[1])), str(k)))]
 
 
+_TRUNK = "0?"  # a followed phone core that may follow a trunk 0 (see _known)
+
+
+def _national(written: str, digits: str) -> list[str]:
+    """The digits a phone number is written with in its own country: without a country code of 1-3 digits
+    (written with + or 00), or without the trunk 0 that another country's caller leaves out."""
+    if written.startswith(("+", "00")):
+        rest = digits[2:] if written.startswith("00") else digits
+        return [rest[k:] for k in (1, 2, 3) if len(rest) - k >= 8]
+    if digits.startswith("0") and len(digits) >= 10:
+        return [digits[1:]]
+    return []
+
+
 @lru_cache(maxsize=4096)
 def _known(kind: str, value: str | tuple[str, ...]) -> tuple[str, str, re.Pattern]:
+    if kind == "IBAN":
+        chars = r"[\s\-]{0,2}".join(map(re.escape, value))
+        return kind, value[:2].casefold(), re.compile(r"(?<![0-9A-Za-z])" + chars + r"(?![0-9A-Za-z])", re.IGNORECASE)
     if kind in _DIGIT_TYPES:  # not inside a longer number ("1,219,099,999"), nor across arithmetic ("555 + 0.100")
+        trunk = r"(?:0[\s.\-/()]{0,2})?" if value.startswith(_TRUNK) else ""
+        value = value.removeprefix(_TRUNK)
         digits = r"[\s.\-/()]{0,2}".join(value)
-        return kind, value[0], re.compile(r"(?<![0-9])(?<![0-9][.,])" + digits + r"(?![.,]?[0-9])")
+        return kind, value[0], re.compile(r"(?<![0-9])(?<![0-9][.,])" + trunk + digits + r"(?![.,]?[0-9])")
     if kind == "PERSON":
         name = r"\s+".join(map(re.escape, value))
         return kind, value[0].casefold(), re.compile(r"(?<!\w)" + name + r"(?!\w)", re.IGNORECASE)

@@ -129,9 +129,10 @@ PHONE_CUES = (
     r"cell|cellphone|handy|call|ring|text|sms|reach|whatsapp|fax"
 )
 _PHONE_CUE_KEYS = tuple(PHONE_CUES.split("|"))
-# A cue, a few words (no digits, no line break), then the number: 7 to 15 digits in at most 7 groups.
+# A cue, a few words (no digits, no line break but one right after a colon: "Phone:\n06 ..."), then the number:
+# 7 to 15 digits in at most 7 groups.
 _PHONE_CUED = re.compile(
-    r"(?i:\b(?:" + PHONE_CUES + r")\b(?<!call(?= it| them| this| that| the))[^\n\d]{0,25}?)"
+    r"(?i:\b(?:" + PHONE_CUES + r")\b(?<!call(?= it| them| this| that| the))[^\n\d]{0,25}?(?:(?<=:)[ \t]*\n[ \t]*)?)"
     r"((?:\+?\(|\(?\+)?\d{1,15}+\)?(?:(?:[ .\-/]{1,2}|(?<=\)))\(?\d{1,12}+\)?){0,6})(?![\d.,]\d)"
 )
 
