@@ -770,3 +770,29 @@ def test_the_whole_corpus_as_the_asset_writes_it(nasty, tmp_path):
     assert pq.read_metadata(tmp_path / "traces.parquet").num_rows == s.traces
     assert pq.read_metadata(tmp_path / "quarantine.parquet").num_rows == s.lines_quarantined  # one line each here
     assert s.files == len(nasty[1]) and [p.rsplit("/", 1)[1] for p in s.files_skipped] == ["README"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["<think>", "</think>", "<thin", "think>", " ", "\n", "\u2003", "\x1c", "\x85", "a", "7", "é"]),
+        max_size=14,
+    ).map("".join),
+    st.sampled_from(["plain", "think"]),
+)
+def test_the_think_split_answers_as_its_regex(content, markup):
+    """The completion's <think>...</think> split, done with str.find, gives what _THINK's match gave (Unicode
+    whitespace included: str.isspace is the regex's \\s), with both reasoning markups."""
+    from flywheel_dagster.curation.ingest import chat
+
+    def by_regex(content: str) -> tuple[str, str | None]:
+        reasoning = None
+        if "<think>" in content and (m := chat._THINK.match(content)):
+            reasoning, content = m.group(1), content[m.end() :]
+        if reasoning is None:
+            return content, None
+        reasoning = reasoning.strip()
+        body = f"<think>{reasoning}</think>{content}" if markup == "think" else f"{reasoning}\n{content.lstrip()}"
+        return body, reasoning
+
+    assert chat._completion(None, content, markup) == by_regex(content)

@@ -123,9 +123,10 @@ class Settings:
 def _completion(reasoning: str | None, content: str, markup: str) -> tuple[str, str | None]:
     """The generated text as trained on, and the reasoning when the server split it off."""
     if reasoning is None and "<think>" in content:
-        m = _THINK.match(content)
-        if m:
-            reasoning, content = m.group(1), content[m.end() :]
+        # _THINK.match(content) without its lazy scan (3 us on a GSM8K-sized text): str.isspace is the regex's \s
+        head = content.lstrip()
+        if head.startswith("<think>") and (end := head.find("</think>", 7)) >= 0:
+            reasoning, content = head[7:end], head[end + 8 :].lstrip()
     if reasoning is None:
         return content, None
     reasoning = reasoning.strip()
