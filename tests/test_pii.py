@@ -339,17 +339,29 @@ def test_arithmetic_context_for_a_text_answers_as_the_scan_does():
 
 
 def test_a_phone_cue_ends_its_line_with_a_colon_and_the_number_starts_the_next():
-    """ "Phone:\\n06 ..." is a cued number (the prefilter lets it through); without the colon, a cue word that ends
-    a line names nothing on the next."""
-    assert pii.redact("Phone:\n06 12 34 56 78 is mine") == ("Phone:\n<PHONE> is mine", ["PHONE"])
-    assert pii.redact("Tél :  \n  06 12 34 56 78") == ("Tél :  \n  <PHONE>", ["PHONE"])
-    assert pii.redact("Phone\n06 12 34 56 78 is mine")[1] == []
-    assert pii.redact_texts([["Phone:\n06 12 34 56 78"]])[0][0] == ["Phone:\n<PHONE>"]  # through the prefilter
+    """ "Phone:\n06 ..." is a cued number, and the prefilter lets every such form through to the detector (spaces
+    around the break, a Windows line end, a number in parentheses or with its +). Only a field's cue reaches
+    across the break: "reach:" or "text:" then a list of numbers stays, and so does a cue without its colon."""
+    cued = [
+        "Phone:\n06 12 34 56 78 is mine",
+        "Tél :  \n  06 12 34 56 78",
+        "Phone:" + " " * 8 + "\n06 12 34 56 78",
+        "Phone:\r\n06 12 34 56 78",
+        "Phone:\n(06) 12 34 56 78",
+        "Mobile:\n+44 20 7946 0958",
+        "Fax:\n(+44) 20 7946 0958",
+    ]
+    kept = ["Phone\n06 12 34 56 78 is mine", "Steps to reach:\n1000 2000 3000", "Read the text:\n12 15 18 21 24 27 30"]
+    values, kinds, _ = pii.redact_texts([cued + kept])[0]  # through the RE2 prefilter, as the harvest goes
+    for text, got, types in zip(cued + kept, values, kinds, strict=True):
+        assert (got, list(types)) == pii.redact(text), text
+        assert ("<PHONE>" in got) == (text in cued), text
 
 
 def test_a_followed_phone_or_iban_is_found_however_its_country_or_groups_are_written():
     """A phone number found with its country code is also followed in its national form (trunk 0 or none) and the
-    other way round; an IBAN in any case, grouped or not. Not inside a longer number."""
+    other way round; an IBAN in any case, grouped or not, and a numeric one without its country. Not inside a
+    longer number nor a decimal, and a one-digit country code takes one digit off, not the area code's."""
     known = pii.known_values([("PHONE", "+44 20 7946 0958"), ("IBAN", "GB82 WEST 1234 5698 7654 32")])
     text = "ring 020 7946 0958 or 20-7946-0958; iban gb82west12345698765432 / GB82-WEST-1234-5698-7654-32"
     assert pii.redact_known(text, known) == (
@@ -362,3 +374,10 @@ def test_a_followed_phone_or_iban_is_found_however_its_country_or_groups_are_wri
     assert pii.redact_known("+44 20 7946 0958", national) == ("+44 <PHONE>", ["PHONE"])
     us = pii.known_values([("PHONE", "+1 415 555 0132")])
     assert pii.redact_known("415.555.0132", us) == ("<PHONE>", ["PHONE"])
+    assert pii.redact_known("5555.0132 and 0.55550132", us) == ("5555.0132 and 0.55550132", [])
+    france = pii.known_values([("PHONE", "+33 6 12 34 56 78")])
+    assert pii.redact_known("06 12 34 56 78, p = 0.612345678", france) == ("<PHONE>, p = 0.612345678", ["PHONE"])
+    parenthesised = pii.known_values([("PHONE", "(+44) 20 7946 0958")])
+    assert pii.redact_known("ring 020 7946 0958", parenthesised) == ("ring <PHONE>", ["PHONE"])
+    german = pii.known_values([("IBAN", "DE89 3704 0044 0532 0130 00")])
+    assert pii.redact_known("89 3704 0044 0532 0130 00", german) == ("<IBAN>", ["IBAN"])

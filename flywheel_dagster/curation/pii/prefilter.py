@@ -26,7 +26,7 @@ PREFILTER_STRUCTURED = (
     r"@|\d{3}[ .-]\d{4}|\d{3}-\d{2}-\d{4}|\d{4}[ -]\d{4}|\d{4}[ -]\d{6}|\d{9,}|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
     r"|[A-Z]{2}\d{2}|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:|::[0-9A-Fa-f]|(?:^|[^\w+])\+\(?\d"
     # cued numbers
-    r"|(?i:\b(?:" + PHONE_CUES + r")\b)[^\n\d]{0,25}(?:\n[ \t]*)?\d[\d ().\-/]{5,}\d"
+    r"|(?i:\b(?:" + PHONE_CUES + r")\b)[^\n\d]{0,25}(?:[ \t]{0,8}\r?\n[ \t]{0,8})?[(+]{0,2}\d[\d ().\-/]{5,}\d"
     r"|(?i:ssn|social|ss#|ss no)[^\d]{0,40}\d{3}"
 )  # fmt: skip
 PREFILTER_ADDRESSES = (

@@ -100,16 +100,20 @@ def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Patter
 
     - A number: its digits with up to two spaces, dots, dashes, slashes or parentheses (or none) between them,
       not inside a longer number. A phone number is also followed without its country code ("+44 20 7946 0958"
-      then "020 7946 0958": each 1-3 leading digits off, the rest at least 8, after an optional trunk 0) and
-      without its trunk 0 ("020 7946 0958" then "+44 20 7946 0958").
-    - An IBAN: its letters and digits in any case, with or without the spaces or dashes of its groups.
+      then "020 7946 0958": the E.164 code off, after an optional trunk 0) and without its trunk 0 ("020 7946
+      0958" then "+44 20 7946 0958").
+    - An IBAN: its letters and digits in any case, with or without the spaces or dashes of its groups; one whose
+      account part is all digits also without its country letters.
     - An email in any case; a name of two words or more in any case and spacing; an address as written. A
       one-word name and a name's words alone are not followed: a surname is often a word ("Grant", "Senior"),
       and a lone given name identifies nobody."""
     keys = set()
     for kind, value in found:
         if kind == "IBAN":
-            keys.add((kind, re.sub(r"[^0-9A-Za-z]", "", value).upper()))
+            chars = re.sub(r"[^0-9A-Za-z]", "", value).upper()
+            keys.add((kind, chars))
+            if chars[2:].isdigit():  # all digits after the country: also written without it ("89 3704 0044 ...")
+                keys.add((kind, chars[2:]))
         elif kind in _DIGIT_TYPES:
             digits = re.sub(r"[^0-9]", "", value)
             if len(digits) >= 7:
@@ -129,12 +133,23 @@ def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Patter
 _TRUNK = "0?"  # a followed phone core that may follow a trunk 0 (see _known)
 
 
+# ITU-T E.164 country calling codes of one and two digits; every other code has three. The codes are a prefix
+# code: a number's leading digits say which one it starts with.
+_ONE_DIGIT_CODES = frozenset("17")
+_TWO_DIGIT_CODES = frozenset(
+    "20 27 30 31 32 33 34 36 39 40 41 43 44 45 46 47 48 49 51 52 53 54 55 56 57 58 60 61 62 63 64 65 66 81 82 84 86 "
+    "90 91 92 93 94 95 98".split()
+)
+
+
 def _national(written: str, digits: str) -> list[str]:
-    """The digits a phone number is written with in its own country: without a country code of 1-3 digits
-    (written with + or 00), or without the trunk 0 that another country's caller leaves out."""
+    """The digits a phone number is written with in its own country: without its country code (written with +
+    or 00, in parentheses or not), or without the trunk 0 that another country's caller leaves out."""
+    written = written.lstrip("( ")
     if written.startswith(("+", "00")):
         rest = digits[2:] if written.startswith("00") else digits
-        return [rest[k:] for k in (1, 2, 3) if len(rest) - k >= 8]
+        code = 1 if rest[:1] in _ONE_DIGIT_CODES else 2 if rest[:2] in _TWO_DIGIT_CODES else 3
+        return [rest[code:]] if len(rest) - code >= 7 else []
     if digits.startswith("0") and len(digits) >= 10:
         return [digits[1:]]
     return []
@@ -146,7 +161,7 @@ def _known(kind: str, value: str | tuple[str, ...]) -> tuple[str, str, re.Patter
         chars = r"[\s\-]{0,2}".join(map(re.escape, value))
         return kind, value[:2].casefold(), re.compile(r"(?<![0-9A-Za-z])" + chars + r"(?![0-9A-Za-z])", re.IGNORECASE)
     if kind in _DIGIT_TYPES:  # not inside a longer number ("1,219,099,999"), nor across arithmetic ("555 + 0.100")
-        trunk = r"(?:0[\s.\-/()]{0,2})?" if value.startswith(_TRUNK) else ""
+        trunk = r"(?:0(?![.,])[\s.\-/()]{0,2})?" if value.startswith(_TRUNK) else ""  # not a decimal's "0."
         value = value.removeprefix(_TRUNK)
         digits = r"[\s.\-/()]{0,2}".join(value)
         return kind, value[0], re.compile(r"(?<![0-9])(?<![0-9][.,])" + trunk + digits + r"(?![.,]?[0-9])")

@@ -129,10 +129,18 @@ PHONE_CUES = (
     r"cell|cellphone|handy|call|ring|text|sms|reach|whatsapp|fax"
 )
 _PHONE_CUE_KEYS = tuple(PHONE_CUES.split("|"))
+# The cues that head a field of a form or a signature ("Tel.:", "Mobile:"), which may stand on the line above the
+# number; "call", "reach", "text" and the like end sentences, and a list may follow them.
+FIELD_PHONE_CUES = tuple(
+    "phone telephone tel telefon telefone telefono teléfono téléphone tél mobile mobil móvil movil celular cell "
+    "cellphone whatsapp fax".split()
+)
 # A cue, a few words (no digits, no line break but one right after a colon: "Phone:\n06 ..."), then the number:
-# 7 to 15 digits in at most 7 groups.
+# 7 to 15 digits in at most 7 groups. Across a line break only a field's cue counts (FIELD_PHONE_CUES): "Steps to
+# reach:\n1000 2000 3000" is a list.
 _PHONE_CUED = re.compile(
-    r"(?i:\b(?:" + PHONE_CUES + r")\b(?<!call(?= it| them| this| that| the))[^\n\d]{0,25}?(?:(?<=:)[ \t]*\n[ \t]*)?)"
+    r"(?i:\b(?:" + PHONE_CUES + r")\b(?<!call(?= it| them| this| that| the))[^\n\d]{0,25}?"
+    r"(?:(?<=:)[ \t]{0,8}\r?\n[ \t]{0,8})?)"
     r"((?:\+?\(|\(?\+)?\d{1,15}+\)?(?:(?:[ .\-/]{1,2}|(?<=\)))\(?\d{1,12}+\)?){0,6})(?![\d.,]\d)"
 )
 
@@ -208,6 +216,10 @@ def structured_spans(text: str, low: str) -> list[Span]:
         if 7 <= digits <= 15 and not arithmetic(m.start(), end):
             add(Span(m.start(), end, "PHONE"))
     for m in at_keys(_PHONE_CUED, text, low, _PHONE_CUE_KEYS):
+        if "\n" in text[m.start() : m.start(1)] and not text[m.start() : m.start(1)].lower().startswith(
+            FIELD_PHONE_CUES
+        ):
+            continue
         end = _last_digit_end(text, m.start(1), m.end(1))
         digits = sum(c.isdigit() for c in text[m.start(1) : end])
         if 7 <= digits <= 15 and not arithmetic(m.start(1), end):
