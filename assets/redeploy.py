@@ -201,8 +201,10 @@ def champion_model(
             cfg.schedule.start_date,
             rolled_back=rollback_after(the_lake, key),
         )
-    except (PromotionRefused, DecisionIncomplete) as err:
+    except PromotionRefused as err:
         raise dg.Failure(description=str(err)) from None
+    except DecisionIncomplete as err:  # the cause's traceback stays: it may be a bug rather than an outage
+        raise dg.Failure(description=str(err)) from err
     except DeploymentFailed as err:
         serving_meta = {"serving": dg.MetadataValue.json(err.switch.summary())}
         raise dg.Failure(description=str(err), metadata=serving_meta) from None

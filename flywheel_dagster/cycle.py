@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,9 +165,16 @@ class ModelEvaluation:
 
 def evaluation_key(ref: ModelRef, problems: list, settings: SamplingSettings, verifier: str, engine: str) -> str:
     """The lake partition (EVALUATIONS) of a version's results on this benchmark, sampled with `settings` by the
-    engine `engine` (engines.base.engine_identity) and judged by `verifier` (a task's verifier_name)."""
-    fingerprint = benchmark_fingerprint(problems, settings, verifier, engine)
-    return evaluation_prefix(ref.name, ref.version, ref.run_id) + fingerprint
+    engine `engine` (EngineResource.identity) and judged by `verifier` (tasks.base.verifier_id):
+    evaluation_benchmark_prefix, then a fingerprint of the verifier and the engine."""
+    judged_by = hashlib.sha256(json.dumps([verifier, engine]).encode()).hexdigest()[:8]
+    return evaluation_benchmark_prefix(ref, problems, settings) + judged_by
+
+
+def evaluation_benchmark_prefix(ref: ModelRef, problems: list, settings: SamplingSettings) -> str:
+    """What the evaluations of one version on this benchmark (problems, sampling settings) are named by, whatever
+    engine or verifier made them."""
+    return evaluation_prefix(ref.name, ref.version, ref.run_id) + benchmark_fingerprint(problems, settings) + "-"
 
 
 def evaluate_version(

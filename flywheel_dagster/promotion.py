@@ -39,8 +39,9 @@ class DeploymentFailed(RuntimeError):
 
 
 class DecisionIncomplete(RuntimeError):
-    """The server switched and (some) aliases moved, but the registry failed before the decision was recorded:
-    running the promotion again completes it (refuse_moved_champion lets the same decision through)."""
+    """The server switched and (some) aliases moved, but recording the decision failed (the registry, or a bug:
+    the cause is chained); running the promotion again completes it (refuse_moved_champion lets the same
+    decision through)."""
 
 
 @dataclass(frozen=True)
@@ -137,10 +138,10 @@ def promote(
         moved = _holding(registry, aliases, new_champion)
         raise DecisionIncomplete(
             f"cycle {key}: {verdict}; v{new_champion} serves ({switch.state}) and holds "
-            f"{', '.join(repr(a) for a in moved) or 'no alias yet'}, but the registry failed before the decision "
-            f"was recorded ({type(err).__name__}: {str(err)[:300]}). The cycle is not finished and the next one "
-            f"waits for it: rerun champion_model for {key} once the registry answers; it makes the same decision "
-            "and records it"
+            f"{', '.join(repr(a) for a in moved) or 'no alias yet'}, but recording the decision in the registry "
+            f"failed ({type(err).__name__}: {str(err)[:300]}; the traceback follows). The cycle is not finished "
+            f"and the next one waits for it: rerun champion_model for {key} once the cause is fixed; it makes the "
+            "same decision and records it"
         ) from err
     record = Decision(
         cycle=key,

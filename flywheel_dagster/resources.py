@@ -70,10 +70,13 @@ class EngineResource(dg.ConfigurableResource):
         return cfg.engine.device if self.device == "auto" else self.device
 
     def identity(self, cfg: FlywheelConfig) -> str:
-        """What besides the model decides this engine's samples (engines.base.engine_identity)."""
+        """What besides the model decides this engine's samples (engines.base.engine_identity), and the sharding:
+        replicas sample shards of shard_prompts with a seed each, the same for any number of replicas from 2 up,
+        but not what one engine in process samples (replicas: 1)."""
         from flywheel_dagster.engines.base import engine_identity
 
-        return engine_identity(cfg.engine.kind, self.device_for(cfg))
+        identity = engine_identity(cfg.engine.kind, self.device_for(cfg))
+        return identity + (f" sharded-{cfg.engine.shard_prompts}" if cfg.engine.replicas > 1 else "")
 
     def load(self, cfg: FlywheelConfig, model_dir: str | Path) -> InferenceEngine:
         from flywheel_dagster.engines.transformers_engine import load_engine
@@ -113,6 +116,13 @@ class ServingResource(dg.ConfigurableResource):
 
 
 TRAINING_LAUNCHERS = ("subprocess", "kubernetes", "in_process")
+
+
+def launcher_from_env() -> str:
+    """The training launcher the deployment names ($FLYWHEEL_TRAINING_LAUNCHER, default subprocess): read by the
+    resources and by candidate_model's definition, whose step pod asks for no GPU of its own when the job runs
+    in a pod of its own (else the two would hold training.gpus GPUs each)."""
+    return os.environ.get("FLYWHEEL_TRAINING_LAUNCHER", "subprocess")
 
 
 class TrainingJobResource(dg.ConfigurableResource):
@@ -190,17 +200,24 @@ class TrainingJobResource(dg.ConfigurableResource):
 
 
 def training_pod_spec(cfg: FlywheelConfig, checkpoint_root: str, checkpoint_claim: str = "") -> dict:
-    """The training pod's spec for PipesK8sClient: training.gpus GPUs on the GPU nodes of compute.gpu, and the
-    checkpoint volume (a rerun resumes from it, so it must outlive the pod)."""
+    """The training pod's spec for PipesK8sClient: training.gpus GPUs on the GPU nodes of compute.gpu, the
+    checkpoint volume (a rerun resumes from it, so it must outlive the pod) and, for several ranks, a
+    memory-backed /dev/shm: NCCL's ranks share memory through it, and a container's default is 64 MB."""
     container: dict = {"resources": {"limits": {"nvidia.com/gpu": cfg.training.gpus}}}
     spec: dict = {"containers": [container]}
+    volumes, mounts = [], []
     if cfg.compute.gpu.node_selector:
         spec["node_selector"] = dict(cfg.compute.gpu.node_selector)
     if cfg.compute.gpu.tolerations:
         spec["tolerations"] = [dict(t) for t in cfg.compute.gpu.tolerations]
     if checkpoint_claim:
-        spec["volumes"] = [{"name": "checkpoints", "persistent_volume_claim": {"claim_name": checkpoint_claim}}]
-        container["volume_mounts"] = [{"name": "checkpoints", "mount_path": checkpoint_root}]
+        volumes.append({"name": "checkpoints", "persistent_volume_claim": {"claim_name": checkpoint_claim}})
+        mounts.append({"name": "checkpoints", "mount_path": checkpoint_root})
+    if cfg.training.processes > 1:
+        volumes.append({"name": "dshm", "empty_dir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mount_path": "/dev/shm"})
+    if volumes:
+        spec["volumes"], container["volume_mounts"] = volumes, mounts
     return spec
 
 
@@ -222,7 +239,7 @@ def local_resources(
         "engine": EngineResource(),
         "training": TrainingJobResource(
             checkpoint_root=str(root / "checkpoints"),
-            launcher=training_launcher or os.environ.get("FLYWHEEL_TRAINING_LAUNCHER", "subprocess"),
+            launcher=training_launcher or launcher_from_env(),
         ),
         "serving": ServingResource(state_file=str(root / "serving" / "gateway.json")),
     }
@@ -242,7 +259,7 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
         "engine": EngineResource(device="cuda"),
         "training": TrainingJobResource(
             checkpoint_root=dg.EnvVar("FLYWHEEL_CHECKPOINT_ROOT"),
-            launcher=os.environ.get("FLYWHEEL_TRAINING_LAUNCHER", "subprocess"),
+            launcher=launcher_from_env(),
             image=os.environ.get("FLYWHEEL_TRAINING_IMAGE", ""),
             checkpoint_claim=os.environ.get("FLYWHEEL_CHECKPOINT_CLAIM", ""),
         ),

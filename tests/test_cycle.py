@@ -283,9 +283,9 @@ def test_a_cached_evaluation_belongs_to_the_version_its_run_registered(one_cycle
 
 
 def test_a_cached_evaluation_belongs_to_the_engine_and_verifier_that_made_it(one_cycle, monkeypatch):
-    """After an upgrade of the engine's package, or of the verifier, a version's cached evaluation is not read
-    back: the champion is evaluated again by what evaluates the candidate. The serving health check still picks
-    the prompts the version solved in the evaluation it has."""
+    """After an upgrade of the engine's package (or torch), or of the verifier, a version's cached evaluation is
+    not read back: the champion is evaluated again by what evaluates the candidate. The serving health check picks
+    the prompts the version solved in any evaluation of it on this benchmark, whatever made it."""
     from flywheel_dagster.cycle import evaluate_version
     from flywheel_dagster.engines import base
     from flywheel_dagster.serving.client import health_prompts
@@ -302,17 +302,19 @@ def test_a_cached_evaluation_belongs_to_the_engine_and_verifier_that_made_it(one
         raise Evaluated(path)
 
     engine_id = EngineResource().identity(fw.cfg)
-    assert engine_id.startswith(f"transformers-{base.package_version('transformers')}/cpu")
+    versions = f"transformers-{base.package_version('transformers')}+torch-{base.package_version('torch')}"
+    assert engine_id == f"{versions}/cpu"
     assert evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id).cached
     prompts, needed, source = health_prompts(fw.cfg, task, fw.lake, fw.registry, ref)
     assert needed > 0 and "solved in all samples" in source
     with pytest.raises(Evaluated):
-        evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id.replace("/", "+next/"))
+        evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id.replace("/", ".1/"))
     monkeypatch.setattr(type(task), "verifier_version", "next", raising=False)
     with pytest.raises(Evaluated):
         evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id)
-    monkeypatch.setattr(base, "package_version", lambda *names: "99.0")  # the serving side's engine upgraded
     assert health_prompts(fw.cfg, task, fw.lake, fw.registry, ref)[:2] == (prompts, needed)
+    sharded = fw.cfg.model_copy(update={"engine": fw.cfg.engine.model_copy(update={"replicas": 2})})
+    assert EngineResource().identity(sharded) == f"{engine_id} sharded-{fw.cfg.engine.shard_prompts}"
 
 
 def test_a_rerun_after_the_audit_is_caught_then_amended(one_cycle):

@@ -77,3 +77,17 @@ def test_one_config_builds_the_definitions_and_reaches_every_asset(tmp_path):  #
     assert k8s["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": 2}
     bound = defs.resources["flywheel_config"]
     assert bound.load() == cfg and bound.load().schedule.start_date == "2025-04-01"
+
+
+def test_with_the_kubernetes_launcher_only_the_training_pod_asks_for_the_gpus(monkeypatch):
+    """The job's own pod (training_pod_spec) asks for training.gpus; the step pod that launches it asks for none,
+    or an N-GPU node would hold both and the training pod would wait for GPUs its launcher holds."""
+    from flywheel_dagster.config import build_config
+    from flywheel_dagster.resources import training_pod_spec
+    from jobs.definitions import build_defs
+
+    monkeypatch.setenv("FLYWHEEL_TRAINING_LAUNCHER", "kubernetes")
+    cfg = build_config({"preset": "playground", "training": {"gpus": 4, "processes": 4, "batch_size": 64}})
+    step = build_defs(cfg).resolve_assets_def("candidate_model").op
+    assert step.pool == "gpu" and "dagster-k8s/config" not in step.tags
+    assert training_pod_spec(cfg, "/checkpoints")["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 4}

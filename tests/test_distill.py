@@ -201,3 +201,22 @@ def test_training_job_resumes_from_its_last_checkpoint_after_a_kill(untrained_mo
     assert logged == sorted(logged) and len(logged) == len(set(logged))
     assert (tmp_path / "ckpt" / "checkpoint-60" / COUNTERS_FILE).exists()
     assert (Path(result["model_dir"]) / "model.safetensors").exists()
+
+
+def test_a_checkpoint_the_kill_cut_short_is_passed_over_for_the_one_before(tmp_path):
+    """A kill while checkpoint-16 was written leaves it without a whole trainer_state.json: the job resumes from
+    checkpoint-8 (not from step 0, again and again at every later kill before step 16); numbers, not names, order
+    them."""
+    from flywheel_dagster.training.common import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "none") == (None, 0)
+    for step, state in ((8, json.dumps({"global_step": 8})), (16, None), (24, '{"global_st'), (9, "{}")):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-99.tmp").mkdir()  # not a checkpoint's name
+    assert last_checkpoint(tmp_path) == (str(tmp_path / "checkpoint-8"), 8)
+    (tmp_path / "checkpoint-16" / "trainer_state.json").write_text(json.dumps({"global_step": 16}))
+    assert last_checkpoint(tmp_path) == (str(tmp_path / "checkpoint-16"), 16)

@@ -138,3 +138,22 @@ def test_a_job_killed_after_its_last_checkpoint_finishes_with_the_same_model(unt
     assert (again["steps"], again["resumed_from_step"]) == (STEPS, STEPS)
     assert again["weights_sha256"] == done["weights_sha256"]
     assert not (tmp_path / "ckpt" / f"checkpoint-{STEPS + 1}").exists()
+
+
+def test_more_processes_than_gpus_is_refused_with_the_setting_to_change(monkeypatch):
+    """Four ranks on a machine that shows two GPUs: each rank says which setting to lower, before rank 2 would die
+    on CUDA's "invalid device ordinal". (There is no GPU here: torch's count of them is set for the test.)"""
+    import torch
+
+    from flywheel_dagster.training.common import distributed_args
+    from flywheel_dagster.training.settings import TrainSettings
+
+    settings = TrainSettings("sft", 1e-4, 1.0, 8, 128)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"training.processes 4 but this machine shows 2 GPU\(s\).*at most 2"):
+        distributed_args(settings, "cuda")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed_args(settings, "cuda") == {"ddp_backend": "nccl"}
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert distributed_args(settings, "cpu") == {"ddp_backend": "gloo"}  # CPU ranks are processes, not GPUs

@@ -151,6 +151,12 @@ def test_the_training_pod_for_pipes_k8s_asks_for_gpus_and_mounts_the_checkpoints
     assert container["volume_mounts"][0]["mount_path"] == "/checkpoints"
     assert pod["spec"]["volumes"][0]["persistent_volume_claim"]["claim_name"] == "flywheel-checkpoints"
     assert pod["spec"]["node_selector"] == {"pool": "h100"} and pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert len(pod["spec"]["volumes"]) == 1  # one rank: no shared memory between ranks to make room for
+    ranks = cfg.model_copy(update={"training": cfg.training.model_copy(update={"processes": 8})})
+    pod = build_pod_body("train", "img", ["python"], {}, None, training_pod_spec(ranks, "/checkpoints", "")).to_dict()
+    (volume,) = pod["spec"]["volumes"]
+    assert volume["name"] == "dshm" and volume["empty_dir"] == {"medium": "Memory", "size_limit": None}
+    assert pod["spec"]["containers"][0]["volume_mounts"][0]["mount_path"] == "/dev/shm"
 
 
 def test_the_training_launcher_comes_from_the_environment_and_an_unknown_one_is_named(tmp_path, monkeypatch):

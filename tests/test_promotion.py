@@ -135,6 +135,7 @@ def test_a_registry_failure_after_the_switch_says_what_moved_and_a_rerun_complet
     msg = str(err.value)
     assert f"cycle {Q}: promoted; v2 serves (switched)" in msg
     assert f"holds 'champion', '{cycle_alias(Q)}'" in msg and "ConnectionError: registry unreachable" in msg
+    assert isinstance(err.value.__cause__, ConnectionError)
     assert f"rerun champion_model for {Q}" in msg
     assert registry.alias(CHAMPION).version == "2" and "flywheel.decision" not in registry.version_tags("2")
     monkeypatch.setattr(registry, "set_version_tags", real)

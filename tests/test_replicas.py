@@ -42,3 +42,47 @@ def test_two_replicas_give_the_traces_of_one(ray_cluster, untrained_model):
 def test_shard_seeds_depend_on_the_seed_and_the_shard_alone():
     assert shard_seed(5, 0) == shard_seed(5, 0) != shard_seed(5, 1) != shard_seed(6, 1)
     assert all(0 <= shard_seed(s, k) < 2**31 for s in range(5) for k in range(5))
+
+
+def test_replicas_the_machine_cannot_place_are_refused_before_any_starts(ray_cluster, untrained_model):
+    """Three one-CPU replicas on this two-CPU cluster: the third would never start and the step would wait on its
+    shards forever. Refused at once, naming the setting and what the cluster has."""
+    spec = EngineSpec("transformers", str(untrained_model), device="cpu", batch_size=16)
+    with pytest.raises(ValueError, match=r"engine.replicas 3 need 3 CPUs at once .* has 2 CPUs and 0 GPUs"):
+        ReplicatedEngine(spec, 3, shard_prompts=4, cpus_per_replica=1)
+
+
+def test_replicas_that_do_not_start_in_time_are_given_back_and_the_others_do_the_work(ray_cluster, untrained_model):
+    """A replica the cluster cannot place in time (here: one CPU of the two held by another actor) is killed and
+    the one that started samples every shard: the same traces as two replicas. A replica whose engine fails to
+    load raises its own error, and close() after it gives everything back."""
+    import ray
+
+    prompts = [p.prompt for p in PlaygroundTask().traffic(0, 9)]
+    settings = SamplingSettings(n=2, temperature=1.0, max_new_tokens=16, seed=3)
+    spec = EngineSpec("transformers", str(untrained_model), device="cpu", batch_size=16)
+    both = ReplicatedEngine(spec, 2, shard_prompts=4, cpus_per_replica=1)
+    try:
+        want = both.generate(prompts, settings)
+    finally:
+        both.close()
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ping(self) -> int:
+            return 1
+
+    holder = Holder.remote()
+    ray.get(holder.ping.remote())
+    engine = ReplicatedEngine(spec, 2, shard_prompts=4, cpus_per_replica=1, start_timeout_s=20)
+    try:
+        assert engine.generate(prompts, settings) == want
+        assert len(engine.replicas) == 1 and "1 of 2 did not start" in engine.name
+    finally:
+        engine.close()
+        ray.kill(holder)
+    broken = ReplicatedEngine(EngineSpec("transformers", "/nonexistent/model", device="cpu"), 1, cpus_per_replica=1)
+    with pytest.raises(Exception, match="nonexistent"):
+        broken.generate(prompts, settings)
+    broken.close()
+    assert broken.replicas == []

