@@ -51,6 +51,9 @@ def test_cross_field_rules():
         build_config({"training": {"batch_size": 10, "processes": 4}})
     with pytest.raises(ConfigError, match="sharding fsdp with training.lora"):
         build_config({"training": {"sharding": "fsdp", "lora": {"r": 8}}})
+    with pytest.raises(ConfigError, match="engine.tensor_parallel 2 needs engine.kind 'vllm'"):
+        build_config({"engine": {"tensor_parallel": 2, "replicas": 2}})
+    assert build_config({"engine": {"kind": "vllm", "tensor_parallel": 2}}).engine.tensor_parallel == 2
 
 
 def test_yaml_errors_are_clear(tmp_path):

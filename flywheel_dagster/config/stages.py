@@ -82,6 +82,15 @@ class EngineConfig(Strict):
     )
     tensor_parallel: int = Field(default=1, ge=1, description="vLLM: GPUs one model is split over")
 
+    @model_validator(mode="after")
+    def _tensor_parallel_needs_vllm(self) -> EngineConfig:
+        if self.tensor_parallel > 1 and self.kind != "vllm":
+            raise ValueError(
+                f"engine.tensor_parallel {self.tensor_parallel} needs engine.kind 'vllm' (the transformers engine "
+                "holds a model on one device)"
+            )
+        return self
+
 
 class TrafficConfig(Strict):
     """The quarter's traffic: simulated (playground / gsm8k problems through the deployed model) or the
