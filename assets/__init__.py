@@ -23,10 +23,12 @@ from flywheel_dagster.traces.lake import Lake, LakeFile
 
 @dataclass(frozen=True)
 class Stage:
-    """What a stage module's `build` needs: the config the code location loaded and its partitions."""
+    """What a stage module's `build` needs: the config the code location loaded, its partitions and the training
+    launcher its resources use (TrainingJobResource.launcher)."""
 
     cfg: FlywheelConfig
     partitions: dg.PartitionsDefinition
+    training_launcher: str = "subprocess"
 
     def asset(
         self, group: str, code_version: str, deps: list[str | dg.AssetDep], gpu: bool = False, gpus: int | None = None
@@ -77,11 +79,11 @@ class StageDefs:
     checks: list[dg.AssetChecksDefinition]
 
 
-def build_stages(cfg: FlywheelConfig) -> StageDefs:
-    """Every asset and check of a cycle, decorated from `cfg`."""
+def build_stages(cfg: FlywheelConfig, training_launcher: str = "subprocess") -> StageDefs:
+    """Every asset and check of a cycle, decorated from `cfg` (and the training launcher the resources use)."""
     from assets import audit, deploy, distill, harvest, redeploy
 
-    stage = Stage(cfg, quarterly_partitions(cfg.schedule.start_date))
+    stage = Stage(cfg, quarterly_partitions(cfg.schedule.start_date), training_launcher)
     harvest_assets, harvest_checks = harvest.build(stage)
     redeploy_assets, redeploy_checks = redeploy.build(stage)
     checks = [*harvest_checks, *redeploy_checks]

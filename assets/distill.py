@@ -15,13 +15,7 @@ from assets.harvest import pii_in_training_set
 from flywheel_dagster import erasure, timing
 from flywheel_dagster.records import CANDIDATE_MODEL, DEPLOYMENT, TRAINING_DATASET, Candidate, Deployment, TrainingSet
 from flywheel_dagster.registry import BASE_VERSION_TAG, CHAMPION
-from flywheel_dagster.resources import (
-    FlywheelConfigResource,
-    LakeResource,
-    MlflowResource,
-    TrainingJobResource,
-    launcher_from_env,
-)
+from flywheel_dagster.resources import FlywheelConfigResource, LakeResource, MlflowResource, TrainingJobResource
 from flywheel_dagster.training import candidate
 from flywheel_dagster.training.job import TrainJob
 
@@ -30,7 +24,7 @@ def build(stage: Stage) -> list[dg.AssetsDefinition]:
     """candidate_model, in the `gpu` pool. Its step pod asks for training.gpus GPUs, unless the job runs in a pod
     of its own (the kubernetes launcher), which asks for them itself: then the step pod asks for none."""
     deps = [TRAINING_DATASET, DEPLOYMENT]
-    gpus = 0 if launcher_from_env() == "kubernetes" else stage.cfg.training.gpus
+    gpus = 0 if stage.training_launcher == "kubernetes" else stage.cfg.training.gpus
     return [stage.asset("distill", "2", deps, gpu=True, gpus=gpus)(candidate_model)]
 
 

@@ -70,13 +70,11 @@ class EngineResource(dg.ConfigurableResource):
         return cfg.engine.device if self.device == "auto" else self.device
 
     def identity(self, cfg: FlywheelConfig) -> str:
-        """What besides the model decides this engine's samples (engines.base.engine_identity), and the sharding:
-        replicas sample shards of shard_prompts with a seed each, the same for any number of replicas from 2 up,
-        but not what one engine in process samples (replicas: 1)."""
+        """What besides the model decides this engine's samples (engines.base.engine_identity)."""
         from flywheel_dagster.engines.base import engine_identity
 
-        identity = engine_identity(cfg.engine.kind, self.device_for(cfg))
-        return identity + (f" sharded-{cfg.engine.shard_prompts}" if cfg.engine.replicas > 1 else "")
+        e = cfg.engine
+        return engine_identity(e.kind, self.device_for(cfg), e.replicas, e.shard_prompts)
 
     def load(self, cfg: FlywheelConfig, model_dir: str | Path) -> InferenceEngine:
         from flywheel_dagster.engines.transformers_engine import load_engine
@@ -119,9 +117,9 @@ TRAINING_LAUNCHERS = ("subprocess", "kubernetes", "in_process")
 
 
 def launcher_from_env() -> str:
-    """The training launcher the deployment names ($FLYWHEEL_TRAINING_LAUNCHER, default subprocess): read by the
-    resources and by candidate_model's definition, whose step pod asks for no GPU of its own when the job runs
-    in a pod of its own (else the two would hold training.gpus GPUs each)."""
+    """The training launcher the deployment names ($FLYWHEEL_TRAINING_LAUNCHER, default subprocess). The code
+    location builds candidate_model from the bound resource's launcher: with `kubernetes` its step pod asks for
+    no GPU of its own (else it and the training pod would hold training.gpus GPUs each)."""
     return os.environ.get("FLYWHEEL_TRAINING_LAUNCHER", "subprocess")
 
 

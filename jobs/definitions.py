@@ -34,9 +34,9 @@ def executor_for(compute: ComputeConfig) -> dg.ExecutorDefinition:
 
 def build_defs(cfg: FlywheelConfig, profile: str | None = None) -> dg.Definitions:
     """The code location for `cfg`, with the resources of `profile` (default $FLYWHEEL_PROFILE, else local)."""
-    stages = build_stages(cfg)
-    cycle_job, release_job, schedule = cycle_jobs(quarterly_partitions(cfg.schedule.start_date))
     resources = resources_for(profile or os.environ.get("FLYWHEEL_PROFILE", "local"))
+    stages = build_stages(cfg, resources["training"].launcher)  # candidate_model's pod asks for GPUs or not by it
+    cycle_job, release_job, schedule = cycle_jobs(quarterly_partitions(cfg.schedule.start_date))
     resources["flywheel_config"] = FlywheelConfigResource.bound(cfg)
     return dg.Definitions(
         assets=stages.assets,

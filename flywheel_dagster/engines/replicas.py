@@ -134,9 +134,17 @@ class ReplicatedEngine:
         if self.started is None:
             ready = {a.__ray_ready__.remote(): a for a in self.replicas}
             done, pending = ray.wait(list(ready), num_returns=len(ready), timeout=self.start_timeout_s)
-            ray.get(done)  # a load error (a missing model, too little memory) surfaces here, as it is
+            try:
+                ray.get(done)  # a load error (a missing model, too little memory) surfaces here, as it is
+            except Exception:
+                for ref in pending:  # never started: close() would wait on them
+                    _kill(ready[ref])
+                self.replicas = [ready[ref] for ref in done]
+                raise
             if not done:
-                self.close()
+                for actor in self.replicas:  # none started: nothing to close, and asking them would wait
+                    _kill(actor)
+                self.replicas = []
                 raise ReplicasNotStarted(
                     f"none of the {len(ready)} engine replicas started within {self.start_timeout_s:.0f} s: the Ray "
                     f"cluster could not place them ({_resources_asked(self.spec)} each; it has "
@@ -165,11 +173,10 @@ class ReplicatedEngine:
         killed all the same, and the error that ended it is not raised again here over the one being handled."""
         import ray
 
+        closing = [r.close.remote() for r in self.replicas]
+        if closing:  # all at once, a minute in all: one that died, never started or hangs is killed regardless
+            ray.wait(closing, num_returns=len(closing), timeout=60)
         for r in self.replicas:
-            try:
-                ray.get(r.close.remote(), timeout=60)
-            except Exception:  # noqa: BLE001, S110 - dead, failed to start, or hung: it is killed below regardless
-                pass
             _kill(r)
         self.replicas = []
 

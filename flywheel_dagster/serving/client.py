@@ -51,6 +51,38 @@ def question_of(task: TaskSource, prompt: str) -> str:
     return prompt.strip()
 
 
+def _evaluation_keys(cfg: FlywheelConfig, task: TaskSource, ref: ModelRef, problems: list, made: set[str]) -> list[str]:
+    """Where to find a version's evaluation on this benchmark, best first: the one the benchmark of now reads
+    (this verifier, this engine on either device: no torch is imported to resolve 'auto'), any other engine's or
+    verifier's (the last by name, so the same one every time), then one named as before engines and verifiers
+    were in the name (until 2026-12-05)."""
+    from flywheel_dagster.cycle import benchmark_settings, evaluation_benchmark_prefix, evaluation_key
+    from flywheel_dagster.engines.base import engine_identity
+    from flywheel_dagster.records import evaluation_prefix
+    from flywheel_dagster.tasks.base import verifier_id
+
+    settings, e = benchmark_settings(cfg), cfg.engine
+    devices = ("cuda", "cpu") if e.device == "auto" else (e.device,)
+    now = [
+        evaluation_key(
+            ref, problems, settings, verifier_id(task), engine_identity(e.kind, d, e.replicas, e.shard_prompts)
+        )
+        for d in devices
+    ]
+    prefix = evaluation_benchmark_prefix(ref, problems, settings)
+    others = sorted((key for key in made if key.startswith(prefix)), reverse=True)
+    before = json.dumps(
+        {
+            "problems": [(p.problem_id, p.prompt, p.reference) for p in problems],
+            "settings": settings.__dict__,
+            "verifier": task.verifier_name,
+        },
+        sort_keys=True,
+    )
+    old = evaluation_prefix(ref.name, ref.version, ref.run_id) + hashlib.sha256(before.encode()).hexdigest()[:16]
+    return [*now, *others, old]
+
+
 def health_prompts(
     cfg: FlywheelConfig, task: TaskSource, lake: Lake, registry: Registry, ref: ModelRef
 ) -> tuple[list[dict], int, str]:
@@ -60,18 +92,15 @@ def health_prompts(
     healthy server answers nearly all of them greedily; min_correct = ceil(min_accuracy * n). A version
     never evaluated gets benchmark problems and min_correct 0: only that every request is answered.
     """
-    from flywheel_dagster.cycle import benchmark_settings, evaluation_benchmark_prefix
     from flywheel_dagster.records import EVALUATIONS
 
     n = cfg.serving.health_check.prompts
     problems = task.benchmark(cfg.benchmark.problems_per_suite, cfg.benchmark.seed)
-    # Any evaluation of the version on this benchmark tells which problems it solves, whichever engine (a GPU's,
-    # the CPU's) or verifier release made it: the last of them by name, so the same one every time.
-    prefix = evaluation_benchmark_prefix(ref, problems, benchmark_settings(cfg))
-    made = [key for key in lake.cycles(EVALUATIONS) if key.startswith(prefix)]
     by_id = {p.problem_id: p for p in problems}
-    if made:
-        table = lake.read_table(EVALUATIONS, made[-1]).to_pylist()
+    made = set(lake.cycles(EVALUATIONS))
+    chosen_key = next((key for key in _evaluation_keys(cfg, task, ref, problems, made) if key in made), None)
+    if chosen_key is not None:
+        table = lake.read_table(EVALUATIONS, chosen_key).to_pylist()
         solved = [r["problem_id"] for r in table if r["pass_at_1"] >= 1.0]
         solved.sort(key=lambda pid: hashlib.sha256(pid.encode()).hexdigest())
         chosen = [by_id[pid] for pid in solved[:n]]

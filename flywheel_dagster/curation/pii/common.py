@@ -6,6 +6,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 PII_TYPES = ("EMAIL", "PHONE", "CREDIT_CARD", "SSN", "IP_ADDRESS", "IBAN", "ADDRESS", "PERSON")
 STRUCTURED_TYPES = ("EMAIL", "PHONE", "CREDIT_CARD", "SSN", "IP_ADDRESS", "IBAN")
@@ -40,9 +41,12 @@ LETTER = _char_class(str.isalpha)
 
 def at_keys(pattern: re.Pattern, text: str, haystack: str, keys: tuple[str, ...]) -> list[re.Match]:
     """pattern.match at every place in `haystack` (`text`, or its lower-cased copy) where a key starts."""
-    if len(haystack) != len(text):  # lower-casing moved the offsets ("İ"): search the whole text
-        return list(pattern.finditer(text))
     found, tried = [], set()
+    if len(haystack) != len(text):  # lower-casing moved the offsets ("İ"): the keys' places in `text` itself
+        for at in sorted({m.start() for m in _keys_in_any_case(keys).finditer(text)}):
+            if m := pattern.match(text, at):
+                found.append(m)
+        return found
     for key in keys:
         at = haystack.find(key)
         while at != -1:
@@ -52,3 +56,9 @@ def at_keys(pattern: re.Pattern, text: str, haystack: str, keys: tuple[str, ...]
                     found.append(m)
             at = haystack.find(key, at + 1)
     return found
+
+
+@lru_cache(maxsize=64)
+def _keys_in_any_case(keys: tuple[str, ...]) -> re.Pattern:
+    """Where any key starts, in any case (a look-ahead, so keys that overlap are all found)."""
+    return re.compile("(?=" + "|".join(map(re.escape, keys)) + ")", re.IGNORECASE)

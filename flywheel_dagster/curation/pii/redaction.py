@@ -164,6 +164,8 @@ def _known(kind: str, value: str | tuple[str, ...]) -> tuple[str, str, re.Patter
         trunk = r"(?:0(?![.,])[\s.\-/()]{0,2})?" if value.startswith(_TRUNK) else ""  # not a decimal's "0."
         value = value.removeprefix(_TRUNK)
         digits = r"[\s.\-/()]{0,2}".join(value)
+        if value.startswith("0"):  # nor here: "0.612345678" is a decimal, not 06 12 34 56 78
+            digits = "0(?![.,])" + digits[1:]
         return kind, value[0], re.compile(r"(?<![0-9])(?<![0-9][.,])" + trunk + digits + r"(?![.,]?[0-9])")
     if kind == "PERSON":
         name = r"\s+".join(map(re.escape, value))

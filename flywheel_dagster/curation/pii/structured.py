@@ -133,7 +133,7 @@ _PHONE_CUE_KEYS = tuple(PHONE_CUES.split("|"))
 # number; "call", "reach", "text" and the like end sentences, and a list may follow them.
 FIELD_PHONE_CUES = tuple(
     "phone telephone tel telefon telefone telefono teléfono téléphone tél mobile mobil móvil movil celular cell "
-    "cellphone whatsapp fax".split()
+    "cellphone handy whatsapp fax".split()
 )
 # A cue, a few words (no digits, no line break but one right after a colon: "Phone:\n06 ..."), then the number:
 # 7 to 15 digits in at most 7 groups. Across a line break only a field's cue counts (FIELD_PHONE_CUES): "Steps to
