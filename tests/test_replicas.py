@@ -117,3 +117,37 @@ def test_no_replica_started_fails_in_its_time_naming_what_was_asked(ray_cluster,
     finally:
         for h in holders:
             ray.kill(h)
+
+
+def test_a_replica_killed_mid_run_is_started_again_and_no_trace_is_lost_or_doubled(ray_cluster, untrained_model):
+    """SIGKILL to one replica's process while the shards are being sampled: Ray starts it again and asks it for
+    its shard again; the completions equal a run without the kill."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray
+
+    prompts = [p.prompt for p in PlaygroundTask().traffic(0, 400)]
+    settings = SamplingSettings(n=2, temperature=1.0, max_new_tokens=32, seed=11)
+    spec = EngineSpec("transformers", str(untrained_model), device="cpu", batch_size=16)
+    calm = ReplicatedEngine(spec, 2, shard_prompts=16, cpus_per_replica=1)
+    try:
+        want = calm.generate(prompts, settings)  # about 7 s here
+    finally:
+        calm.close()
+    engine = ReplicatedEngine(spec, 2, shard_prompts=16, cpus_per_replica=1)
+    try:
+        victim = ray.get(engine._started()[0].pid.remote())
+        got: list = []
+        run = threading.Thread(target=lambda: got.extend(engine.generate(prompts, settings)))
+        run.start()
+        time.sleep(1.0)  # the first shards are being sampled
+        assert run.is_alive()
+        os.kill(victim, signal.SIGKILL)
+        run.join(timeout=240)
+        assert not run.is_alive() and got == want
+        assert ray.get(engine.replicas[0].pid.remote()) != victim  # a new process took its place
+    finally:
+        engine.close()

@@ -72,6 +72,9 @@ def cluster_is_local() -> bool:
     return all(node["NodeManagerAddress"] == here for node in ray.nodes() if node["Alive"])
 
 
+RESTARTS = 3  # times a replica's process may die and be started again, its shard retried
+
+
 class _Replica:
     """One engine in a Ray actor; generates one shard at a time."""
 
@@ -88,6 +91,12 @@ class _Replica:
 
     def close(self) -> None:
         self.engine.close()
+
+    def pid(self) -> int:
+        """Its process (what a test kills)."""
+        import os
+
+        return os.getpid()
 
 
 class ReplicatedEngine:
@@ -114,7 +123,11 @@ class ReplicatedEngine:
         spec = replace(spec, device=pick_device(spec.device))  # "auto" decided here, where the GPUs are counted
         gpus = spec.tensor_parallel if spec.device == "cuda" else 0
         _check_capacity(replicas, cpus_per_replica, gpus)
-        actor = ray.remote(num_cpus=cpus_per_replica, num_gpus=gpus)(_Replica)
+        # A replica whose process dies (a preempted node, an OOM kill) is started again and its shard asked again:
+        # a shard's completions depend on the shard and its seed alone, so none is lost or doubled.
+        actor = ray.remote(
+            num_cpus=cpus_per_replica, num_gpus=gpus, max_restarts=RESTARTS, max_task_retries=RESTARTS
+        )(_Replica)
         threads = max(1, int(cpus_per_replica)) if spec.device != "cuda" else 0
         self.spec = spec
         self.shard_prompts = shard_prompts
