@@ -257,29 +257,39 @@ def test_a_finished_quarter_run_again_trains_nothing_over_a_champion_it_never_me
     assert len(fw.registry.client.search_model_versions(f"name='{fw.registry.model_name}'")) == versions
 
 
+class Evaluated(Exception):
+    """What evaluating a version raised in the tests below: they expect the cached evaluation, or this."""
+
+
+def _evaluated(path):  # noqa: ANN001, ANN202 - the engine loader, reached only when no cached evaluation answers
+    raise Evaluated(path)
+
+
+def _q1_champion(one_cycle):  # noqa: ANN001, ANN202
+    """The cycle, Q1's deployed version, the task and the engine's identity."""
+    from flywheel_dagster.tasks import load_task
+
+    fw, _, _ = one_cycle
+    return (
+        fw,
+        fw.registry.version(Deployment.read(fw.lake, Q1).version),
+        load_task(fw.cfg),
+        EngineResource().identity(fw.cfg),
+    )
+
+
 def test_a_cached_evaluation_belongs_to_the_version_its_run_registered(one_cycle):
     """A registry made again beside a kept lake numbers its versions from 1 again: the new v1 (another run) is
     evaluated, not judged by the old v1's cached evaluation; the old one still reads its own."""
     import dataclasses
 
     from flywheel_dagster.cycle import evaluate_version
-    from flywheel_dagster.tasks import load_task
 
-    fw, _, _ = one_cycle
-    ref = fw.registry.version(Deployment.read(fw.lake, Q1).version)
-    task = load_task(fw.cfg)
-
-    class Evaluated(Exception):
-        pass
-
-    def load_engine(path):  # noqa: ANN001, ANN202 - reached only when no cached evaluation answers
-        raise Evaluated(path)
-
-    engine_id = EngineResource().identity(fw.cfg)
-    assert evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id).cached
+    fw, ref, task, engine_id = _q1_champion(one_cycle)
+    assert evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, _evaluated, engine_id).cached
     again = dataclasses.replace(ref, run_id="f" * 32)  # the same name and version, registered by another run
     with pytest.raises(Evaluated):
-        evaluate_version(fw.cfg, task, fw.lake, fw.registry, again, load_engine, engine_id)
+        evaluate_version(fw.cfg, task, fw.lake, fw.registry, again, _evaluated, engine_id)
 
 
 def test_a_cached_evaluation_belongs_to_the_engine_and_verifier_that_made_it(one_cycle, monkeypatch):
@@ -295,29 +305,18 @@ def test_a_cached_evaluation_belongs_to_the_engine_and_verifier_that_made_it(one
     from flywheel_dagster.cycle import evaluate_version
     from flywheel_dagster.engines import base
     from flywheel_dagster.serving.client import health_prompts
-    from flywheel_dagster.tasks import load_task
 
-    fw, _, _ = one_cycle
-    ref = fw.registry.version(Deployment.read(fw.lake, Q1).version)
-    task = load_task(fw.cfg)
-
-    class Evaluated(Exception):
-        pass
-
-    def load_engine(path):  # noqa: ANN001, ANN202 - reached only when no cached evaluation answers
-        raise Evaluated(path)
-
-    engine_id = EngineResource().identity(fw.cfg)
+    fw, ref, task, engine_id = _q1_champion(one_cycle)
     versions = f"transformers-{base.package_version('transformers')}+torch-{base.package_version('torch')}"
     assert engine_id == f"{versions}/cpu"
-    assert evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id).cached
+    assert evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, _evaluated, engine_id).cached
     prompts, needed, source = health_prompts(fw.cfg, task, fw.lake, fw.registry, ref)
     assert needed > 0 and "solved in all samples" in source
     with pytest.raises(Evaluated):
-        evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id.replace("/", ".1/"))
+        evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, _evaluated, engine_id.replace("/", ".1/"))
     monkeypatch.setattr(type(task), "verifier_version", "next", raising=False)
     with pytest.raises(Evaluated):
-        evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, load_engine, engine_id)
+        evaluate_version(fw.cfg, task, fw.lake, fw.registry, ref, _evaluated, engine_id)
     assert health_prompts(fw.cfg, task, fw.lake, fw.registry, ref)[:2] == (prompts, needed)
     sharded = fw.cfg.model_copy(update={"engine": fw.cfg.engine.model_copy(update={"replicas": 2})})
     assert EngineResource().identity(sharded) == f"{engine_id} sharded-{fw.cfg.engine.shard_prompts}"
