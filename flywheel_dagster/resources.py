@@ -92,7 +92,9 @@ class EngineResource(dg.ConfigurableResource):
                 kv_cache_bytes=e.kv_cache_bytes,
                 tensor_parallel=e.tensor_parallel,
             )
-            return ReplicatedEngine(spec, e.replicas, e.shard_prompts, address=cfg.compute.ray_address)
+            return ReplicatedEngine(
+                spec, e.replicas, e.shard_prompts, address=cfg.compute.ray_address, cpus_per_replica=e.cpus_per_replica
+            )
         return load_engine(
             e.kind,
             model_dir,

@@ -50,6 +50,13 @@ def test_replicas_the_machine_cannot_place_are_refused_before_any_starts(ray_clu
     spec = EngineSpec("transformers", str(untrained_model), device="cpu", batch_size=16)
     with pytest.raises(ValueError, match=r"engine.replicas 3 need 3 CPUs at once .* has 2 CPUs and 0 GPUs"):
         ReplicatedEngine(spec, 3, shard_prompts=4, cpus_per_replica=1)
+    # The same from the config, through the engine resource: two replicas of two CPUs each (engine.cpus_per_replica).
+    from flywheel_dagster.config import build_config
+    from flywheel_dagster.resources import EngineResource
+
+    cfg = build_config({"engine": {"replicas": 2, "cpus_per_replica": 2}})
+    with pytest.raises(ValueError, match=r"engine.replicas 2 need 4 CPUs at once \(2 each\)"):
+        EngineResource(device="cpu").load(cfg, untrained_model)
 
 
 def test_replicas_that_do_not_start_in_time_are_given_back_and_the_others_do_the_work(ray_cluster, untrained_model):
@@ -120,8 +127,9 @@ def test_no_replica_started_fails_in_its_time_naming_what_was_asked(ray_cluster,
 
 
 def test_a_replica_killed_mid_run_is_started_again_and_no_trace_is_lost_or_doubled(ray_cluster, untrained_model):
-    """SIGKILL to one replica's process while the shards are being sampled: Ray starts it again and asks it for
-    its shard again; the completions equal a run without the kill."""
+    """SIGKILL to one replica's process while the shards are being sampled (every replica is always busy with a
+    shard, 25 of about half a second each here): Ray starts it again and asks it for its shard again; the
+    completions equal a run without the kill."""
     import os
     import signal
     import threading

@@ -81,6 +81,9 @@ class EngineConfig(Strict):
         default=256, gt=0, description="with replicas > 1: prompts per unit of work, each sampled with its own seed"
     )
     tensor_parallel: int = Field(default=1, ge=1, description="vLLM: GPUs one model is split over")
+    cpus_per_replica: float = Field(
+        default=1, gt=0, description="with replicas > 1: CPUs each replica holds (on the CPU, its torch threads)"
+    )
 
     @model_validator(mode="after")
     def _tensor_parallel_needs_vllm(self) -> EngineConfig:

@@ -72,7 +72,10 @@ def cluster_is_local() -> bool:
     return all(node["NodeManagerAddress"] == here for node in ray.nodes() if node["Alive"])
 
 
-RESTARTS = 3  # times a replica's process may die and be started again, its shard retried
+# A replica's process may die and be started again up to RESTARTS times in its life (each a model load); the
+# shard it was sampling is asked again once (a shard that kills its replica every time fails the step on the
+# second death rather than the fourth).
+RESTARTS, SHARD_RETRIES = 3, 1
 
 
 class _Replica:
@@ -123,10 +126,11 @@ class ReplicatedEngine:
         spec = replace(spec, device=pick_device(spec.device))  # "auto" decided here, where the GPUs are counted
         gpus = spec.tensor_parallel if spec.device == "cuda" else 0
         _check_capacity(replicas, cpus_per_replica, gpus)
-        # A replica whose process dies (a preempted node, an OOM kill) is started again and its shard asked again:
-        # a shard's completions depend on the shard and its seed alone, so none is lost or doubled.
+        # A replica whose process dies (a preempted node, an OOM kill) is started again and its shard asked again
+        # (RESTARTS, SHARD_RETRIES): a shard's completions depend on the shard and its seed alone, so none is lost or
+        # doubled.
         actor = ray.remote(
-            num_cpus=cpus_per_replica, num_gpus=gpus, max_restarts=RESTARTS, max_task_retries=RESTARTS
+            num_cpus=cpus_per_replica, num_gpus=gpus, max_restarts=RESTARTS, max_task_retries=SHARD_RETRIES
         )(_Replica)
         threads = max(1, int(cpus_per_replica)) if spec.device != "cuda" else 0
         self.spec = spec
@@ -148,7 +152,7 @@ class ReplicatedEngine:
             ready = {a.__ray_ready__.remote(): a for a in self.replicas}
             done, pending = ray.wait(list(ready), num_returns=len(ready), timeout=self.start_timeout_s)
             try:
-                ray.get(done)  # a load error (a missing model, too little memory) surfaces here, as it is
+                ray.get(done)  # a load error (a missing model, too little memory) surfaces here (an ActorDiedError)
             except Exception:
                 for ref in pending:  # never started: close() would wait on them
                     _kill(ready[ref])
@@ -178,8 +182,10 @@ class ReplicatedEngine:
         size = self.shard_prompts
         shards = [(k, start, prompts[start : start + size]) for k, start in enumerate(range(0, len(prompts), size))]
         pool = ActorPool(self._started())
-        done = pool.map(lambda a, s: a.generate.remote(s[0], s[1], s[2], settings), shards)  # in shard order
-        return [c for shard in done for c in shard]
+        # As they finish, not in shard order: the ordered map gives a replica its next shard only when its last one's
+        # turn comes, so while one replica restarts (a model load) the others would wait for it.
+        done = pool.map_unordered(lambda a, s: a.generate.remote(s[0], s[1], s[2], settings), shards)
+        return sorted((c for shard in done for c in shard), key=lambda c: (c.prompt_index, c.sample_index))
 
     def close(self) -> None:
         """Close every replica's engine and give its resources back; a replica that died (or never started) is

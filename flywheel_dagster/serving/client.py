@@ -53,7 +53,7 @@ def question_of(task: TaskSource, prompt: str) -> str:
 
 def _evaluation_keys(cfg: FlywheelConfig, task: TaskSource, ref: ModelRef, problems: list, made: set[str]) -> list[str]:
     """Where to find a version's evaluation on this benchmark, best first: the one the benchmark of now reads
-    (this verifier, this engine on either device: no torch is imported to resolve 'auto'), any other engine's or
+    (this verifier, this engine on either device: no torch is imported to resolve it), any other engine's or
     verifier's (the last by name, so the same one every time), then one named as before engines and verifiers
     were in the name (until 2026-12-05)."""
     from flywheel_dagster.cycle import benchmark_settings, evaluation_benchmark_prefix, evaluation_key
@@ -62,7 +62,7 @@ def _evaluation_keys(cfg: FlywheelConfig, task: TaskSource, ref: ModelRef, probl
     from flywheel_dagster.tasks.base import verifier_id
 
     settings, e = benchmark_settings(cfg), cfg.engine
-    devices = ("cuda", "cpu") if e.device == "auto" else (e.device,)
+    devices = ("cuda", "cpu")  # either: the benchmark's engine resource may set the device itself (production: cuda)
     now = [
         evaluation_key(
             ref, problems, settings, verifier_id(task), engine_identity(e.kind, d, e.replicas, e.shard_prompts)
