@@ -383,5 +383,10 @@ def test_a_followed_phone_or_iban_is_found_however_its_country_or_groups_are_wri
     assert pii.redact_known("p = 0.612345678 or 0,612345678", written_nationally)[1] == []
     parenthesised = pii.known_values([("PHONE", "(+44) 20 7946 0958")])
     assert pii.redact_known("ring 020 7946 0958", parenthesised) == ("ring <PHONE>", ["PHONE"])
+    with_trunk = pii.known_values([("PHONE", "+44 (0)20 7946 0958")])
+    assert pii.redact_known("020 7946 0958 or +44 20 7946 0958", with_trunk) == (
+        "<PHONE> or +44 <PHONE>",
+        ["PHONE"] * 2,
+    )
     german = pii.known_values([("IBAN", "DE89 3704 0044 0532 0130 00")])
     assert pii.redact_known("89 3704 0044 0532 0130 00", german) == ("<IBAN>", ["IBAN"])

@@ -149,7 +149,8 @@ def _national(written: str, digits: str) -> list[str]:
     if written.startswith(("+", "00")):
         rest = digits[2:] if written.startswith("00") else digits
         code = 1 if rest[:1] in _ONE_DIGIT_CODES else 2 if rest[:2] in _TWO_DIGIT_CODES else 3
-        return [rest[code:]] if len(rest) - code >= 7 else []
+        national = rest[code:].removeprefix("0")  # "+44 (0)20 ...": the trunk 0 written after the code
+        return [national] if len(national) >= 7 else []
     if digits.startswith("0") and len(digits) >= 10:
         return [digits[1:]]
     return []
