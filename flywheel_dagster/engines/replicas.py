@@ -137,7 +137,7 @@ class ReplicatedEngine:
         self.shard_prompts = shard_prompts
         self.start_timeout_s = start_timeout_s
         self.replicas = [actor.remote(spec, threads) for _ in range(replicas)]
-        self.started: list | None = None  # the replicas that started, once known (_started)
+        self.ready = False  # whether the replicas that did not start are known and given back (_started)
         self.name = f"{spec.kind} x{replicas}"
 
     def _started(self) -> list:
@@ -148,7 +148,7 @@ class ReplicatedEngine:
         says what was asked for. A replica whose engine failed to load raises that error here."""
         import ray
 
-        if self.started is None:
+        if not self.ready:
             ready = {a.__ray_ready__.remote(): a for a in self.replicas}
             done, pending = ray.wait(list(ready), num_returns=len(ready), timeout=self.start_timeout_s)
             try:
@@ -169,11 +169,10 @@ class ReplicatedEngine:
                 )
             for ref in pending:
                 _kill(ready[ref])
-            self.started = [ready[ref] for ref in done]
-            self.replicas = self.started
+            self.replicas, self.ready = [ready[ref] for ref in done], True
             if pending:
-                self.name = f"{self.spec.kind} x{len(self.started)} ({len(pending)} of {len(ready)} did not start)"
-        return self.started
+                self.name = f"{self.spec.kind} x{len(done)} ({len(pending)} of {len(ready)} did not start)"
+        return self.replicas
 
     def generate(self, prompts: list[str], settings: SamplingSettings) -> list[Completion]:
         """n completions per prompt, ordered by (prompt_index, sample_index), as one engine returns them."""

@@ -24,16 +24,12 @@ EVAL_SCHEMA = pa.schema(
 )
 
 
-def benchmark_fingerprint(problems: list[Problem], settings: SamplingSettings) -> str:
+def benchmark_fingerprint(problems: list[Problem], settings: SamplingSettings, verifier: str | None = None) -> str:
     """Identifies a benchmark: same problems and sampling settings give the same fingerprint (the engine and
-    the verifier are named apart: cycle.evaluation_key)."""
-    payload = json.dumps(
-        {
-            "problems": [(p.problem_id, p.prompt, p.reference) for p in problems],
-            "settings": settings.__dict__,
-        },
-        sort_keys=True,
-    )
+    the verifier are named apart: cycle.evaluation_key). With `verifier`, the fingerprint evaluations were named
+    by until 2026-12-05, which held the verifier's name."""
+    fields = {"problems": [(p.problem_id, p.prompt, p.reference) for p in problems], "settings": settings.__dict__}
+    payload = json.dumps(fields if verifier is None else fields | {"verifier": verifier}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -58,6 +58,7 @@ def _evaluation_keys(cfg: FlywheelConfig, task: TaskSource, ref: ModelRef, probl
     were in the name (until 2026-12-05)."""
     from flywheel_dagster.cycle import benchmark_settings, evaluation_benchmark_prefix, evaluation_key
     from flywheel_dagster.engines.base import engine_identity
+    from flywheel_dagster.evaluation.benchmark import benchmark_fingerprint
     from flywheel_dagster.records import evaluation_prefix
     from flywheel_dagster.tasks.base import verifier_id
 
@@ -71,15 +72,9 @@ def _evaluation_keys(cfg: FlywheelConfig, task: TaskSource, ref: ModelRef, probl
     ]
     prefix = evaluation_benchmark_prefix(ref, problems, settings)
     others = sorted((key for key in made if key.startswith(prefix)), reverse=True)
-    before = json.dumps(
-        {
-            "problems": [(p.problem_id, p.prompt, p.reference) for p in problems],
-            "settings": settings.__dict__,
-            "verifier": task.verifier_name,
-        },
-        sort_keys=True,
+    old = evaluation_prefix(ref.name, ref.version, ref.run_id) + benchmark_fingerprint(
+        problems, settings, task.verifier_name
     )
-    old = evaluation_prefix(ref.name, ref.version, ref.run_id) + hashlib.sha256(before.encode()).hexdigest()[:16]
     return [*now, *others, old]
 
 

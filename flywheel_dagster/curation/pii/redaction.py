@@ -86,9 +86,9 @@ def redact(text: str, names: bool = True) -> tuple[str, list[str]]:
     return _apply(text, _found(fold(text), names))
 
 
-# Types whose value is its digits (an IBAN's, its letters too): written again with other separators, or none,
-# it is the same value.
-_DIGIT_TYPES = frozenset({"SSN", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS"})
+# Types whose value is its digits: written again with other separators, or none, it is the same value. (An IBAN's
+# is its letters and digits, followed apart.)
+_DIGIT_TYPES = frozenset({"SSN", "PHONE", "CREDIT_CARD", "IP_ADDRESS"})
 
 
 def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Pattern]]:

@@ -216,9 +216,8 @@ def structured_spans(text: str, low: str) -> list[Span]:
         if 7 <= digits <= 15 and not arithmetic(m.start(), end):
             add(Span(m.start(), end, "PHONE"))
     for m in at_keys(_PHONE_CUED, text, low, _PHONE_CUE_KEYS):
-        if "\n" in text[m.start() : m.start(1)] and not text[m.start() : m.start(1)].lower().startswith(
-            FIELD_PHONE_CUES
-        ):
+        cue = text[m.start() : m.start(1)]
+        if "\n" in cue and not cue.lower().startswith(FIELD_PHONE_CUES):
             continue
         end = _last_digit_end(text, m.start(1), m.end(1))
         digits = sum(c.isdigit() for c in text[m.start(1) : end])
