@@ -114,10 +114,12 @@ def test_no_replica_started_fails_in_its_time_naming_what_was_asked(ray_cluster,
 
     holders = [_holder(), _holder()]
     spec = EngineSpec("transformers", str(untrained_model), device="cpu", batch_size=16)
-    engine = ReplicatedEngine(spec, 1, shard_prompts=4, cpus_per_replica=1, start_timeout_s=3)
+    engine = ReplicatedEngine(spec, 1, shard_prompts=4, cpus_per_replica=2, start_timeout_s=3)
     started = time.monotonic()
     try:
-        with pytest.raises(ReplicasNotStarted, match=r"none of the 1 engine replicas started within 3 s.*1 CPU each"):
+        with pytest.raises(
+            ReplicasNotStarted, match=r"none of the 1 engine replicas started within 3 s.*2 CPU\(s\) each"
+        ):
             engine.generate(["Q:1+1"], SamplingSettings(n=1, max_new_tokens=4, seed=1))
         assert time.monotonic() - started < 20 and engine.replicas == []
         engine.close()  # nothing left to close

@@ -136,6 +136,7 @@ class ReplicatedEngine:
         self.spec = spec
         self.shard_prompts = shard_prompts
         self.start_timeout_s = start_timeout_s
+        self.cpus_per_replica = cpus_per_replica
         self.replicas = [actor.remote(spec, threads) for _ in range(replicas)]
         self.ready = False  # whether the replicas that did not start are known and given back (_started)
         self.name = f"{spec.kind} x{replicas}"
@@ -164,7 +165,7 @@ class ReplicatedEngine:
                 self.replicas = []
                 raise ReplicasNotStarted(
                     f"none of the {len(ready)} engine replicas started within {self.start_timeout_s:.0f} s: the Ray "
-                    f"cluster could not place them ({_resources_asked(self.spec)} each; it has "
+                    f"cluster could not place them ({_resources_asked(self.spec, self.cpus_per_replica)} each; it has "
                     f"{_resources_had()}). Lower engine.replicas or engine.tensor_parallel, or add nodes"
                 )
             for ref in pending:
@@ -203,8 +204,8 @@ class ReplicasNotStarted(RuntimeError):
     """No engine replica could be placed on the Ray cluster in time."""
 
 
-def _resources_asked(spec: EngineSpec) -> str:
-    return f"{spec.tensor_parallel} GPU(s)" if spec.device == "cuda" else "1 CPU"
+def _resources_asked(spec: EngineSpec, cpus: float) -> str:
+    return f"{spec.tensor_parallel} GPU(s)" if spec.device == "cuda" else f"{cpus:g} CPU(s)"
 
 
 def _resources_had() -> str:
