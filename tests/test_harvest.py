@@ -754,3 +754,40 @@ def test_what_one_text_of_a_trace_names_is_redacted_in_all_of_them():
     assert row["completion"].startswith("<PERSON>: 1,219,099,999 + 219 - 09 - 9999 = 7.\n")
     # A one-word name is redacted where its cue is, and not followed: "Grant" is also a word.
     assert rows[2]["prompt"].startswith("My name is <PERSON>. ") and rows[2]["completion"].startswith("The Grant is 7.")
+
+
+def test_a_value_the_requests_other_turns_name_is_redacted_where_the_trace_repeats_it(tmp_path):
+    """Earlier turns (and a system prompt, tool calls) are no part of the trace, but a value a cue names there (a
+    name, a phone number) and the answer repeats without the cue goes from the trace, from a gateway log through
+    the ingest and the harvest. The trace keeps the values found there, not the turns' text, and the harvested
+    table neither. The same trace without them (as traced before the ingest kept them) keeps its text: nothing
+    in it is a cue."""
+    from flywheel_dagster.curation import ingest, loggen
+    from flywheel_dagster.tasks.gsm8k import GSM8KTask
+    from flywheel_dagster.traces.schema import CONTEXT_PII, context_pii_pairs
+
+    gsm = GSM8KTask()
+    (p,) = gsm.traffic(0, 1)
+    when = datetime(2026, 2, 3, tzinfo=UTC)
+    told = "Account 0612345678 of Xavrel Quondt is active.\n" + p.solution
+    record = loggen.record(p.prompt, told, timestamp=when, system="You are a support agent.", request_id="r-1")
+    call = {"type": "function", "function": {"name": "find_account", "arguments": '{"phone": "0612345678"}'}}
+    record["request"]["messages"][1:1] = [
+        {"role": "user", "content": [{"type": "text", "text": "My name is Xavrel Quondt. Is my account active?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c-1", **call}]},
+        {"role": "tool", "tool_call_id": "c-1", "content": '{"status": "active"}'},
+    ]
+    loggen.write_jsonl(tmp_path / "gateway.jsonl", [record])
+    settings = ingest.Settings("2026-01-01", ingest.Window(datetime(2026, 1, 1, tzinfo=UTC), when.replace(month=4)))
+    ((traces, _),) = ingest.Ingestor(gsm, settings).tables([str(tmp_path / "gateway.jsonl")])
+    (cell,) = traces.column(CONTEXT_PII).to_pylist()
+    assert sorted(context_pii_pairs(cell)) == [("PERSON", "Xavrel Quondt"), ("PHONE", "0612345678")]
+    (row,) = harvest(traces, gsm, _cfg()).harvested.to_pylist()
+    assert row["completion"] == "Account <PHONE> of <PERSON> is active.\n" + p.solution
+    assert "0612345678" not in row["reasoning"] and row["pii_types"] == "PERSON,PHONE"
+    assert CONTEXT_PII not in row
+    (bare,) = harvest(traces.drop_columns([CONTEXT_PII]), gsm, _cfg()).harvested.to_pylist()
+    assert (bare["completion"], bare["pii_types"]) == (told, None)
+    # With names not redacted, a name the other turns give is not followed either.
+    (unnamed,) = harvest(traces, gsm, _cfg(redact_names=False)).harvested.to_pylist()
+    assert unnamed["completion"] == "Account <PHONE> of Xavrel Quondt is active.\n" + p.solution

@@ -104,11 +104,13 @@ def test_parquet_traces_and_date_folders(task, tmp_path):
         "sample_index": 0,
         "created_at": IN_WINDOW,
     }
+    row["context_pii"] = '[["PHONE", "0612345678"]]'  # what an earlier turn named, for the harvest to follow
     late = {**row, "trace_id": "t2", "created_at": datetime(2026, 5, 1, tzinfo=UTC)}
     empty = {**row, "trace_id": "t3", "completion": " "}
+    loose = {**row, "trace_id": "t4", "context_pii": "the system prompt's text"}  # not [type, value] pairs
     good_dir = tmp_path / "date=2026-02-03"
     good_dir.mkdir()
-    pq.write_table(pa.Table.from_pylist([row, late, empty], schema=TRACE_SCHEMA), good_dir / "a.parquet")
+    pq.write_table(pa.Table.from_pylist([row, late, empty, loose], schema=TRACE_SCHEMA), good_dir / "a.parquet")
     skipped = tmp_path / "date=2025-06-01"  # outside the quarter: never opened
     skipped.mkdir()
     (skipped / "b.jsonl").write_bytes(b"not even json\n")
@@ -116,8 +118,13 @@ def test_parquet_traces_and_date_folders(task, tmp_path):
     pq.write_table(pa.table({"prompt": ["Q:1+1\n"]}), bad_cols)
     stats, traces, quarantine = run(task, [tmp_path])
     assert [t["trace_id"] for t in traces] == ["t1"] and traces[0]["cycle"] == "2026-01-01"
-    assert sorted(q["reason"] for q in quarantine) == ["empty_completion", "missing_field", "outside_window"]
-    assert stats.files == 2 and stats.lines_read == 4
+    assert traces[0]["context_pii"] == row["context_pii"]
+    reasons = sorted(q["reason"] for q in quarantine)
+    assert reasons == ["empty_completion", "missing_field", "outside_window", "wrong_type"]
+    assert "'context_pii' must be a JSON list of [type, value]" in next(
+        q["detail"] for q in quarantine if q["line"] == 4
+    )
+    assert stats.files == 2 and stats.lines_read == 5
 
 
 def test_missing_log_path_is_a_clear_error(task, tmp_path):
@@ -179,3 +186,24 @@ def test_a_quarantine_excerpt_of_an_escaped_line_is_redacted_as_its_text_reads(t
     path.write_bytes(json.dumps(nested)[:-1].encode() + b"\n")
     _, _, quarantine = run(task, [path])
     assert "SSN <SSN>, Phone: <PHONE>" in quarantine[0]["excerpt"], quarantine[0]["excerpt"]
+
+
+def test_the_context_is_every_text_of_the_requests_other_turns_read_leniently():
+    from flywheel_dagster.curation.ingest.chat import _context
+
+    messages = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "name": "jo", "content": [{"type": "text", "text": "t1"}, {"type": "image_url"}, "junk"]},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": "r",
+            "refusal": 7,
+            "function_call": {"arguments": "f"},
+        },
+        {"role": "assistant", "tool_calls": [{"function": {"name": "g", "arguments": "a"}}, "junk", {"function": 3}]},
+        {"role": "tool", "content": "  "},
+        {"role": "user", "content": [{"type": "text", "text": "asked"}, {"type": "input_text", "text": "x"}]},
+    ]
+    assert _context(messages, 5) == "\n\n".join(["sys", "t1", "jo", "r", "f", "g", "a", "x"])
+    assert _context([{"role": "user", "content": "asked"}, {"role": "tool", "content": {"not": "text"}}], 0) is None

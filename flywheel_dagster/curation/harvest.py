@@ -32,7 +32,14 @@ from flywheel_dagster.curation.monitors import MonitorAccumulator, digest64
 from flywheel_dagster.curation.reformat import check_strategies, pick, rephrase, template
 from flywheel_dagster.engines.base import InferenceEngine
 from flywheel_dagster.tasks.base import Problem, TaskSource
-from flywheel_dagster.traces.schema import HARVESTED_SCHEMA, PAIRS_SCHEMA, PROMPTS_SCHEMA, TRAINING_SCHEMA
+from flywheel_dagster.traces.schema import (
+    CONTEXT_PII,
+    HARVESTED_SCHEMA,
+    PAIRS_SCHEMA,
+    PROMPTS_SCHEMA,
+    TRAINING_SCHEMA,
+    context_pii_pairs,
+)
 
 LABELS = ("positive", "negative", "unverifiable", "dropped")
 MEMO_ENTRIES = 20_000  # per memo: at 2 KB a text, tens of MB at most
@@ -99,7 +106,9 @@ class HarvestStats:
 
 
 # The trace columns the per-trace work reads: rows equal in these get equal results.
-ROW_INPUTS = ("prompt", "completion", "reasoning", "answer", "reference_answer", "finish_reason")
+ROW_INPUTS = ("prompt", "completion", "reasoning", "answer", "reference_answer", "finish_reason", CONTEXT_PII)
+# The trace columns the harvested table keeps, in its order: all but context_pii (PII, never training text).
+_KEPT = HARVESTED_SCHEMA.names[: HARVESTED_SCHEMA.get_field_index("label")]
 # Positions in a per-row result tuple (see RowWorker._distinct_rows), and its length.
 _KINDS, _DROP, _SIG, _RESULT_FIELDS = 7, 8, 10, 13
 # RowWork's codes: a row's drop reason (0: none, else 1 + its place in DROP_REASONS), verdict and label.
@@ -161,6 +170,8 @@ class RowWorker:
         quarter (the row memo) or earlier in the batch takes that row's results, computed or not."""
         table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
         n = table.num_rows
+        if CONTEXT_PII not in table.schema.names:  # traces ingested before the column was
+            table = table.append_column(CONTEXT_PII, pa.nulls(n, pa.string()))
         seconds: Counter = Counter()
         t = time.perf_counter()
         need_sig = signatures and self.hasher is not None
@@ -214,7 +225,7 @@ class RowWorker:
         problem_keys = self._problem_keys(table.column("problem_id").to_pylist(), prompt_keys)
         seconds["repeats"] += time.perf_counter() - t
         t = time.perf_counter()
-        out = table.select(HARVESTED_SCHEMA.names[: len(table.schema.names)])
+        out = table.select(_KEPT)
         for name, values, type_ in (
             ("prompt", prompts, pa.string()),
             ("completion", completions, pa.string()),
@@ -293,9 +304,17 @@ class RowWorker:
                 if k:
                     pii_rows[i].extend(k)
                     found[i].extend(seen[i])
+        # ... and what the request's other turns named (found by the ingest; names only where names are redacted)
+        for i, cell in enumerate(table.column(CONTEXT_PII).to_pylist()):
+            if cell is not None:
+                found[i].extend(
+                    (kind, value)
+                    for kind, value in context_pii_pairs(cell) or ()
+                    if kind != "PERSON" or self.cfg.redact_names
+                )
         # What one text of a trace named, another may repeat without the cue that found it (the SSN a question
-        # names, in the sum its answer does; the surname a greeting gives): in a trace with any PII, each value
-        # found goes from all of its texts.
+        # names, in the sum its answer does; the surname a greeting gives; the phone number a system prompt
+        # gives, in the answer): in a trace with any PII, each value found goes from all of its texts.
         for i in [i for i in range(n) if found[i]]:
             known = pii.known_values(found[i])
             for col in texts:

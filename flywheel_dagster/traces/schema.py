@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pyarrow as pa
 
+CONTEXT_PII = "context_pii"
 TRACE_SCHEMA = pa.schema(
     [
         pa.field("trace_id", pa.string(), nullable=False),
@@ -33,17 +35,47 @@ TRACE_SCHEMA = pa.schema(
         pa.field("workload_id", pa.string()),
         pa.field("user_id", pa.string()),
         pa.field("request_id", pa.string()),
+        # Production logs only: the PII that the request's turns outside the trace name (a system prompt, earlier
+        # turns, tool calls), as the detectors read it: a JSON list of [type, value] pairs (context_pii_pairs),
+        # null when they name none. Their text is not kept. The harvest redacts each value wherever the trace
+        # repeats it without the cue that found it. Never training text; not in HARVESTED_SCHEMA.
+        pa.field(CONTEXT_PII, pa.string()),
     ]
 )
 
-# The harvested table adds what the harvest decided about each trace.
+# The harvested table: the trace's columns but context_pii, and what the harvest decided about each trace.
 # label: positive | negative | unverifiable | dropped; drop_reason says why a trace is not used.
 # Prompt, completion, reasoning and answer are PII-redacted here; pii_types lists what was replaced.
 HARVESTED_SCHEMA = (
-    TRACE_SCHEMA.append(pa.field("label", pa.string(), nullable=False))
+    pa.schema([f for f in TRACE_SCHEMA if f.name != CONTEXT_PII])
+    .append(pa.field("label", pa.string(), nullable=False))
     .append(pa.field("drop_reason", pa.string()))
     .append(pa.field("pii_types", pa.string()))
 )
+
+
+def context_pii_value(pairs: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str | None:
+    """The context_pii cell of (type, value) pairs: a JSON list, None for none."""
+    return json.dumps([list(p) for p in pairs], ensure_ascii=False) if pairs else None
+
+
+def context_pii_pairs(cell: object) -> list[tuple[str, str]] | None:
+    """The (type, value) pairs of a context_pii cell; [] for a null one, None for one that is not such a list
+    (what the ingest ignores in a Parquet input, and the harvest reads as none)."""
+    if cell is None:
+        return []
+    if not isinstance(cell, str):
+        return None
+    try:
+        pairs = json.loads(cell)
+    except ValueError:
+        return None
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], str) for p in pairs
+    ):
+        return None
+    return [(kind, value) for kind, value in pairs]
+
 
 # The training dataset: prompt/completion pairs with their origin.
 TRAINING_SCHEMA = pa.schema(

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 
 import orjson
 
+from flywheel_dagster.curation.batching import Memo
 from flywheel_dagster.curation.ingest.files import Window
 from flywheel_dagster.tasks.base import Problem, TaskSource
-from flywheel_dagster.traces.schema import TRACE_SCHEMA
+from flywheel_dagster.traces.schema import CONTEXT_PII, TRACE_SCHEMA, context_pii_value
 
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
 INT32_MAX = 2**31 - 1
@@ -145,9 +146,8 @@ def chat_record_traces(
     """Trace rows from one chat-completions log record; raises RecordError with a reason code.
 
     `lookup` (question -> Problem | None) defaults to task.lookup; Ingestor passes a cached one."""
-    return [
-        dict(zip(TRACE_COLUMNS, row, strict=True)) for row in chat_record_rows(record, task, settings, line_key, lookup)
-    ]
+    rows = with_context_pii(chat_record_rows(record, task, settings, line_key, lookup))
+    return [dict(zip(TRACE_COLUMNS, row, strict=True)) for row in rows]
 
 
 TRACE_COLUMNS = tuple(TRACE_SCHEMA.names)
@@ -161,7 +161,8 @@ def chat_record_rows(
     lookup: Callable[[str], Problem | None] | None = None,
 ) -> list[tuple]:
     """chat_record_traces' rows as tuples in TRACE_SCHEMA's column order (what the Ingestor collects: a tuple
-    costs a fraction of a dict, and the columns come out of zip(*rows)).
+    costs a fraction of a dict, and the columns come out of zip(*rows)), but for context_pii, which holds the
+    text of the request's other turns until with_context_pii replaces it by the PII found there.
 
     The checks run in a fixed order, the first failing one names the reason. Each check tests the exact type
     orjson produces first and falls back to the general check (which raises, or accepts a subclass)."""
@@ -182,15 +183,17 @@ def chat_record_rows(
     messages = request.get("messages")
     if type(messages) is not list:
         messages = _get(request, "messages", list, "request.messages")
-    question = None
+    question, asked = None, -1
     for i, msg in enumerate(messages):
         if type(msg) is not dict and not isinstance(msg, dict):
             raise RecordError("wrong_type", f"'request.messages[{i}]' must be an object")
         if msg.get("role") == "user":
             content = msg.get("content")
             question = content if type(content) is str else _text(content, f"request.messages[{i}].content")
+            asked = i
     if question is None:
         raise RecordError("no_user_message", "request.messages has no user turn")
+    context = _context(messages, asked) if len(messages) > 1 else None
     choices = response.get("choices")
     if type(choices) is not list:
         choices = _get(response, "choices", list, "response.choices")
@@ -291,8 +294,64 @@ def chat_record_rows(
                 workload,
                 user_id,
                 request_id,
+                context,
             )
         )
+    return rows
+
+
+# A turn's fields whose text _context reads (a message's name, an earlier answer's reasoning, a refusal), beside
+# its content parts and its tool calls' arguments.
+_CONTEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal", "name")
+
+
+def _context(messages: list[dict], asked: int) -> str | None:
+    """The text of the request's turns but the one asked (`asked`: its place, whose content parts that are not
+    text parts count too, since the question leaves them out), joined, or None when they hold none: what the
+    ingest searches for PII values that the trace may repeat (with_context_pii). Read leniently, since these
+    turns are not checked: a value that is not text adds nothing."""
+    texts: list[str] = []
+    for i, msg in enumerate(messages):
+        if len(msg) == 2 and type(msg.get("content")) is str and "role" in msg:  # most turns, read in a third the time
+            if i != asked:
+                texts.append(msg["content"])
+            continue
+        for key in _CONTEXT_FIELDS:
+            value = msg.get(key)
+            if isinstance(value, str):
+                if i != asked or key != "content":
+                    texts.append(value)
+            elif isinstance(value, list):
+                texts.extend(
+                    p["text"]
+                    for p in value
+                    if isinstance(p, dict)
+                    and isinstance(p.get("text"), str)
+                    and (i != asked or p.get("type") != "text")
+                )
+        calls = msg.get("tool_calls")
+        for call in [*(calls if isinstance(calls, list) else ()), msg.get("function_call")]:
+            function = call.get("function", call) if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                texts.extend(v for v in (function.get("name"), function.get("arguments")) if isinstance(v, str))
+    return "\n\n".join(t for t in texts if t.strip()) or None
+
+
+_CONTEXT_AT = TRACE_COLUMNS.index(CONTEXT_PII)
+
+
+def with_context_pii(rows: list[tuple], memo: Memo | None = None) -> list[tuple]:
+    """chat_record_rows' rows (changed in place) with the text of their requests' other turns replaced by the
+    PII it names (context_pii): the texts go through the PII prefilter and detectors together, each distinct
+    one once (`memo`, a batching.Memo kept across calls: a system prompt repeats on every request)."""
+    at = [i for i, r in enumerate(rows) if r[_CONTEXT_AT] is not None]
+    if at:
+        from flywheel_dagster.curation.pii import redact_texts
+
+        ((_, _, found),) = redact_texts([[rows[i][_CONTEXT_AT] for i in at]], True, memo)
+        for i, pairs in zip(at, found, strict=True):
+            row = rows[i]
+            rows[i] = (*row[:_CONTEXT_AT], context_pii_value(pairs), *row[_CONTEXT_AT + 1 :])
     return rows
 
 

@@ -16,8 +16,15 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flywheel_dagster.curation.batching import gc_paused_batches
-from flywheel_dagster.curation.ingest.chat import TRACE_COLUMNS, RecordError, Settings, _repeated_key, chat_record_rows
+from flywheel_dagster.curation.batching import Memo, gc_paused_batches
+from flywheel_dagster.curation.ingest.chat import (
+    TRACE_COLUMNS,
+    RecordError,
+    Settings,
+    _repeated_key,
+    chat_record_rows,
+    with_context_pii,
+)
 from flywheel_dagster.curation.ingest.files import _log_kind, _shown
 from flywheel_dagster.curation.ingest.parquet import _batch_rows, _trace_row
 from flywheel_dagster.curation.ingest.streams import (
@@ -171,6 +178,10 @@ def _gzip_pieces(piece: Piece, piece_bytes: int, limit: int, folder: str) -> Ite
             first_line += lines + (tail is not None)
 
 
+def _text_chars(key: object) -> int:
+    return len(key[0])  # type: ignore[index]
+
+
 @dataclass
 class IngestStats:
     lines_read: int = 0
@@ -210,6 +221,9 @@ class Ingestor:
         self.stats = IngestStats()
         self._problems: dict[str, Problem | None] = {}
         self._pending: list[dict] = []  # quarantine rows not handed out yet
+        # The PII found in the requests' other turns, by their text (bounded: a system prompt repeats, a
+        # conversation's history does not).
+        self._contexts = Memo(10_000, 16_000_000, _text_chars)
 
     def _lookup(self, question: str) -> Problem | None:
         """task.lookup, memoized: production questions repeat (bounded, so memory stays flat)."""
@@ -368,10 +382,10 @@ class Ingestor:
                     self.stats.lines_ingested += 1
                     self.stats.traces += len(rows)
                 if len(out) >= self.batch_rows or len(self._pending) >= self.batch_rows:
-                    yield out
+                    yield with_context_pii(out, self._contexts)
                     out = []
         if out:
-            yield out
+            yield with_context_pii(out, self._contexts)
 
     def _line(self, path: str, name: str, line_no: int, raw: bytes) -> list[tuple] | None:
         try:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from flywheel_dagster.curation.ingest.chat import RecordError, Settings, _count
-from flywheel_dagster.traces.schema import TRACE_SCHEMA
+from flywheel_dagster.traces.schema import CONTEXT_PII, TRACE_SCHEMA, context_pii_pairs
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -61,6 +61,8 @@ def _trace_row(r: dict, settings: Settings) -> dict:
         if pa.types.is_string(t):
             if not isinstance(value, str):
                 raise RecordError("wrong_type", f"'{f.name}' must be a string, got {type(value).__name__}")
+            if f.name == CONTEXT_PII and context_pii_pairs(value) is None:
+                raise RecordError("wrong_type", f"'{f.name}' must be a JSON list of [type, value] string pairs")
         elif pa.types.is_integer(t):
             r[f.name] = _count(value, f.name)
         elif pa.types.is_boolean(t):
