@@ -756,13 +756,13 @@ def test_what_one_text_of_a_trace_names_is_redacted_in_all_of_them():
     assert rows[2]["prompt"].startswith("My name is <PERSON>. ") and rows[2]["completion"].startswith("The Grant is 7.")
 
 
-def test_a_value_the_requests_other_turns_name_is_redacted_where_the_trace_repeats_it(tmp_path):
+def test_a_value_the_requests_other_turns_name_is_redacted_where_the_trace_repeats_it(tmp_path, monkeypatch):
     """Earlier turns (and a system prompt, tool calls) are no part of the trace, but a value a cue names there (a
     name, a phone number) and the answer repeats without the cue goes from the trace, from a gateway log through
     the ingest and the harvest. The trace keeps the values found there, not the turns' text, and the harvested
     table neither. The same trace without them (as traced before the ingest kept them) keeps its text: nothing
     in it is a cue."""
-    from flywheel_dagster.curation import ingest, loggen
+    from flywheel_dagster.curation import ingest, loggen, pii
     from flywheel_dagster.tasks.gsm8k import GSM8KTask
     from flywheel_dagster.traces.schema import CONTEXT_PII, context_pii_pairs
 
@@ -777,9 +777,23 @@ def test_a_value_the_requests_other_turns_name_is_redacted_where_the_trace_repea
         {"role": "assistant", "content": None, "tool_calls": [{"id": "c-1", **call}]},
         {"role": "tool", "tool_call_id": "c-1", "content": '{"status": "active"}'},
     ]
-    loggen.write_jsonl(tmp_path / "gateway.jsonl", [record])
+    others = [  # requests with a system prompt alone, one with none
+        loggen.record(
+            q.prompt, q.solution, timestamp=when, system=f"Tutor {k}. Tel.: 06 12 34 56 7{k}", request_id=f"o{k}"
+        )
+        for k, q in enumerate(gsm.traffic(1, 3))
+    ]
+    others.append(loggen.record(p.prompt, p.solution, timestamp=when, request_id="plain"))
+    log = tmp_path / "gateway.jsonl"
+    loggen.write_jsonl(log, [record, *others])
     settings = ingest.Settings("2026-01-01", ingest.Window(datetime(2026, 1, 1, tzinfo=UTC), when.replace(month=4)))
-    ((traces, _),) = ingest.Ingestor(gsm, settings).tables([str(tmp_path / "gateway.jsonl")])
+    ((traces, _),) = ingest.Ingestor(gsm, settings).tables([str(log)])
+    # Searched a batch at a time, or every few records when their other turns are long: the same.
+    monkeypatch.setattr(ingest.ingestor, "CONTEXT_CHARS", 40)
+    assert traces.equals(next(ingest.Ingestor(gsm, settings).tables([str(log)]))[0])
+    cells = traces.column(CONTEXT_PII).to_pylist()
+    assert [context_pii_pairs(c) for c in cells[1:]] == [[("PHONE", f"06 12 34 56 7{k}")] for k in range(3)] + [[]]
+    traces = traces.slice(0, 1)
     (cell,) = traces.column(CONTEXT_PII).to_pylist()
     assert sorted(context_pii_pairs(cell)) == [("PERSON", "Xavrel Quondt"), ("PHONE", "0612345678")]
     (row,) = harvest(traces, gsm, _cfg()).harvested.to_pylist()
@@ -791,3 +805,5 @@ def test_a_value_the_requests_other_turns_name_is_redacted_where_the_trace_repea
     # With names not redacted, a name the other turns give is not followed either.
     (unnamed,) = harvest(traces, gsm, _cfg(redact_names=False)).harvested.to_pylist()
     assert unnamed["completion"] == "Account <PHONE> of Xavrel Quondt is active.\n" + p.solution
+    # A pair that names nothing to follow (a Parquet input's, say) is not followed: it would take every "a".
+    assert pii.known_values([("ADDRESS", "a"), ("EMAIL", " "), ("PHONE", "")]) == []

@@ -108,9 +108,12 @@ def test_parquet_traces_and_date_folders(task, tmp_path):
     late = {**row, "trace_id": "t2", "created_at": datetime(2026, 5, 1, tzinfo=UTC)}
     empty = {**row, "trace_id": "t3", "completion": " "}
     loose = {**row, "trace_id": "t4", "context_pii": "the system prompt's text"}  # not [type, value] pairs
+    blank = {**row, "trace_id": "t5", "context_pii": '[["ADDRESS", " "]]'}  # would follow every space
+    unknown = {**row, "trace_id": "t6", "context_pii": '[["FOO", "x"]]'}
     good_dir = tmp_path / "date=2026-02-03"
     good_dir.mkdir()
-    pq.write_table(pa.Table.from_pylist([row, late, empty, loose], schema=TRACE_SCHEMA), good_dir / "a.parquet")
+    table = pa.Table.from_pylist([row, late, empty, loose, blank, unknown], schema=TRACE_SCHEMA)
+    pq.write_table(table, good_dir / "a.parquet")
     skipped = tmp_path / "date=2025-06-01"  # outside the quarter: never opened
     skipped.mkdir()
     (skipped / "b.jsonl").write_bytes(b"not even json\n")
@@ -120,11 +123,10 @@ def test_parquet_traces_and_date_folders(task, tmp_path):
     assert [t["trace_id"] for t in traces] == ["t1"] and traces[0]["cycle"] == "2026-01-01"
     assert traces[0]["context_pii"] == row["context_pii"]
     reasons = sorted(q["reason"] for q in quarantine)
-    assert reasons == ["empty_completion", "missing_field", "outside_window", "wrong_type"]
-    assert "'context_pii' must be a JSON list of [type, value]" in next(
-        q["detail"] for q in quarantine if q["line"] == 4
-    )
-    assert stats.files == 2 and stats.lines_read == 5
+    assert reasons == ["empty_completion", "missing_field", "outside_window", *["wrong_type"] * 3]
+    details = [q["detail"] for q in quarantine if q["line"] in (4, 5, 6)]
+    assert len(details) == 3 and all("'context_pii' must be a JSON list of [type, value] pairs" in d for d in details)
+    assert stats.files == 2 and stats.lines_read == 7
 
 
 def test_missing_log_path_is_a_clear_error(task, tmp_path):
@@ -191,9 +193,10 @@ def test_a_quarantine_excerpt_of_an_escaped_line_is_redacted_as_its_text_reads(t
 def test_the_context_is_every_text_of_the_requests_other_turns_read_leniently():
     from flywheel_dagster.curation.ingest.chat import _context
 
+    args = '{"phone": "06 12", "who": {"name": "X Y"}, "ids": [1, 2], "ok": true}'
     messages = [
         {"role": "system", "content": "sys"},
-        {"role": "user", "name": "jo", "content": [{"type": "text", "text": "t1"}, {"type": "image_url"}, "junk"]},
+        {"role": "user", "name": "Jo_Ann", "content": [{"type": "text", "text": "t1"}, {"type": "image_url"}, "junk"]},
         {
             "role": "assistant",
             "content": None,
@@ -201,9 +204,29 @@ def test_the_context_is_every_text_of_the_requests_other_turns_read_leniently():
             "refusal": 7,
             "function_call": {"arguments": "f"},
         },
-        {"role": "assistant", "tool_calls": [{"function": {"name": "g", "arguments": "a"}}, "junk", {"function": 3}]},
+        {"role": "assistant", "tool_calls": [{"function": {"name": "g", "arguments": args}}, "junk", {"function": 3}]},
+        {"role": "assistant", "tool_calls": [{"function": {"arguments": {"a": "b"}}}]},
+        {"role": "tool", "content": '{"status": "act\\u00efve"}'},
         {"role": "tool", "content": "  "},
         {"role": "user", "content": [{"type": "text", "text": "asked"}, {"type": "input_text", "text": "x"}]},
     ]
-    assert _context(messages, 5) == "\n\n".join(["sys", "t1", "jo", "r", "f", "g", "a", "x"])
+    assert _context(messages, 7).split("\n\n") == [
+        "sys",
+        "t1",
+        "Name: Jo Ann",
+        "r",
+        "f",
+        "g",
+        "phone: 06 12\nwho.name: X Y\nids: 1\nids: 2",
+        "a: b",
+        "status: act\u00efve",
+        "x",
+    ]
     assert _context([{"role": "user", "content": "asked"}, {"role": "tool", "content": {"not": "text"}}], 0) is None
+    # The asked turn alone: its name and its parts that are not text parts.
+    asked = {
+        "role": "user",
+        "name": "Jo",
+        "content": [{"type": "text", "text": "q"}, {"type": "input_text", "text": "x"}],
+    }
+    assert _context([asked], 0) == "x\n\nName: Jo" and _context([{"role": "user", "content": "q"}], 0) is None

@@ -310,7 +310,7 @@ class RowWorker:
                 found[i].extend(
                     (kind, value)
                     for kind, value in context_pii_pairs(cell) or ()
-                    if kind != "PERSON" or self.cfg.redact_names
+                    if kind in pii.PII_TYPES and (kind != "PERSON" or self.cfg.redact_names)
                 )
         # What one text of a trace named, another may repeat without the cue that found it (the SSN a question
         # names, in the sum its answer does; the surname a greeting gives; the phone number a system prompt

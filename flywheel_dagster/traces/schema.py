@@ -60,18 +60,20 @@ def context_pii_value(pairs: list[tuple[str, str]] | tuple[tuple[str, str], ...]
 
 
 def context_pii_pairs(cell: object) -> list[tuple[str, str]] | None:
-    """The (type, value) pairs of a context_pii cell; [] for a null one, None for one that is not such a list
-    (what the ingest ignores in a Parquet input, and the harvest reads as none)."""
+    """The (type, value) pairs of a context_pii cell; [] for a null one, None for one that is not a JSON list of
+    [type, value] pairs of strings, the value not blank (what the ingest quarantines in a Parquet input, and the
+    harvest reads as none)."""
     if cell is None:
         return []
     if not isinstance(cell, str):
         return None
     try:
         pairs = json.loads(cell)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(pairs, list) or not all(
-        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], str) for p in pairs
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], str) and p[1].strip()
+        for p in pairs
     ):
         return None
     return [(kind, value) for kind, value in pairs]

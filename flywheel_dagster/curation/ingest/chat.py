@@ -193,7 +193,9 @@ def chat_record_rows(
             asked = i
     if question is None:
         raise RecordError("no_user_message", "request.messages has no user turn")
-    context = _context(messages, asked) if len(messages) > 1 else None
+    # One turn, a role and a text: the question and nothing else (most requests; half a microsecond saved)
+    alone = len(messages) == 1 and len(messages[0]) == 2 and type(messages[0].get("content")) is str
+    context = None if alone else _context(messages, asked)
     choices = response.get("choices")
     if type(choices) is not list:
         choices = _get(response, "choices", list, "response.choices")
@@ -300,58 +302,105 @@ def chat_record_rows(
     return rows
 
 
-# A turn's fields whose text _context reads (a message's name, an earlier answer's reasoning, a refusal), beside
-# its content parts and its tool calls' arguments.
-_CONTEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal", "name")
+# A turn's fields whose text _context reads (an earlier answer's reasoning, a refusal), beside its content parts,
+# its name and its tool calls.
+_CONTEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
 
 
 def _context(messages: list[dict], asked: int) -> str | None:
-    """The text of the request's turns but the one asked (`asked`: its place, whose content parts that are not
-    text parts count too, since the question leaves them out), joined, or None when they hold none: what the
-    ingest searches for PII values that the trace may repeat (with_context_pii). Read leniently, since these
-    turns are not checked: a value that is not text adds nothing."""
+    """The text of the request's turns but the one asked (`asked`: its place, whose name and content parts other
+    than text parts count too, since the question leaves them out), joined, or None when they hold none: what
+    the ingest searches for PII values that the trace may repeat (with_context_pii). A tool call's arguments
+    and a tool's result written as JSON become "key: value" lines, so a field's name is the detectors' cue
+    ("phone: 0612345678") and its escapes are undone. Read leniently, since these turns are not checked: a
+    value that is not text adds nothing."""
     texts: list[str] = []
     for i, msg in enumerate(messages):
-        if len(msg) == 2 and type(msg.get("content")) is str and "role" in msg:  # most turns, read in a third the time
+        content = msg.get("content")
+        if len(msg) == 2 and type(content) is str and "role" in msg:  # most turns, read in a third the time
             if i != asked:
-                texts.append(msg["content"])
+                texts.append(_fields(content) if msg["role"] == "tool" else content)
             continue
         for key in _CONTEXT_FIELDS:
             value = msg.get(key)
             if isinstance(value, str):
                 if i != asked or key != "content":
-                    texts.append(value)
+                    texts.append(_fields(value) if key == "content" and msg.get("role") == "tool" else value)
             elif isinstance(value, list):
                 texts.extend(
-                    p["text"]
+                    text
                     for p in value
-                    if isinstance(p, dict)
-                    and isinstance(p.get("text"), str)
-                    and (i != asked or p.get("type") != "text")
+                    if isinstance(p, dict) and (i != asked or p.get("type") != "text")
+                    for text in (p.get("text"), p.get("refusal"))
+                    if isinstance(text, str)
                 )
+        if isinstance(name := msg.get("name"), str):  # OpenAI's names are [A-Za-z0-9_-]: "Xavrel_Quondt"
+            texts.append("Name: " + name.replace("_", " "))
         calls = msg.get("tool_calls")
         for call in [*(calls if isinstance(calls, list) else ()), msg.get("function_call")]:
             function = call.get("function", call) if isinstance(call, dict) else None
             if isinstance(function, dict):
-                texts.extend(v for v in (function.get("name"), function.get("arguments")) if isinstance(v, str))
+                if isinstance(function.get("name"), str):
+                    texts.append(function["name"])
+                if function.get("arguments") is not None:
+                    texts.append(_fields(function["arguments"]))
     return "\n\n".join(t for t in texts if t.strip()) or None
+
+
+def _fields(value: object) -> str:
+    """A JSON value (an object or array, or its text) as "key: value" lines of its strings and numbers, keys
+    joined by dots; other text as it is."""
+    if isinstance(value, str):
+        if value.lstrip()[:1] not in ("{", "["):
+            return value
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    lines, stack = [], [("", value)]
+    while stack:
+        key, v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend((f"{key}.{k}" if key else str(k), x) for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((key, x) for x in reversed(v))
+        elif isinstance(v, str | int | float) and not isinstance(v, bool):
+            lines.append(f"{key}: {v}" if key else str(v))
+    return "\n".join(lines)
 
 
 _CONTEXT_AT = TRACE_COLUMNS.index(CONTEXT_PII)
 
 
-def with_context_pii(rows: list[tuple], memo: Memo | None = None) -> list[tuple]:
-    """chat_record_rows' rows (changed in place) with the text of their requests' other turns replaced by the
-    PII it names (context_pii): the texts go through the PII prefilter and detectors together, each distinct
-    one once (`memo`, a batching.Memo kept across calls: a system prompt repeats on every request)."""
-    at = [i for i, r in enumerate(rows) if r[_CONTEXT_AT] is not None]
-    if at:
+def context_chars(rows: list[tuple]) -> int:
+    """The characters of other turns' text that chat_record_rows' rows of one record hold (with_context_pii
+    replaces it); their rows share one text."""
+    return len(rows[0][_CONTEXT_AT] or "") if rows else 0
+
+
+def with_context_pii(rows: list[tuple], memo: Memo | None = None, start: int = 0) -> list[tuple]:
+    """chat_record_rows' rows from `start` on (changed in place) with the text of their requests' other turns
+    replaced by the PII it names (context_pii): the texts go through the PII prefilter and detectors together
+    (a call costs milliseconds, a text microseconds), each distinct one once; `memo` (a batching.Memo, kept
+    across calls) holds the pairs found in each text: a system prompt repeats on every request."""
+    at = [i for i in range(start, len(rows)) if rows[i][_CONTEXT_AT] is not None]
+    if not at:
+        return rows
+    pairs_of: dict[str, tuple] = {}
+    for i in at:
+        text = rows[i][_CONTEXT_AT]
+        if text not in pairs_of:
+            pairs_of[text] = memo.get(text) if memo is not None else None
+    unseen = [text for text, pairs in pairs_of.items() if pairs is None]
+    if unseen:
         from flywheel_dagster.curation.pii import redact_texts
 
-        ((_, _, found),) = redact_texts([[rows[i][_CONTEXT_AT] for i in at]], True, memo)
-        for i, pairs in zip(at, found, strict=True):
-            row = rows[i]
-            rows[i] = (*row[:_CONTEXT_AT], context_pii_value(pairs), *row[_CONTEXT_AT + 1 :])
+        ((_, _, found),) = redact_texts([unseen], True)
+        for text, pairs in zip(unseen, found, strict=True):
+            pairs_of[text] = pairs if memo is None else memo.keep(text, pairs)
+    for i in at:
+        row = rows[i]
+        rows[i] = (*row[:_CONTEXT_AT], context_pii_value(pairs_of[row[_CONTEXT_AT]]), *row[_CONTEXT_AT + 1 :])
     return rows
 
 

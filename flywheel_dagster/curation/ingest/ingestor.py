@@ -23,6 +23,7 @@ from flywheel_dagster.curation.ingest.chat import (
     Settings,
     _repeated_key,
     chat_record_rows,
+    context_chars,
     with_context_pii,
 )
 from flywheel_dagster.curation.ingest.files import _log_kind, _shown
@@ -56,6 +57,9 @@ QUARANTINE_REASONS = (
     "unexpected_error",  # the ingest itself failed on this line: a bug to fix, counted meanwhile
     "unreadable_file",
 )
+
+# The most characters of requests' other turns (chat.with_context_pii) the ingest holds before it searches them.
+CONTEXT_CHARS = 4_000_000
 
 QUARANTINE_TABLE = INGEST_QUARANTINE
 QUARANTINE_SCHEMA = pa.schema(
@@ -178,10 +182,6 @@ def _gzip_pieces(piece: Piece, piece_bytes: int, limit: int, folder: str) -> Ite
             first_line += lines + (tail is not None)
 
 
-def _text_chars(key: object) -> int:
-    return len(key[0])  # type: ignore[index]
-
-
 @dataclass
 class IngestStats:
     lines_read: int = 0
@@ -223,7 +223,7 @@ class Ingestor:
         self._pending: list[dict] = []  # quarantine rows not handed out yet
         # The PII found in the requests' other turns, by their text (bounded: a system prompt repeats, a
         # conversation's history does not).
-        self._contexts = Memo(10_000, 16_000_000, _text_chars)
+        self._contexts = Memo(10_000, 16_000_000, len)
 
     def _lookup(self, question: str) -> Problem | None:
         """task.lookup, memoized: production questions repeat (bounded, so memory stays flat)."""
@@ -341,6 +341,10 @@ class Ingestor:
             self._unreadable(shown, first_line + 1 if first_line else 0, err)
             return
         out: list[tuple] = []
+        # Rows of `out` whose other turns' text is replaced by the PII found there (with_context_pii, a batch at
+        # a time), and the characters of such text the rest hold: replaced early past CONTEXT_CHARS, so a batch
+        # of long conversations does not hold them all.
+        done = held = 0
         line_no = first_line  # physical lines, blank ones included, so a quarantined line is found where it says
         with f:
             if (source or path).endswith(".gz"):
@@ -381,11 +385,15 @@ class Ingestor:
                     out.extend(rows)
                     self.stats.lines_ingested += 1
                     self.stats.traces += len(rows)
+                    held += context_chars(rows)
+                    if held > CONTEXT_CHARS:
+                        with_context_pii(out, self._contexts, done)
+                        done, held = len(out), 0
                 if len(out) >= self.batch_rows or len(self._pending) >= self.batch_rows:
-                    yield with_context_pii(out, self._contexts)
-                    out = []
+                    yield with_context_pii(out, self._contexts, done)
+                    out, done, held = [], 0, 0
         if out:
-            yield with_context_pii(out, self._contexts)
+            yield with_context_pii(out, self._contexts, done)
 
     def _line(self, path: str, name: str, line_no: int, raw: bytes) -> list[tuple] | None:
         try:

@@ -8,9 +8,16 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from flywheel_dagster.curation.ingest.chat import RecordError, Settings, _count
+from flywheel_dagster.curation.pii.common import PII_TYPES
 from flywheel_dagster.traces.schema import CONTEXT_PII, TRACE_SCHEMA, context_pii_pairs
 
 FLOAT32_MAX = 3.4028234663852886e38
+PAIRS = f"a type of {', '.join(PII_TYPES)} and a value that is not blank"
+
+
+def _known_pairs(cell: str) -> bool:
+    pairs = context_pii_pairs(cell)
+    return pairs is not None and all(kind in PII_TYPES for kind, _ in pairs)
 
 
 def _cell_error(column: str, err: Exception) -> RecordError:
@@ -61,8 +68,8 @@ def _trace_row(r: dict, settings: Settings) -> dict:
         if pa.types.is_string(t):
             if not isinstance(value, str):
                 raise RecordError("wrong_type", f"'{f.name}' must be a string, got {type(value).__name__}")
-            if f.name == CONTEXT_PII and context_pii_pairs(value) is None:
-                raise RecordError("wrong_type", f"'{f.name}' must be a JSON list of [type, value] string pairs")
+            if f.name == CONTEXT_PII and not _known_pairs(value):
+                raise RecordError("wrong_type", f"'{f.name}' must be a JSON list of [type, value] pairs: {PAIRS}")
         elif pa.types.is_integer(t):
             r[f.name] = _count(value, f.name)
         elif pa.types.is_boolean(t):

@@ -109,6 +109,8 @@ def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Patter
       and a lone given name identifies nobody."""
     keys = set()
     for kind, value in found:
+        if not value.strip():  # nothing to follow (a malformed record's pair)
+            continue
         if kind == "IBAN":
             chars = re.sub(r"[^0-9A-Za-z]", "", value).upper()
             keys.add((kind, chars))
@@ -124,7 +126,7 @@ def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Patter
             words = tuple(value.split())
             if len(words) >= 2:
                 keys.add((kind, words))
-        else:
+        elif len(value.strip()) >= 5:  # an email or an address: never shorter, and a shorter one is a word
             keys.add((kind, value))
     # The longest first, so a number goes before a shorter one inside it.
     return [_known(kind, value) for kind, value in sorted(keys, key=lambda k: (-len(str(k[1])), str(k)))]
