@@ -230,3 +230,34 @@ def test_the_context_is_every_text_of_the_requests_other_turns_read_leniently():
         "content": [{"type": "text", "text": "q"}, {"type": "input_text", "text": "x"}],
     }
     assert _context([asked], 0) == "x\n\nName: Jo" and _context([{"role": "user", "content": "q"}], 0) is None
+
+
+def test_a_detector_that_fails_on_one_requests_other_turns_costs_that_trace_its_context_pii_alone(
+    task, tmp_path, monkeypatch
+):
+    """A bug in a PII detector (faked here: no input is known to make one fail) meets one request's other turns:
+    the batch is searched text by text, that trace keeps no context_pii and is counted, the others keep theirs,
+    and every line is ingested."""
+    from flywheel_dagster.curation import pii
+
+    real = pii.redact_texts
+
+    def failing(columns, *args, **kwargs):
+        if any("BOOM" in text for column in columns for text in column if text):
+            raise RuntimeError("a detector's bug")
+        return real(columns, *args, **kwargs)
+
+    monkeypatch.setattr(pii, "redact_texts", failing)
+    records = [
+        loggen.record("Q:1+2", "A:3", timestamp=IN_WINDOW, request_id=f"r{k}", system=f"{word} Tel.: 06 12 34 56 78")
+        for k, word in enumerate(["fine", "BOOM", "fine too"])
+    ]
+    loggen.write_jsonl(tmp_path / "x.jsonl", records)
+    stats, traces, quarantine = run(task, [tmp_path])
+    assert [t["context_pii"] for t in traces] == [
+        '[["PHONE", "06 12 34 56 78"]]',
+        None,
+        '[["PHONE", "06 12 34 56 78"]]',
+    ]
+    assert stats.contexts_unsearched == 1 and stats.as_metadata()["contexts_unsearched"] == 1
+    assert stats.lines_ingested == 3 and not quarantine

@@ -152,6 +152,7 @@ def _add(total: IngestStats, piece: IngestStats) -> None:
     total.lines_read += piece.lines_read
     total.lines_ingested += piece.lines_ingested
     total.traces += piece.traces
+    total.contexts_unsearched += piece.contexts_unsearched
     total.quarantined.update(piece.quarantined)
 
 

@@ -146,7 +146,8 @@ def chat_record_traces(
     """Trace rows from one chat-completions log record; raises RecordError with a reason code.
 
     `lookup` (question -> Problem | None) defaults to task.lookup; Ingestor passes a cached one."""
-    rows = with_context_pii(chat_record_rows(record, task, settings, line_key, lookup))
+    rows = chat_record_rows(record, task, settings, line_key, lookup)
+    with_context_pii(rows)
     return [dict(zip(TRACE_COLUMNS, row, strict=True)) for row in rows]
 
 
@@ -378,30 +379,51 @@ def context_chars(rows: list[tuple]) -> int:
     return len(rows[0][_CONTEXT_AT] or "") if rows else 0
 
 
-def with_context_pii(rows: list[tuple], memo: Memo | None = None, start: int = 0) -> list[tuple]:
+def with_context_pii(rows: list[tuple], memo: Memo | None = None, start: int = 0) -> int:
     """chat_record_rows' rows from `start` on (changed in place) with the text of their requests' other turns
     replaced by the PII it names (context_pii): the texts go through the PII prefilter and detectors together
     (a call costs milliseconds, a text microseconds), each distinct one once; `memo` (a batching.Memo, kept
-    across calls) holds the pairs found in each text: a system prompt repeats on every request."""
+    across calls) holds the pairs found in each text: a system prompt repeats on every request.
+
+    Returns how many rows' other turns could not be searched: a detector failed on their text (a bug), and
+    their context_pii is null; the other rows of the batch are searched one text at a time."""
     at = [i for i in range(start, len(rows)) if rows[i][_CONTEXT_AT] is not None]
     if not at:
-        return rows
-    pairs_of: dict[str, tuple] = {}
+        return 0
+    pairs_of: dict[str, tuple | None] = {}
     for i in at:
         text = rows[i][_CONTEXT_AT]
         if text not in pairs_of:
             pairs_of[text] = memo.get(text) if memo is not None else None
     unseen = [text for text, pairs in pairs_of.items() if pairs is None]
-    if unseen:
-        from flywheel_dagster.curation.pii import redact_texts
-
-        ((_, _, found),) = redact_texts([unseen], True)
-        for text, pairs in zip(unseen, found, strict=True):
-            pairs_of[text] = pairs if memo is None else memo.keep(text, pairs)
+    failed = 0
+    for text, pairs in zip(unseen, _pairs_found(unseen), strict=True):
+        pairs_of[text] = pairs if memo is None or pairs is None else memo.keep(text, pairs)
     for i in at:
         row = rows[i]
-        rows[i] = (*row[:_CONTEXT_AT], context_pii_value(pairs_of[row[_CONTEXT_AT]]), *row[_CONTEXT_AT + 1 :])
-    return rows
+        pairs = pairs_of[row[_CONTEXT_AT]]
+        failed += pairs is None
+        rows[i] = (*row[:_CONTEXT_AT], context_pii_value(pairs or ()), *row[_CONTEXT_AT + 1 :])
+    return failed
+
+
+def _pairs_found(texts: list[str]) -> list[tuple | None]:
+    """The (type, value) pairs the PII detectors find in each text, all at once, else one by one (None: they
+    failed on it)."""
+    from flywheel_dagster.curation.pii import redact_texts
+
+    if not texts:
+        return []
+    try:
+        return list(redact_texts([texts], True)[0][2])
+    except Exception:  # noqa: BLE001 - a detector's bug: find the text it fails on, search the others
+        found: list[tuple | None] = []
+        for text in texts:
+            try:
+                found.append(redact_texts([[text]], True)[0][2][0])
+            except Exception:  # noqa: BLE001
+                found.append(None)
+        return found
 
 
 class _RepeatedKey(Exception):

@@ -188,6 +188,9 @@ class IngestStats:
     lines_ingested: int = 0
     traces: int = 0
     files: int = 0
+    # Traces whose request's other turns the PII detectors failed on (a bug to fix): their context_pii is null,
+    # so a value named only there is not followed into them.
+    contexts_unsearched: int = 0
     quarantined: Counter = field(default_factory=Counter)
     # Paths given to the ingest that are not log files (another suffix, not a regular file, a folder that
     # cannot be listed): not read, not lines, but listed so that nothing disappears unseen.
@@ -206,6 +209,7 @@ class IngestStats:
             "files": self.files,
             "files_skipped": len(self.files_skipped),
             "files_skipped/names": self.files_skipped[:50],
+            "contexts_unsearched": self.contexts_unsearched,
         }
         out.update({f"quarantine/{r}": self.quarantined.get(r, 0) for r in QUARANTINE_REASONS})
         return out
@@ -387,13 +391,15 @@ class Ingestor:
                     self.stats.traces += len(rows)
                     held += context_chars(rows)
                     if held > CONTEXT_CHARS:
-                        with_context_pii(out, self._contexts, done)
+                        self.stats.contexts_unsearched += with_context_pii(out, self._contexts, done)
                         done, held = len(out), 0
                 if len(out) >= self.batch_rows or len(self._pending) >= self.batch_rows:
-                    yield with_context_pii(out, self._contexts, done)
+                    self.stats.contexts_unsearched += with_context_pii(out, self._contexts, done)
+                    yield out
                     out, done, held = [], 0, 0
         if out:
-            yield with_context_pii(out, self._contexts, done)
+            self.stats.contexts_unsearched += with_context_pii(out, self._contexts, done)
+            yield out
 
     def _line(self, path: str, name: str, line_no: int, raw: bytes) -> list[tuple] | None:
         try:
