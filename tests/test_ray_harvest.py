@@ -229,6 +229,12 @@ def _messy_logs(tmp_path) -> list[str]:
 
     task = load_task(_config("playground"))
     records = list(loggen.synthetic_records(task, task.traffic(0, 40), 700, START, END, seed=7))
+    for k, r in enumerate(records[100:130]):  # requests with other turns, naming a phone number (context_pii)
+        r["request"]["messages"][:0] = [
+            {"role": "system", "content": f"Desk {k % 3}. Tel.: 06 12 34 56 7{k % 3}"},
+            {"role": "user", "content": f"Earlier question {k}"},
+            {"role": "assistant", "content": "A:1"},
+        ]
     logs = tmp_path / "logs"
     a = logs / "a.jsonl"
     loggen.write_jsonl(a, records[:400], broken_every=9, oversized_bytes=6000)
@@ -272,6 +278,8 @@ def test_pieces_ingest_what_the_whole_files_ingest(tmp_path):
     files = _messy_logs(tmp_path)
     local = ingest.Ingestor(task, _settings(), batch_rows=64)
     want = _ingested(local, local.tables(files))
+    found = [c for c in want[0].column("context_pii").to_pylist() if c is not None]
+    assert len(found) > 20 and set(found) == {f'[["PHONE", "06 12 34 56 7{k}"]]' for k in range(3)}
     planner, worker = ingest.Ingestor(task, _settings()), ingest.Ingestor(task, _settings(), batch_rows=64)
     pieces = list(planner.pieces(files, 3000))
     assert len(pieces) > 3 * len(files)  # the two big files are cut, the lines of 6,000 bytes span pieces
