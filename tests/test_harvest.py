@@ -805,5 +805,12 @@ def test_a_value_the_requests_other_turns_name_is_redacted_where_the_trace_repea
     # With names not redacted, a name the other turns give is not followed either.
     (unnamed,) = harvest(traces, gsm, _cfg(redact_names=False)).harvested.to_pylist()
     assert unnamed["completion"] == "Account <PHONE> of Xavrel Quondt is active.\n" + p.solution
-    # A pair that names nothing to follow (a Parquet input's, say) is not followed: it would take every "a".
-    assert pii.known_values([("ADDRESS", "a"), ("EMAIL", " "), ("PHONE", "")]) == []
+    # A pair that is not what a detector reports (a Parquet input's, say) is not followed: "-" as an IBAN would
+    # take every gap between two words; an email or an address is followed as a whole word.
+    odd = [("ADDRESS", "a"), ("ADDRESS", "Hello"), ("EMAIL", " "), ("PHONE", ""), ("IBAN", "-"), ("IBAN", "12")]
+    assert pii.known_values(odd) == []
+    known = pii.known_values([("EMAIL", "ana@b.com"), ("ADDRESS", "Via 55")])
+    assert (
+        pii.redact_known("xana@b.com, ana@b.com; Via 555, Via 55.", known)[0]
+        == "xana@b.com, <EMAIL>; Via 555, <ADDRESS>."
+    )

@@ -109,7 +109,7 @@ def test_parquet_traces_and_date_folders(task, tmp_path):
     empty = {**row, "trace_id": "t3", "completion": " "}
     loose = {**row, "trace_id": "t4", "context_pii": "the system prompt's text"}  # not [type, value] pairs
     blank = {**row, "trace_id": "t5", "context_pii": '[["ADDRESS", " "]]'}  # would follow every space
-    unknown = {**row, "trace_id": "t6", "context_pii": '[["FOO", "x"]]'}
+    unknown = {**row, "trace_id": "t6", "context_pii": '[["FOO", "x"], ["IBAN", "-"]]'}  # "-" would take every gap
     good_dir = tmp_path / "date=2026-02-03"
     good_dir.mkdir()
     table = pa.Table.from_pylist([row, late, empty, loose, blank, unknown], schema=TRACE_SCHEMA)
@@ -217,12 +217,32 @@ def test_the_context_is_every_text_of_the_requests_other_turns_read_leniently():
         "r",
         "f",
         "g",
-        "phone: 06 12\nwho.name: X Y\nids: 1\nids: 2",
+        "phone: 06 12\nwho.name: X Y\nids: 1, 2",
         "a: b",
         "status: act\u00efve",
         "x",
     ]
     assert _context([{"role": "user", "content": "asked"}, {"role": "tool", "content": {"not": "text"}}], 0) is None
+    # A tool's result in text parts, a legacy function's result, a custom tool's input: JSON read as fields too.
+    results = [
+        {"role": "tool", "tool_call_id": "c", "content": [{"type": "text", "text": '{"ssn": "219099999"}'}]},
+        {"role": "function", "name": "lookup", "content": '{"name": "Xavrel Quondt"}'},
+        {
+            "role": "assistant",
+            "tool_calls": [{"type": "custom", "custom": {"name": "crm", "input": '{"tel": "0612"}'}}],
+        },
+        {"role": "user", "content": "q"},
+    ]
+    assert _context(results, 3).split("\n\n") == [
+        "ssn: 219099999",
+        "name: Xavrel Quondt",
+        "Name: lookup",
+        "crm",
+        "tel: 0612",
+    ]
+    # JSON whose fields would repeat a long key over many values stays as it is: the text's size bounds the search.
+    wide = orjson.dumps({"k" * 2000: [{"x": 1}] * 10_000}).decode()
+    assert _context([{"role": "tool", "content": wide}, {"role": "user", "content": "q"}], 1) == wide
     # The asked turn alone: its name and its parts that are not text parts.
     asked = {
         "role": "user",

@@ -160,6 +160,7 @@ class RowWorker:
         self._redacted = Memo(MEMO_ENTRIES * 10, MEMO_CHARS, _text_chars)
         self._rows = Memo(200_000, MEMO_CHARS * 2, _row_chars)
         self._problem_key = Memo(MEMO_ENTRIES * 10, MEMO_CHARS, len)  # problem id -> its cap key
+        self._contexts = Memo(MEMO_ENTRIES, MEMO_CHARS, len)  # context_pii cell -> its known values' patterns
 
     def work(self, batch: pa.RecordBatch | pa.Table, signatures: bool = False) -> RowWork:
         with paused_gc():
@@ -244,6 +245,15 @@ class RowWorker:
             pii_counts, seconds,
         )  # fmt: skip
 
+    def _context_known(self, cell: str) -> list[tuple[str, str, re.Pattern]]:
+        """pii.known_values of a context_pii cell's pairs (names only where names are redacted), made once a
+        cell: a session's requests carry the same earlier turns, and a tool's result may name thousands."""
+        known = self._contexts.get(cell)
+        if known is None:
+            pairs = [(k, v) for k, v in context_pii_pairs(cell) or () if k != "PERSON" or self.cfg.redact_names]
+            known = self._contexts.keep(cell, pii.known_values(pairs))
+        return known
+
     def _problem_keys(self, problem_ids: list[str | None], prompt_keys: np.ndarray) -> np.ndarray:
         """The per-problem cap's key of each row: digest64 of its problem id, else its prompt's digest."""
         keys = prompt_keys.copy()
@@ -304,21 +314,17 @@ class RowWorker:
                 if k:
                     pii_rows[i].extend(k)
                     found[i].extend(seen[i])
-        # ... and what the request's other turns named (found by the ingest; names only where names are redacted)
-        for i, cell in enumerate(table.column(CONTEXT_PII).to_pylist()):
-            if cell is not None:
-                found[i].extend(
-                    (kind, value)
-                    for kind, value in context_pii_pairs(cell) or ()
-                    if kind in pii.PII_TYPES and (kind != "PERSON" or self.cfg.redact_names)
-                )
         # What one text of a trace named, another may repeat without the cue that found it (the SSN a question
         # names, in the sum its answer does; the surname a greeting gives; the phone number a system prompt
-        # gives, in the answer): in a trace with any PII, each value found goes from all of its texts.
-        for i in [i for i in range(n) if found[i]]:
-            known = pii.known_values(found[i])
+        # gives, in the answer): in a trace with any PII, each value found goes from all of its texts. The
+        # request's other turns' values come found by the ingest (context_pii), their patterns made once a cell.
+        contexts = table.column(CONTEXT_PII).to_pylist()
+        for i in [i for i in range(n) if found[i] or contexts[i] is not None]:
+            known = pii.known_values(found[i]) if found[i] else []
+            if contexts[i] is not None:
+                known += self._context_known(contexts[i])
             for col in texts:
-                if redacted[col][i] is not None:
+                if known and redacted[col][i] is not None:
                     redacted[col][i], more = pii.redact_known(redacted[col][i], known)
                     pii_rows[i].extend(more)
         prompts, completions_r, reasonings = redacted["prompt"], redacted["completion"], redacted["reasoning"]

@@ -312,24 +312,26 @@ def _context(messages: list[dict], asked: int) -> str | None:
     """The text of the request's turns but the one asked (`asked`: its place, whose name and content parts other
     than text parts count too, since the question leaves them out), joined, or None when they hold none: what
     the ingest searches for PII values that the trace may repeat (with_context_pii). A tool call's arguments
-    and a tool's result written as JSON become "key: value" lines, so a field's name is the detectors' cue
-    ("phone: 0612345678") and its escapes are undone. Read leniently, since these turns are not checked: a
-    value that is not text adds nothing."""
+    and a tool's result (a "tool" or "function" turn's content) written as JSON become "key: value" lines, so
+    a field's name is the detectors' cue ("phone: 0612345678") and its escapes are undone. Read leniently,
+    since these turns are not checked: a value that is not text adds nothing."""
     texts: list[str] = []
     for i, msg in enumerate(messages):
         content = msg.get("content")
+        result = msg.get("role") in _RESULT_ROLES  # a tool's result: often JSON
         if len(msg) == 2 and type(content) is str and "role" in msg:  # most turns, read in a third the time
             if i != asked:
-                texts.append(_fields(content) if msg["role"] == "tool" else content)
+                texts.append(_fields(content) if result else content)
             continue
         for key in _CONTEXT_FIELDS:
             value = msg.get(key)
+            fields = result and key == "content"
             if isinstance(value, str):
                 if i != asked or key != "content":
-                    texts.append(_fields(value) if key == "content" and msg.get("role") == "tool" else value)
+                    texts.append(_fields(value) if fields else value)
             elif isinstance(value, list):
                 texts.extend(
-                    text
+                    _fields(text) if fields else text
                     for p in value
                     if isinstance(p, dict) and (i != asked or p.get("type") != "text")
                     for text in (p.get("text"), p.get("refusal"))
@@ -339,35 +341,70 @@ def _context(messages: list[dict], asked: int) -> str | None:
             texts.append("Name: " + name.replace("_", " "))
         calls = msg.get("tool_calls")
         for call in [*(calls if isinstance(calls, list) else ()), msg.get("function_call")]:
-            function = call.get("function", call) if isinstance(call, dict) else None
+            if not isinstance(call, dict):
+                continue
+            # {"function": {name, arguments}}, a custom tool's {"custom": {name, input}}, or the legacy call itself
+            function = call.get("function", call.get("custom", call))
             if isinstance(function, dict):
                 if isinstance(function.get("name"), str):
                     texts.append(function["name"])
-                if function.get("arguments") is not None:
-                    texts.append(_fields(function["arguments"]))
+                for key in ("arguments", "input"):
+                    if function.get(key) is not None:
+                        texts.append(_fields(function[key]))
     return "\n\n".join(t for t in texts if t.strip()) or None
+
+
+_RESULT_ROLES = frozenset(("tool", "function"))
 
 
 def _fields(value: object) -> str:
     """A JSON value (an object or array, or its text) as "key: value" lines of its strings and numbers, keys
-    joined by dots; other text as it is."""
+    joined by dots, a list's scalars on one line ("ids: 1, 2"); other text as it is. At most about twice the
+    value's JSON text: past that (long keys over many elements), the JSON text as it is."""
     if isinstance(value, str):
         if value.lstrip()[:1] not in ("{", "["):
             return value
+        raw = value
         try:
             value = orjson.loads(value)
         except orjson.JSONDecodeError:
             return value
-    lines, stack = [], [("", value)]
+    else:
+        try:
+            raw = orjson.dumps(value).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            return ""
+    # Every key path is paid for when it is made (a dict's children, a list's nested values, which repeat its
+    # key), every line when it is written: a long key over many elements returns the text before it is built.
+    budget = 2 * len(raw) + 1024
+    lines: list[str] = []
+    stack: list[tuple[str, object]] = [("", value)]
     while stack:
         key, v = stack.pop()
         if isinstance(v, dict):
+            budget -= sum(len(key) + 1 + len(k) for k in v)
+            if budget < 0:
+                return raw
             stack.extend((f"{key}.{k}" if key else str(k), x) for k, x in reversed(v.items()))
         elif isinstance(v, list):
-            stack.extend((key, x) for x in reversed(v))
-        elif isinstance(v, str | int | float) and not isinstance(v, bool):
+            if scalars := [str(x) for x in v if _scalar(x)]:
+                lines.append(f"{key}: {', '.join(scalars)}" if key else ", ".join(scalars))
+                budget -= len(lines[-1]) + 1
+            nested = [x for x in v if isinstance(x, dict | list)]
+            budget -= len(key) * len(nested)
+            if budget < 0:
+                return raw
+            stack.extend((key, x) for x in reversed(nested))
+        elif _scalar(v):
             lines.append(f"{key}: {v}" if key else str(v))
+            budget -= len(lines[-1]) + 1
+            if budget < 0:
+                return raw
     return "\n".join(lines)
+
+
+def _scalar(v: object) -> bool:
+    return isinstance(v, str | int | float) and not isinstance(v, bool)
 
 
 _CONTEXT_AT = TRACE_COLUMNS.index(CONTEXT_PII)
@@ -403,7 +440,7 @@ def with_context_pii(rows: list[tuple], memo: Memo | None = None, start: int = 0
         row = rows[i]
         pairs = pairs_of[row[_CONTEXT_AT]]
         failed += pairs is None
-        rows[i] = (*row[:_CONTEXT_AT], context_pii_value(pairs or ()), *row[_CONTEXT_AT + 1 :])
+        rows[i] = (*row[:_CONTEXT_AT], context_pii_value(tuple(dict.fromkeys(pairs or ()))), *row[_CONTEXT_AT + 1 :])
     return failed
 
 

@@ -9,15 +9,16 @@ import pyarrow as pa
 
 from flywheel_dagster.curation.ingest.chat import RecordError, Settings, _count
 from flywheel_dagster.curation.pii.common import PII_TYPES
+from flywheel_dagster.curation.pii.redaction import pair_ok
 from flywheel_dagster.traces.schema import CONTEXT_PII, TRACE_SCHEMA, context_pii_pairs
 
 FLOAT32_MAX = 3.4028234663852886e38
-PAIRS = f"a type of {', '.join(PII_TYPES)} and a value that is not blank"
+PAIRS = f"each a type of {', '.join(PII_TYPES)} and a value a detector could report as that type (pii.pair_ok)"
 
 
 def _known_pairs(cell: str) -> bool:
     pairs = context_pii_pairs(cell)
-    return pairs is not None and all(kind in PII_TYPES for kind, _ in pairs)
+    return pairs is not None and all(pair_ok(kind, value) for kind, value in pairs)
 
 
 def _cell_error(column: str, err: Exception) -> RecordError:

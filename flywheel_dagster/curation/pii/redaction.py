@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from flywheel_dagster.curation.batching import Memo
 from flywheel_dagster.curation.pii.addresses import address_spans
-from flywheel_dagster.curation.pii.common import Span
+from flywheel_dagster.curation.pii.common import PII_TYPES, Span
 from flywheel_dagster.curation.pii.fold import fold, foldable_re2, unfold
 from flywheel_dagster.curation.pii.names import names_in, person_spans
 from flywheel_dagster.curation.pii.prefilter import (
@@ -27,7 +27,7 @@ from flywheel_dagster.curation.pii.prefilter import (
     PREFILTER_STRUCTURED,
     other_digits,
 )
-from flywheel_dagster.curation.pii.structured import structured_spans
+from flywheel_dagster.curation.pii.structured import iban_ok, structured_spans
 
 # Detector families, as bits: which of them the prefilter says could fire in a row (see _row_modes).
 _PAIR, _STRUCTURED, _ADDRESS, _CUED_NAME = 1, 2, 4, 8
@@ -109,7 +109,7 @@ def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Patter
       and a lone given name identifies nobody."""
     keys = set()
     for kind, value in found:
-        if not value.strip():  # nothing to follow (a malformed record's pair)
+        if not pair_ok(kind, value):  # not what a detector reports (a malformed record's pair): nothing to follow
             continue
         if kind == "IBAN":
             chars = re.sub(r"[^0-9A-Za-z]", "", value).upper()
@@ -126,10 +126,30 @@ def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Patter
             words = tuple(value.split())
             if len(words) >= 2:
                 keys.add((kind, words))
-        elif len(value.strip()) >= 5:  # an email or an address: never shorter, and a shorter one is a word
+        else:
             keys.add((kind, value))
     # The longest first, so a number goes before a shorter one inside it.
     return [_known(kind, value) for kind, value in sorted(keys, key=lambda k: (-len(str(k[1])), str(k)))]
+
+
+def pair_ok(kind: str, value: str) -> bool:
+    """Whether `value` can be what the detectors report as `kind`: a PII type's, an IBAN with its check digits
+    right, a number of 7 digits or more (an IP address: with a digit), an email with an @ and no space, an
+    address with a digit (its house number or postcode), a name with a letter. What a pair from elsewhere (a
+    Parquet input's context_pii) must be to be followed: a blank one would be followed into every space."""
+    if kind not in PII_TYPES or not value.strip():
+        return False
+    if kind == "IBAN":
+        return iban_ok(re.sub(r"[^0-9A-Za-z]", "", value))
+    if kind == "IP_ADDRESS":
+        return any(c.isdigit() for c in value)
+    if kind in _DIGIT_TYPES:
+        return sum(c.isdigit() for c in value) >= 7
+    if kind == "EMAIL":
+        return "@" in value and not any(c.isspace() for c in value)
+    if kind == "ADDRESS":
+        return any(c.isdigit() for c in value)
+    return any(c.isalpha() for c in value)  # PERSON
 
 
 _TRUNK = "0?"  # a followed phone core that may follow a trunk 0 (see _known)
@@ -160,22 +180,29 @@ def _national(written: str, digits: str) -> list[str]:
 
 @lru_cache(maxsize=4096)
 def _known(kind: str, value: str | tuple[str, ...]) -> tuple[str, str, re.Pattern]:
+    """(kind, what the text cannot hold the value without, the pattern): for a number its digits, which its
+    pattern's separators do not split, for an IBAN its letters and digits (case-folded); the pattern is then
+    tried only on a text whose digits alone, or letters and digits alone, or case-folded form holds that."""
     if kind == "IBAN":
         chars = r"[\s\-]{0,2}".join(map(re.escape, value))
-        return kind, value[:2].casefold(), re.compile(r"(?<![0-9A-Za-z])" + chars + r"(?![0-9A-Za-z])", re.IGNORECASE)
+        return kind, value.casefold(), re.compile(r"(?<![0-9A-Za-z])" + chars + r"(?![0-9A-Za-z])", re.IGNORECASE)
     if kind in _DIGIT_TYPES:  # not inside a longer number ("1,219,099,999"), nor across arithmetic ("555 + 0.100")
         trunk = r"(?:0(?![.,])[\s.\-/()]{0,2})?" if value.startswith(_TRUNK) else ""  # not a decimal's "0."
         value = value.removeprefix(_TRUNK)
         digits = r"[\s.\-/()]{0,2}".join(value)
         if value.startswith("0"):  # nor here: "0.612345678" is a decimal, not 06 12 34 56 78
             digits = "0(?![.,])" + digits[1:]
-        return kind, value[0], re.compile(r"(?<![0-9])(?<![0-9][.,])" + trunk + digits + r"(?![.,]?[0-9])")
+        return kind, value, re.compile(r"(?<![0-9])(?<![0-9][.,])" + trunk + digits + r"(?![.,]?[0-9])")
     if kind == "PERSON":
         name = r"\s+".join(map(re.escape, value))
         return kind, value[0].casefold(), re.compile(r"(?<!\w)" + name + r"(?!\w)", re.IGNORECASE)
+    # An email or an address as written, not inside a longer word ("xana@b.com", "Via 555" after "Via 55")
     if kind == "EMAIL":
-        return kind, "@", re.compile(re.escape(value), re.IGNORECASE)
-    return kind, value.casefold(), re.compile(re.escape(value))
+        return kind, value.casefold(), re.compile(r"(?<!\w)" + re.escape(value) + r"(?!\w)", re.IGNORECASE)
+    return kind, value.casefold(), re.compile(r"(?<!\w)" + re.escape(value) + r"(?!\w)")
+
+
+_NOT_DIGIT, _NOT_ALNUM = re.compile(r"[^0-9]"), re.compile(r"[^0-9a-z]")
 
 
 def redact_known(text: str, known: list[tuple[str, str, re.Pattern]]) -> tuple[str, list[str]]:
@@ -185,12 +212,22 @@ def redact_known(text: str, known: list[tuple[str, str, re.Pattern]]) -> tuple[s
         return text, []
     folded, where = fold(text)
     low = folded.casefold()
-    spans = [
-        Span(m.start(), m.end(), kind)
-        for kind, needed, pattern in known
-        if needed in low
-        for m in pattern.finditer(folded)
-    ]
+    digits = alnum = None  # the text's digits alone, and its letters and digits: what a number, an IBAN needs
+    spans = []
+    for kind, needed, pattern in known:
+        if kind in _DIGIT_TYPES:
+            if digits is None:
+                digits = _NOT_DIGIT.sub("", folded)
+            if needed not in digits:
+                continue
+        elif kind == "IBAN":
+            if alnum is None:
+                alnum = _NOT_ALNUM.sub("", low)
+            if needed not in alnum:
+                continue
+        elif needed not in low:
+            continue
+        spans.extend(Span(m.start(), m.end(), kind) for m in pattern.finditer(folded))
     if not spans:
         return text, []
     return _apply(text, unfold(_resolve(spans), where))
