@@ -195,8 +195,8 @@ def chat_record_rows(
     if question is None:
         raise RecordError("no_user_message", "request.messages has no user turn")
     # One turn, a role and a text: the question and nothing else (most requests; half a microsecond saved)
-    alone = len(messages) == 1 and len(messages[0]) == 2 and type(messages[0].get("content")) is str
-    context = None if alone else _context(messages, asked)
+    # (msg and content: the last turn's, here the only one, the user's)
+    context = None if len(messages) == 1 and len(msg) == 2 and type(content) is str else _context(messages, asked)
     choices = response.get("choices")
     if type(choices) is not list:
         choices = _get(response, "choices", list, "response.choices")
@@ -407,13 +407,7 @@ def _scalar(v: object) -> bool:
     return isinstance(v, str | int | float) and not isinstance(v, bool)
 
 
-_CONTEXT_AT = TRACE_COLUMNS.index(CONTEXT_PII)
-
-
-def context_chars(rows: list[tuple]) -> int:
-    """The characters of other turns' text that chat_record_rows' rows of one record hold (with_context_pii
-    replaces it); their rows share one text."""
-    return len(rows[0][_CONTEXT_AT] or "") if rows else 0
+CONTEXT_AT = TRACE_COLUMNS.index(CONTEXT_PII)  # where chat_record_rows' rows hold the other turns' text
 
 
 def with_context_pii(rows: list[tuple], memo: Memo | None = None, start: int = 0) -> int:
@@ -424,12 +418,12 @@ def with_context_pii(rows: list[tuple], memo: Memo | None = None, start: int = 0
 
     Returns how many rows' other turns could not be searched: a detector failed on their text (a bug), and
     their context_pii is null; the other rows of the batch are searched one text at a time."""
-    at = [i for i in range(start, len(rows)) if rows[i][_CONTEXT_AT] is not None]
+    at = [i for i in range(start, len(rows)) if rows[i][CONTEXT_AT] is not None]
     if not at:
         return 0
     pairs_of: dict[str, tuple | None] = {}
     for i in at:
-        text = rows[i][_CONTEXT_AT]
+        text = rows[i][CONTEXT_AT]
         if text not in pairs_of:
             pairs_of[text] = memo.get(text) if memo is not None else None
     unseen = [text for text, pairs in pairs_of.items() if pairs is None]
@@ -438,9 +432,9 @@ def with_context_pii(rows: list[tuple], memo: Memo | None = None, start: int = 0
         pairs_of[text] = pairs if memo is None or pairs is None else memo.keep(text, pairs)
     for i in at:
         row = rows[i]
-        pairs = pairs_of[row[_CONTEXT_AT]]
+        pairs = pairs_of[row[CONTEXT_AT]]
         failed += pairs is None
-        rows[i] = (*row[:_CONTEXT_AT], context_pii_value(tuple(dict.fromkeys(pairs or ()))), *row[_CONTEXT_AT + 1 :])
+        rows[i] = (*row[:CONTEXT_AT], context_pii_value(tuple(dict.fromkeys(pairs or ()))), *row[CONTEXT_AT + 1 :])
     return failed
 
 

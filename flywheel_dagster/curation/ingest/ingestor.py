@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 
 from flywheel_dagster.curation.batching import Memo, gc_paused_batches
 from flywheel_dagster.curation.ingest.chat import (
+    CONTEXT_AT,
     TRACE_COLUMNS,
     RecordError,
     Settings,
     _repeated_key,
     chat_record_rows,
-    context_chars,
     with_context_pii,
 )
 from flywheel_dagster.curation.ingest.files import _log_kind, _shown
@@ -389,16 +389,19 @@ class Ingestor:
                     out.extend(rows)
                     self.stats.lines_ingested += 1
                     self.stats.traces += len(rows)
-                    held += context_chars(rows)
-                    if held > CONTEXT_CHARS:
-                        self.stats.contexts_unsearched += with_context_pii(out, self._contexts, done)
-                        done, held = len(out), 0
+                    if (other := rows[0][CONTEXT_AT]) is not None:  # the record's other turns' text
+                        held += len(other)
+                        if held > CONTEXT_CHARS:
+                            self.stats.contexts_unsearched += with_context_pii(out, self._contexts, done)
+                            done, held = len(out), 0
                 if len(out) >= self.batch_rows or len(self._pending) >= self.batch_rows:
-                    self.stats.contexts_unsearched += with_context_pii(out, self._contexts, done)
+                    if held:  # else no row from `done` on holds any
+                        self.stats.contexts_unsearched += with_context_pii(out, self._contexts, done)
                     yield out
                     out, done, held = [], 0, 0
         if out:
-            self.stats.contexts_unsearched += with_context_pii(out, self._contexts, done)
+            if held:
+                self.stats.contexts_unsearched += with_context_pii(out, self._contexts, done)
             yield out
 
     def _line(self, path: str, name: str, line_no: int, raw: bytes) -> list[tuple] | None:
