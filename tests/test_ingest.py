@@ -110,9 +110,10 @@ def test_parquet_traces_and_date_folders(task, tmp_path):
     loose = {**row, "trace_id": "t4", "context_pii": "the system prompt's text"}  # not [type, value] pairs
     blank = {**row, "trace_id": "t5", "context_pii": '[["ADDRESS", " "]]'}  # would follow every space
     unknown = {**row, "trace_id": "t6", "context_pii": '[["FOO", "x"], ["IBAN", "-"]]'}  # "-" would take every gap
+    code = {**row, "trace_id": "t7", "context_pii": '[["IP_ADDRESS", "d::"]]'}  # what "std::vector" gives: kept
     good_dir = tmp_path / "date=2026-02-03"
     good_dir.mkdir()
-    table = pa.Table.from_pylist([row, late, empty, loose, blank, unknown], schema=TRACE_SCHEMA)
+    table = pa.Table.from_pylist([row, late, empty, loose, blank, unknown, code], schema=TRACE_SCHEMA)
     pq.write_table(table, good_dir / "a.parquet")
     skipped = tmp_path / "date=2025-06-01"  # outside the quarter: never opened
     skipped.mkdir()
@@ -120,13 +121,13 @@ def test_parquet_traces_and_date_folders(task, tmp_path):
     bad_cols = tmp_path / "c.parquet"
     pq.write_table(pa.table({"prompt": ["Q:1+1\n"]}), bad_cols)
     stats, traces, quarantine = run(task, [tmp_path])
-    assert [t["trace_id"] for t in traces] == ["t1"] and traces[0]["cycle"] == "2026-01-01"
+    assert [t["trace_id"] for t in traces] == ["t1", "t7"] and traces[0]["cycle"] == "2026-01-01"
     assert traces[0]["context_pii"] == row["context_pii"]
     reasons = sorted(q["reason"] for q in quarantine)
     assert reasons == ["empty_completion", "missing_field", "outside_window", *["wrong_type"] * 3]
     details = [q["detail"] for q in quarantine if q["line"] in (4, 5, 6)]
     assert len(details) == 3 and all("'context_pii' must be a JSON list of [type, value] pairs" in d for d in details)
-    assert stats.files == 2 and stats.lines_read == 7
+    assert stats.files == 2 and stats.lines_read == 8
 
 
 def test_missing_log_path_is_a_clear_error(task, tmp_path):
@@ -217,7 +218,7 @@ def test_the_context_is_every_text_of_the_requests_other_turns_read_leniently():
         "r",
         "f",
         "g",
-        "phone: 06 12\nwho.name: X Y\nids: 1, 2",
+        "phone: 06 12\nwho.name: X Y\nids: 1\nids: 2",
         "a: b",
         "status: act\u00efve",
         "x",
@@ -240,9 +241,15 @@ def test_the_context_is_every_text_of_the_requests_other_turns_read_leniently():
         "crm",
         "tel: 0612",
     ]
-    # JSON whose fields would repeat a long key over many values stays as it is: the text's size bounds the search.
+    # JSON whose fields would repeat a long key over many values stays as it is: the text's size bounds the search;
+    # a common tool result does not.
     wide = orjson.dumps({"k" * 2000: [{"x": 1}] * 10_000}).decode()
     assert _context([{"role": "tool", "content": wide}, {"role": "user", "content": "q"}], 1) == wide
+    crm = orjson.dumps({"data": {"customers": [{"name": "X Y", "phone": "06 12 34 56 78"}] * 40}}).decode()
+    lines = _context([{"role": "tool", "content": crm}, {"role": "user", "content": "q"}], 1).split("\n")
+    assert lines[:2] == ["data.customers.name: X Y", "data.customers.phone: 06 12 34 56 78"] and len(lines) == 80
+    # A role that is not a string is no tool's: its content is read as it is.
+    assert _context([{"role": ["tool"], "content": '{"a": "b"}'}, {"role": "user", "content": "q"}], 1) == '{"a": "b"}'
     # The asked turn alone: its name and its parts that are not text parts.
     asked = {
         "role": "user",

@@ -160,7 +160,8 @@ class RowWorker:
         self._redacted = Memo(MEMO_ENTRIES * 10, MEMO_CHARS, _text_chars)
         self._rows = Memo(200_000, MEMO_CHARS * 2, _row_chars)
         self._problem_key = Memo(MEMO_ENTRIES * 10, MEMO_CHARS, len)  # problem id -> its cap key
-        self._contexts = Memo(MEMO_ENTRIES, MEMO_CHARS, len)  # context_pii cell -> its known values' patterns
+        # context_pii cell -> its known values' patterns: about 110 bytes of patterns a character, so 1M at most
+        self._contexts = Memo(MEMO_ENTRIES, 1_000_000, len)
 
     def work(self, batch: pa.RecordBatch | pa.Table, signatures: bool = False) -> RowWork:
         with paused_gc():

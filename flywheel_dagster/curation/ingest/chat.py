@@ -318,7 +318,8 @@ def _context(messages: list[dict], asked: int) -> str | None:
     texts: list[str] = []
     for i, msg in enumerate(messages):
         content = msg.get("content")
-        result = msg.get("role") in _RESULT_ROLES  # a tool's result: often JSON
+        role = msg.get("role")
+        result = type(role) is str and role in _RESULT_ROLES  # a tool's result: often JSON
         if len(msg) == 2 and type(content) is str and "role" in msg:  # most turns, read in a third the time
             if i != asked:
                 texts.append(_fields(content) if result else content)
@@ -344,7 +345,7 @@ def _context(messages: list[dict], asked: int) -> str | None:
             if not isinstance(call, dict):
                 continue
             # {"function": {name, arguments}}, a custom tool's {"custom": {name, input}}, or the legacy call itself
-            function = call.get("function", call.get("custom", call))
+            function = call.get("function") or call.get("custom") or call
             if isinstance(function, dict):
                 if isinstance(function.get("name"), str):
                     texts.append(function["name"])
@@ -359,8 +360,8 @@ _RESULT_ROLES = frozenset(("tool", "function"))
 
 def _fields(value: object) -> str:
     """A JSON value (an object or array, or its text) as "key: value" lines of its strings and numbers, keys
-    joined by dots, a list's scalars on one line ("ids: 1, 2"); other text as it is. At most about twice the
-    value's JSON text: past that (long keys over many elements), the JSON text as it is."""
+    joined by dots; other text as it is. At most about twice the value's JSON text: past that (long keys over
+    many values), the JSON text as it is."""
     if isinstance(value, str):
         if value.lstrip()[:1] not in ("{", "["):
             return value
@@ -374,32 +375,26 @@ def _fields(value: object) -> str:
             raw = orjson.dumps(value).decode()
         except (TypeError, orjson.JSONEncodeError):
             return ""
-    # Every key path is paid for when it is made (a dict's children, a list's nested values, which repeat its
-    # key), every line when it is written: a long key over many elements returns the text before it is built.
+    # Each string made is paid for once: a container's key path when it is reached, a line when it is written
+    # (a child's path is made from its parent's and its own name only then, so a long key over many values
+    # returns the text before they are built).
     budget = 2 * len(raw) + 1024
     lines: list[str] = []
-    stack: list[tuple[str, object]] = [("", value)]
+    stack: list[tuple[str, str | None, object]] = [("", None, value)]
     while stack:
-        key, v = stack.pop()
+        parent, name, v = stack.pop()
+        path = parent if name is None else f"{parent}.{name}" if parent else name
         if isinstance(v, dict):
-            budget -= sum(len(key) + 1 + len(k) for k in v)
-            if budget < 0:
-                return raw
-            stack.extend((f"{key}.{k}" if key else str(k), x) for k, x in reversed(v.items()))
+            budget -= len(path)
+            stack.extend((path, str(k), x) for k, x in reversed(v.items()))
         elif isinstance(v, list):
-            if scalars := [str(x) for x in v if _scalar(x)]:
-                lines.append(f"{key}: {', '.join(scalars)}" if key else ", ".join(scalars))
-                budget -= len(lines[-1]) + 1
-            nested = [x for x in v if isinstance(x, dict | list)]
-            budget -= len(key) * len(nested)
-            if budget < 0:
-                return raw
-            stack.extend((key, x) for x in reversed(nested))
+            budget -= len(path)
+            stack.extend((path, None, x) for x in reversed(v))
         elif _scalar(v):
-            lines.append(f"{key}: {v}" if key else str(v))
+            lines.append(f"{path}: {v}" if path else str(v))
             budget -= len(lines[-1]) + 1
-            if budget < 0:
-                return raw
+        if budget < 0:
+            return raw
     return "\n".join(lines)
 
 
@@ -421,6 +416,8 @@ def with_context_pii(rows: list[tuple], memo: Memo | None = None, start: int = 0
     at = [i for i in range(start, len(rows)) if rows[i][CONTEXT_AT] is not None]
     if not at:
         return 0
+    from flywheel_dagster.curation.pii import pair_ok
+
     pairs_of: dict[str, tuple | None] = {}
     for i in at:
         text = rows[i][CONTEXT_AT]
@@ -434,7 +431,8 @@ def with_context_pii(rows: list[tuple], memo: Memo | None = None, start: int = 0
         row = rows[i]
         pairs = pairs_of[row[CONTEXT_AT]]
         failed += pairs is None
-        rows[i] = (*row[:CONTEXT_AT], context_pii_value(tuple(dict.fromkeys(pairs or ()))), *row[CONTEXT_AT + 1 :])
+        kept = tuple(dict.fromkeys(p for p in pairs or () if pair_ok(*p)))  # what reads back as valid pairs
+        rows[i] = (*row[:CONTEXT_AT], context_pii_value(kept), *row[CONTEXT_AT + 1 :])
     return failed
 
 

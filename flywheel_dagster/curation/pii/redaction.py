@@ -27,7 +27,7 @@ from flywheel_dagster.curation.pii.prefilter import (
     PREFILTER_STRUCTURED,
     other_digits,
 )
-from flywheel_dagster.curation.pii.structured import iban_ok, structured_spans
+from flywheel_dagster.curation.pii.structured import _EMAIL, iban_ok, structured_spans
 
 # Detector families, as bits: which of them the prefilter says could fire in a row (see _row_modes).
 _PAIR, _STRUCTURED, _ADDRESS, _CUED_NAME = 1, 2, 4, 8
@@ -134,21 +134,22 @@ def known_values(found: list[tuple[str, str]]) -> list[tuple[str, str, re.Patter
 
 def pair_ok(kind: str, value: str) -> bool:
     """Whether `value` can be what the detectors report as `kind`: a PII type's, an IBAN with its check digits
-    right, a number of 7 digits or more (an IP address: with a digit), an email with an @ and no space, an
-    address with a digit (its house number or postcode), a name with a letter. What a pair from elsewhere (a
-    Parquet input's context_pii) must be to be followed: a blank one would be followed into every space."""
+    right, a number of 7 digits or more (an IP address: hex digits, colons and dots), an email as the detector
+    reads one, an address of 4 characters or more with a digit (its house number or postcode) and a letter, a
+    name with a letter. What a pair from elsewhere (a Parquet input's context_pii) must be to be followed: a
+    blank one would be followed into every space, an address "1" into every 1."""
     if kind not in PII_TYPES or not value.strip():
         return False
     if kind == "IBAN":
         return iban_ok(re.sub(r"[^0-9A-Za-z]", "", value))
-    if kind == "IP_ADDRESS":
-        return any(c.isdigit() for c in value)
+    if kind == "IP_ADDRESS":  # "d::" too, what the IPv6 pattern reads in "std::vector"
+        return re.fullmatch(r"[0-9A-Fa-f:.]+", value) is not None
     if kind in _DIGIT_TYPES:
         return sum(c.isdigit() for c in value) >= 7
     if kind == "EMAIL":
-        return "@" in value and not any(c.isspace() for c in value)
+        return _EMAIL.fullmatch(value) is not None
     if kind == "ADDRESS":
-        return any(c.isdigit() for c in value)
+        return len(value.strip()) >= 4 and any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
     return any(c.isalpha() for c in value)  # PERSON
 
 
@@ -185,7 +186,8 @@ def _known(kind: str, value: str | tuple[str, ...]) -> tuple[str, str, re.Patter
     tried only on a text whose digits alone, or letters and digits alone, or case-folded form holds that."""
     if kind == "IBAN":
         chars = r"[\s\-]{0,2}".join(map(re.escape, value))
-        return kind, value.casefold(), re.compile(r"(?<![0-9A-Za-z])" + chars + r"(?![0-9A-Za-z])", re.IGNORECASE)
+        pattern = re.compile(r"(?<![0-9A-Za-z])" + chars + r"(?![0-9A-Za-z])", re.IGNORECASE | re.ASCII)
+        return kind, value.casefold(), pattern
     if kind in _DIGIT_TYPES:  # not inside a longer number ("1,219,099,999"), nor across arithmetic ("555 + 0.100")
         trunk = r"(?:0(?![.,])[\s.\-/()]{0,2})?" if value.startswith(_TRUNK) else ""  # not a decimal's "0."
         value = value.removeprefix(_TRUNK)
@@ -195,11 +197,18 @@ def _known(kind: str, value: str | tuple[str, ...]) -> tuple[str, str, re.Patter
         return kind, value, re.compile(r"(?<![0-9])(?<![0-9][.,])" + trunk + digits + r"(?![.,]?[0-9])")
     if kind == "PERSON":
         name = r"\s+".join(map(re.escape, value))
-        return kind, value[0].casefold(), re.compile(r"(?<!\w)" + name + r"(?!\w)", re.IGNORECASE)
-    # An email or an address as written, not inside a longer word ("xana@b.com", "Via 555" after "Via 55")
+        return kind, _fold_case(value[0]), re.compile(r"(?<!\w)" + name + r"(?!\w)", re.IGNORECASE)
     if kind == "EMAIL":
-        return kind, value.casefold(), re.compile(r"(?<!\w)" + re.escape(value) + r"(?!\w)", re.IGNORECASE)
-    return kind, value.casefold(), re.compile(r"(?<!\w)" + re.escape(value) + r"(?!\w)")
+        return kind, "@", re.compile(re.escape(value), re.IGNORECASE)
+    # An address as written, not inside a longer one ("Via 555" after "Via 55"): bounded by ASCII letters and
+    # digits alone, so it is found in text without spaces ("我住在Via Roma 10号")
+    return kind, _fold_case(value), re.compile(r"(?<![0-9A-Za-z])" + re.escape(value) + r"(?![0-9A-Za-z])")
+
+
+def _fold_case(text: str) -> str:
+    """text.casefold() with the dotless and dotted i as "i": a text's case-insensitive match (re.IGNORECASE,
+    which takes "İ" and "ı" for "i") holds its value's _fold_case, so the gate in redact_known never skips one."""
+    return text.casefold().replace("\u0131", "i").replace("i\u0307", "i")
 
 
 _NOT_DIGIT, _NOT_ALNUM = re.compile(r"[^0-9]"), re.compile(r"[^0-9a-z]")
@@ -211,7 +220,7 @@ def redact_known(text: str, known: list[tuple[str, str, re.Pattern]]) -> tuple[s
     if not known:
         return text, []
     folded, where = fold(text)
-    low = folded.casefold()
+    low = _fold_case(folded)
     digits = alnum = None  # the text's digits alone, and its letters and digits: what a number, an IBAN needs
     spans = []
     for kind, needed, pattern in known:
