@@ -390,3 +390,13 @@ def test_a_followed_phone_or_iban_is_found_however_its_country_or_groups_are_wri
     )
     german = pii.known_values([("IBAN", "DE89 3704 0044 0532 0130 00")])
     assert pii.redact_known("89 3704 0044 0532 0130 00", german) == ("<IBAN>", ["IBAN"])
+
+
+def test_code_is_not_an_ipv6_address_and_an_address_in_a_field_is():
+    """C++ and Rust paths of names ("std::vector", "Vec::new") read as IPv6 and were redacted out of code; an
+    address without a digit is a name; a field's "IP:" may come right before one; an IPv4-mapped address keeps
+    its IPv4 part whole."""
+    for code in ("use std::vector<int> v;", "Vec::new() and Foo::Bar", "a::b", "impl Iterator for std::ops::Range"):
+        assert pii.redact(code) == (code, [])
+    assert pii.redact("IP:2001:db8::1 and host fe80::1.")[0] == "IP:<IP_ADDRESS> and host <IP_ADDRESS>."
+    assert pii.redact("mapped ::ffff:192.0.2.1")[0] == "mapped ::ffff:<IP_ADDRESS>"

@@ -115,10 +115,12 @@ _SSN_CUED = re.compile(
 _IPV4 = re.compile(
     r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]*\d)"
 )
+# Not inside a word or a path of names ("std::vector", "Vec::new", "Foo::Bar" are code; a field's "IP:" may
+# come before), and not cut before an IPv4 tail ("::ffff:192.0.2.1" is left to _IPV4); a full stop may follow.
 _IPV6 = re.compile(
-    r"(?<![0-9A-Fa-f:])(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}"
+    r"(?:(?<![\w:])|(?<=[A-Za-z]:))(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}"
     r"|(?:[0-9A-Fa-f]{1,4}:){1,7}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,5})?"
-    r"|::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})(?![0-9A-Fa-f:])"
+    r"|::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})(?![\w:]|\.\d)"
 )
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\d)"  # North American
@@ -208,7 +210,10 @@ def structured_spans(text: str, low: str) -> list[Span]:
         if not arithmetic(m.start(), m.end()):
             add(Span(m.start(), m.end(), "IP_ADDRESS"))
     for m in _finditer(_IPV6, text):
-        if m.group().count(":") >= 2 and any(c.isalpha() for c in m.group()) or "::" in m.group():
+        value = m.group()
+        if not any(c.isdigit() for c in value):  # "a::b", "dead:beef::": names, not an address
+            continue
+        if value.count(":") >= 2 and any(c.isalpha() for c in value) or "::" in value:
             add(Span(m.start(), m.end(), "IP_ADDRESS"))
     for m in _finditer(_PHONE, text):
         end = _last_digit_end(text, m.start(), m.end())
