@@ -110,7 +110,7 @@ def test_parquet_traces_and_date_folders(task, tmp_path):
     loose = {**row, "trace_id": "t4", "context_pii": "the system prompt's text"}  # not [type, value] pairs
     blank = {**row, "trace_id": "t5", "context_pii": '[["ADDRESS", " "]]'}  # would follow every space
     unknown = {**row, "trace_id": "t6", "context_pii": '[["FOO", "x"], ["IBAN", "-"]]'}  # "-" would take every gap
-    code = {**row, "trace_id": "t7", "context_pii": '[["IP_ADDRESS", "d::"]]'}  # what "std::vector" gives: kept
+    code = {**row, "trace_id": "t7", "context_pii": '[["IP_ADDRESS", "d::"]]'}  # hex and colons: kept
     good_dir = tmp_path / "date=2026-02-03"
     good_dir.mkdir()
     table = pa.Table.from_pylist([row, late, empty, loose, blank, unknown, code], schema=TRACE_SCHEMA)

@@ -142,7 +142,7 @@ def pair_ok(kind: str, value: str) -> bool:
         return False
     if kind == "IBAN":
         return iban_ok(re.sub(r"[^0-9A-Za-z]", "", value))
-    if kind == "IP_ADDRESS":  # "d::" too, what the IPv6 pattern reads in "std::vector"
+    if kind == "IP_ADDRESS":  # hex digits, colons and dots ("fe80::1", "10.0.0.1")
         return re.fullmatch(r"[0-9A-Fa-f:.]+", value) is not None
     if kind in _DIGIT_TYPES:
         return sum(c.isdigit() for c in value) >= 7
